@@ -1,1 +1,123 @@
-//! placeholder
+//! moat-store: persistence behind traits.
+//!
+//! Three traits split by concern — [`MetaStore`] (tenants, users, API keys, lockout),
+//! [`SessionStore`] (login sessions and refresh-token families) and [`AuditStore`] (the
+//! append-only trail). [`sqlite::SqliteStore`] is the embedded default; the PostgreSQL backend
+//! implements the same traits and must pass the same [`conformance`] suite.
+//!
+//! Every tenant-scoped method takes the tenant explicitly and filters by it: a caller cannot
+//! ask for "user X" without saying in which tenant, so a wrong id from another tenant reads as
+//! absent.
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod records;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use moat_core::Result;
+use moat_core::apikey::StoredKey;
+use moat_core::audit::AuditEvent;
+use moat_core::clock::UnixSeconds;
+use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
+use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
+use moat_core::role::Role;
+
+pub use records::*;
+
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    // --- tenants (platform scope) ---
+    /// Creates the tenant and, when given, its first Admin in one transaction: a failure
+    /// leaves nothing half-created.
+    async fn create_tenant(&self, t: &NewTenant, first_admin: Option<&NewUser>) -> Result<TenantRecord>;
+    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>>;
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>>;
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>>;
+    async fn set_tenant_status(&self, id: TenantId, status: TenantStatus, now: UnixSeconds) -> Result<bool>;
+
+    // --- users (tenant-scoped; `None` = platform accounts) ---
+    async fn create_user(&self, u: &NewUser) -> Result<UserRecord>;
+    async fn user_by_email(&self, tenant: Option<TenantId>, email: &Email) -> Result<Option<UserRecord>>;
+    async fn user_by_id(&self, tenant: Option<TenantId>, id: UserId) -> Result<Option<UserRecord>>;
+    async fn list_users(&self, tenant: Option<TenantId>) -> Result<Vec<UserRecord>>;
+    async fn set_user_status(&self, tenant: Option<TenantId>, id: UserId, status: UserStatus, now: UnixSeconds) -> Result<bool>;
+    async fn set_user_role(&self, tenant: TenantId, id: UserId, role: Role, now: UnixSeconds) -> Result<bool>;
+    /// Replaces the password hash and pushes the old one into the history.
+    async fn set_password(&self, tenant: Option<TenantId>, id: UserId, new_hash: &str, now: UnixSeconds) -> Result<bool>;
+    /// The current hash followed by up to `n - 1` previous ones, newest first.
+    async fn password_history(&self, id: UserId, n: usize) -> Result<Vec<String>>;
+
+    // --- lockout, keyed by (tenant slug as presented or "platform", e-mail) ---
+    async fn lockout_state(&self, scope_key: &str, email: &str) -> Result<LockoutState>;
+    /// Atomically counts one failure under `policy`.
+    async fn record_login_failure(&self, scope_key: &str, email: &str, policy: &LockoutPolicy, now: UnixSeconds) -> Result<(FailureOutcome, LockoutState)>;
+    async fn clear_lockout(&self, scope_key: &str, email: &str) -> Result<()>;
+
+    // --- API keys ---
+    async fn create_api_key(&self, k: &NewApiKey) -> Result<ApiKeyRecord>;
+    /// Looks a presented key up by its hash, with the owner's current role and status.
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<StoredKey>>;
+    async fn touch_api_key(&self, id: ApiKeyId, now: UnixSeconds) -> Result<()>;
+    /// Keys of one tenant; of one user when `user` is given.
+    async fn list_api_keys(&self, tenant: Option<TenantId>, user: Option<UserId>) -> Result<Vec<ApiKeyRecord>>;
+    async fn revoke_api_key(&self, tenant: Option<TenantId>, id: ApiKeyId, user: Option<UserId>, now: UnixSeconds) -> Result<bool>;
+
+    /// Liveness of the store, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn create_session(&self, s: &NewSession, refresh_hash: &str, refresh_expires_at: UnixSeconds) -> Result<()>;
+    /// Everything needed to accept an access token, in one lookup.
+    async fn session_auth_state(&self, session: SessionId, user: UserId) -> Result<Option<AuthState>>;
+    /// Rotates a refresh token: marks the presented one used and stores its successor, or
+    /// reports reuse (and revokes the whole family) if it had been used before.
+    async fn rotate_refresh(&self, presented_hash: &str, successor_hash: &str, successor_expires_at: UnixSeconds, now: UnixSeconds) -> Result<RefreshOutcome>;
+    async fn revoke_session(&self, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool>;
+    /// Revokes every live session of a user (disable, password change).
+    async fn revoke_user_sessions(&self, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64>;
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends durably (the transaction has committed when this returns) and chains it.
+    async fn append(&self, e: &AuditEvent, ts_ms: i64) -> Result<AuditRecord>;
+    async fn list(&self, trail: Option<TenantId>, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+    /// Recomputes the hash chain of a trail.
+    async fn verify_chain(&self, trail: Option<TenantId>) -> Result<ChainReport>;
+}
+
+/// The backends a server runs on.
+#[derive(Clone)]
+pub struct Stores {
+    pub meta: Arc<dyn MetaStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub audit: Arc<dyn AuditStore>,
+}
+
+impl Stores {
+    pub fn from_sqlite(s: sqlite::SqliteStore) -> Self {
+        let s = Arc::new(s);
+        Self { meta: s.clone(), sessions: s.clone(), audit: s }
+    }
+}
+
+/// Opens the store named by a URL (`sqlite://path`).
+pub async fn open(url: &str) -> Result<Stores> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Stores::from_sqlite(sqlite::SqliteStore::open(std::path::Path::new(path)).await?));
+    }
+    Err(moat_core::MoatError::invalid(
+        "unsupported_store",
+        format!("store.url: unsupported scheme in {:?} (this build supports sqlite://)", url.split("://").next().unwrap_or("")),
+    ))
+}
+
+/// Helper for slugs already validated at the edge.
+pub fn slug_str(s: &Slug) -> &str {
+    s.as_str()
+}

@@ -1,0 +1,162 @@
+//! The store conformance suite: every backend must pass it. Each check builds its own tenants
+//! (unique slugs), so suites can share one database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
+use moat_core::lockout::{FailureOutcome, LockoutPolicy};
+use moat_core::role::Role;
+
+use crate::*;
+
+const NOW: i64 = 1_800_000_000;
+
+fn slug() -> Slug {
+    Slug::parse(&format!("t{}", &TenantId::new().0.simple().to_string()[20..])).unwrap()
+}
+
+fn user(tenant: Option<TenantId>, email: &str, role: Role) -> NewUser {
+    NewUser { id: UserId::new(), tenant_id: tenant, email: Email::parse(email).unwrap(), role, password_hash: "$argon2id$fake".into(), now: NOW }
+}
+
+async fn tenant(s: &Stores) -> TenantRecord {
+    s.meta.create_tenant(&NewTenant { id: TenantId::new(), slug: slug(), name: "T".into(), now: NOW }, None).await.unwrap()
+}
+
+/// Runs every check against `s`.
+pub async fn run_all(s: &Stores) {
+    tenants_and_atomic_first_admin(s).await;
+    users_are_tenant_scoped(s).await;
+    password_history(s).await;
+    lockout_counts_atomically(s).await;
+    refresh_rotation_and_reuse(s).await;
+    api_keys(s).await;
+    audit_chain(s).await;
+}
+
+pub async fn tenants_and_atomic_first_admin(s: &Stores) {
+    let t = tenant(s).await;
+    assert_eq!(s.meta.tenant_by_slug(&t.slug).await.unwrap().unwrap().id, t.id);
+    let dup = s.meta.create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(&t.slug).unwrap(), name: "x".into(), now: NOW }, None).await;
+    assert_eq!(dup.unwrap_err().code, "tenant_exists");
+    // A tenant whose first admin fails leaves no tenant behind.
+    let platform_admin = user(None, "dup-admin@platform.example", Role::SuperAdmin);
+    s.meta.create_user(&platform_admin).await.unwrap();
+    let t2 = NewTenant { id: TenantId::new(), slug: slug(), name: "T2".into(), now: NOW };
+    let mut admin = user(Some(t2.id), "a@t2.example", Role::Admin);
+    admin.tenant_id = None; // collides with the platform user below
+    admin.email = Email::parse("dup-admin@platform.example").unwrap();
+    assert!(s.meta.create_tenant(&t2, Some(&admin)).await.is_err());
+    assert!(s.meta.tenant_by_slug(t2.slug.as_str()).await.unwrap().is_none(), "rolled back");
+    assert!(s.meta.set_tenant_status(t.id, TenantStatus::Suspended, NOW).await.unwrap());
+    assert_eq!(s.meta.tenant_by_id(t.id).await.unwrap().unwrap().status, TenantStatus::Suspended);
+}
+
+pub async fn users_are_tenant_scoped(s: &Stores) {
+    let (a, b) = (tenant(s).await, tenant(s).await);
+    let ua = s.meta.create_user(&user(Some(a.id), "same@x.example", Role::Admin)).await.unwrap();
+    let ub = s.meta.create_user(&user(Some(b.id), "same@x.example", Role::Viewer)).await.unwrap();
+    assert_eq!(s.meta.create_user(&user(Some(a.id), "same@x.example", Role::User)).await.unwrap_err().code, "user_exists");
+    assert!(s.meta.user_by_id(Some(b.id), ua.id).await.unwrap().is_none(), "A's user is absent in B");
+    assert!(s.meta.user_by_id(None, ua.id).await.unwrap().is_none(), "and in the platform scope");
+    assert_eq!(s.meta.user_by_email(Some(b.id), &ub.email).await.unwrap().unwrap().role, Role::Viewer);
+    assert!(!s.meta.set_user_role(b.id, ua.id, Role::Viewer, NOW).await.unwrap(), "cannot touch A's user through B");
+    assert!(!s.meta.set_user_status(Some(b.id), ua.id, UserStatus::Disabled, NOW).await.unwrap());
+    assert_eq!(s.meta.list_users(Some(a.id)).await.unwrap().len(), 1);
+}
+
+pub async fn password_history(s: &Stores) {
+    let t = tenant(s).await;
+    let u = s.meta.create_user(&user(Some(t.id), "h@x.example", Role::User)).await.unwrap();
+    for i in 0..6 {
+        assert!(s.meta.set_password(Some(t.id), u.id, &format!("hash{i}"), NOW + i).await.unwrap());
+    }
+    let h = s.meta.password_history(u.id, 5).await.unwrap();
+    assert_eq!(h, vec!["hash5", "hash4", "hash3", "hash2", "hash1"]);
+}
+
+pub async fn lockout_counts_atomically(s: &Stores) {
+    let p = LockoutPolicy::default();
+    let key = format!("k-{}", TenantId::new());
+    let mut handles = Vec::new();
+    for _ in 0..5 {
+        let (s, key, p) = (s.clone(), key.clone(), p.clone());
+        handles.push(tokio::spawn(async move { s.meta.record_login_failure(&key, "x@y.example", &p, NOW).await.unwrap().0 }));
+    }
+    let mut locked = 0;
+    for h in handles {
+        if matches!(h.await.unwrap(), FailureOutcome::LockedFor { .. }) {
+            locked += 1;
+        }
+    }
+    assert_eq!(locked, 1, "five concurrent failures lock exactly once");
+    assert_eq!(s.meta.lockout_state(&key, "x@y.example").await.unwrap().stage, 1);
+    s.meta.clear_lockout(&key, "x@y.example").await.unwrap();
+    assert_eq!(s.meta.lockout_state(&key, "x@y.example").await.unwrap().stage, 0);
+}
+
+pub async fn refresh_rotation_and_reuse(s: &Stores) {
+    let t = tenant(s).await;
+    let u = s.meta.create_user(&user(Some(t.id), "r@x.example", Role::User)).await.unwrap();
+    let sid = SessionId::new();
+    let ns = NewSession { id: sid, tenant_id: Some(t.id), user_id: u.id, now: NOW, expires_at: NOW + 86_400, source_ip: None, user_agent: None };
+    s.sessions.create_session(&ns, "h1", NOW + 86_400).await.unwrap();
+    assert!(s.sessions.session_auth_state(sid, u.id).await.unwrap().unwrap().session_live);
+    assert!(s.sessions.session_auth_state(sid, UserId::new()).await.unwrap().is_none(), "session bound to its user");
+    assert!(matches!(s.sessions.rotate_refresh("h1", "h2", NOW + 86_400, NOW + 1).await.unwrap(), RefreshOutcome::Rotated { .. }));
+    assert!(matches!(s.sessions.rotate_refresh("h2", "h3", NOW + 86_400, NOW + 2).await.unwrap(), RefreshOutcome::Rotated { .. }));
+    // h1 again: reuse, the family dies, and h3 no longer works.
+    assert!(matches!(s.sessions.rotate_refresh("h1", "hx", NOW + 86_400, NOW + 3).await.unwrap(), RefreshOutcome::Reused { .. }));
+    assert!(!s.sessions.session_auth_state(sid, u.id).await.unwrap().unwrap().session_live);
+    assert_eq!(s.sessions.rotate_refresh("h3", "h4", NOW + 86_400, NOW + 4).await.unwrap(), RefreshOutcome::Invalid);
+    assert_eq!(s.sessions.rotate_refresh("nope", "h5", NOW + 86_400, NOW).await.unwrap(), RefreshOutcome::Invalid);
+    // Expired refresh token.
+    let sid2 = SessionId::new();
+    s.sessions.create_session(&NewSession { id: sid2, ..ns }, "e1", NOW + 10).await.unwrap();
+    assert_eq!(s.sessions.rotate_refresh("e1", "e2", NOW + 86_400, NOW + 11).await.unwrap(), RefreshOutcome::Invalid);
+    assert!(s.sessions.revoke_session(sid2, "logout", NOW).await.unwrap());
+}
+
+pub async fn api_keys(s: &Stores) {
+    let (a, b) = (tenant(s).await, tenant(s).await);
+    let u = s.meta.create_user(&user(Some(a.id), "k@x.example", Role::Editor)).await.unwrap();
+    let id = ApiKeyId::new();
+    let nk = NewApiKey {
+        id,
+        tenant_id: Some(a.id),
+        user_id: u.id,
+        name: "ci".into(),
+        key_hash: format!("hash-{id}"),
+        display_hint: "abcd".into(),
+        scopes: vec!["query:execute".into()],
+        now: NOW,
+        expires_at: NOW + 100,
+    };
+    s.meta.create_api_key(&nk).await.unwrap();
+    let k = s.meta.api_key_by_hash(&nk.key_hash).await.unwrap().unwrap();
+    assert_eq!((k.tenant_id, k.role, k.revoked, k.tenant_active), (Some(a.id), Role::Editor, false, true));
+    assert_eq!(s.meta.list_api_keys(Some(b.id), None).await.unwrap().len(), 0);
+    assert!(!s.meta.revoke_api_key(Some(b.id), id, None, NOW).await.unwrap(), "not from another tenant");
+    assert!(!s.meta.revoke_api_key(Some(a.id), id, Some(UserId::new()), NOW).await.unwrap(), "not someone else's key");
+    assert!(s.meta.revoke_api_key(Some(a.id), id, Some(u.id), NOW).await.unwrap());
+    assert!(s.meta.api_key_by_hash(&nk.key_hash).await.unwrap().unwrap().revoked);
+    s.meta.set_tenant_status(a.id, TenantStatus::Suspended, NOW).await.unwrap();
+    assert!(!s.meta.api_key_by_hash(&nk.key_hash).await.unwrap().unwrap().tenant_active);
+}
+
+pub async fn audit_chain(s: &Stores) {
+    let t = tenant(s).await;
+    for i in 0..5 {
+        let e = AuditEvent::new(Some(t.id), Category::Auth, "auth.login", Actor::anonymous(Some("a@b.example")), Outcome::Failure)
+            .resource(format!("user:{i}"));
+        let r = s.audit.append(&e, NOW * 1000 + i).await.unwrap();
+        assert_eq!(r.seq, i + 1);
+    }
+    let rep = s.audit.verify_chain(Some(t.id)).await.unwrap();
+    assert!(rep.ok && rep.checked == 5, "{rep:?}");
+    let f = AuditFilter { resource: Some("user:3".into()), limit: 100, ..Default::default() };
+    assert_eq!(s.audit.list(Some(t.id), &f).await.unwrap().len(), 1);
+    let f = AuditFilter { action: Some("auth".into()), limit: 100, ..Default::default() };
+    assert_eq!(s.audit.list(Some(t.id), &f).await.unwrap().len(), 5, "action prefix");
+    assert_eq!(s.audit.list(None, &f).await.unwrap().iter().filter(|r| r.trail == t.id.to_string()).count(), 0, "trails are separate");
+}

@@ -1,0 +1,176 @@
+//! Plain records passed in and out of the stores.
+
+use moat_core::clock::UnixSeconds;
+use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
+use moat_core::role::Role;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub slug: Slug,
+    pub name: String,
+    pub now: UnixSeconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub slug: String,
+    pub name: String,
+    pub status: TenantStatus,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub tenant_id: Option<TenantId>,
+    pub email: Email,
+    pub role: Role,
+    pub password_hash: String,
+    pub now: UnixSeconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub tenant_id: Option<TenantId>,
+    pub email: Email,
+    pub role: Role,
+    pub status: UserStatus,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: ApiKeyId,
+    pub tenant_id: Option<TenantId>,
+    pub user_id: UserId,
+    pub name: String,
+    pub key_hash: String,
+    /// A few leading characters of the secret, to tell keys apart in listings.
+    pub display_hint: String,
+    pub scopes: Vec<String>,
+    pub now: UnixSeconds,
+    pub expires_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: ApiKeyId,
+    pub user_id: UserId,
+    pub name: String,
+    pub display_hint: String,
+    pub scopes: Vec<String>,
+    pub created_at: UnixSeconds,
+    pub expires_at: UnixSeconds,
+    pub last_used_at: Option<UnixSeconds>,
+    pub revoked_at: Option<UnixSeconds>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub tenant_id: Option<TenantId>,
+    pub user_id: UserId,
+    pub now: UnixSeconds,
+    pub expires_at: UnixSeconds,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The state an access token is checked against at every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthState {
+    pub session_live: bool,
+    pub user_active: bool,
+    pub tenant_active: bool,
+    pub role: Role,
+    pub email: Email,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    Rotated { session: SessionId, tenant_id: Option<TenantId>, user_id: UserId },
+    /// A rotated token was presented again: the family has been revoked.
+    Reused { session: SessionId, tenant_id: Option<TenantId>, user_id: UserId },
+    /// Unknown, expired, or its session is revoked or expired.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Substring search over action, resource, actor and details.
+    pub q: Option<String>,
+    pub limit: u32,
+    /// Return records with seq greater than this (paging).
+    pub after_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub trail: String,
+    pub ts_ms: i64,
+    pub category: String,
+    pub action: String,
+    pub outcome: String,
+    pub actor: serde_json::Value,
+    pub resource: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainReport {
+    pub ok: bool,
+    pub checked: u64,
+    /// Hash of the last record checked.
+    pub head: Option<String>,
+    /// First bad sequence number and what is wrong with it.
+    pub first_bad: Option<(i64, String)>,
+}

@@ -1,0 +1,815 @@
+//! The embedded SQLite backend: one file in the data dir, WAL journal, `synchronous=FULL` so a
+//! committed write (an acknowledged audit record, a created user) survives a crash.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moat_core::apikey::StoredKey;
+use moat_core::audit::{AuditEvent, ChainedFields, GENESIS_HASH, chain_hash};
+use moat_core::clock::UnixSeconds;
+use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
+use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
+use moat_core::permission::Permission;
+use moat_core::role::Role;
+use moat_core::{MoatError, Result};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::*;
+
+/// Migrations, applied in order, each once, inside a transaction.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql"))];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// Maps a database error to a product error, logging the cause (never sent to the caller).
+fn db_err(e: sqlx::Error) -> MoatError {
+    tracing::error!(error = %e, "store error");
+    MoatError::internal("store_error")
+}
+
+fn platform_key(t: Option<TenantId>) -> String {
+    t.map_or_else(|| "platform".to_owned(), |t| t.to_string())
+}
+
+fn corrupt(what: &str) -> MoatError {
+    tracing::error!(what, "corrupt row in store");
+    MoatError::internal("store_corrupt")
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await.map_err(|e| {
+            MoatError::unavailable("store_unavailable", format!("cannot open the store at {}: {e}", path.display()))
+        })?;
+        let s = Self { pool };
+        s.migrate().await?;
+        Ok(s)
+    }
+
+    /// An in-memory store for tests.
+    pub async fn in_memory() -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db_err)?.foreign_keys(true);
+        // One connection: every connection to :memory: is a separate database.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(db_err)?;
+        let s = Self { pool };
+        s.migrate().await?;
+        Ok(s)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(db_err)?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%s','now'))")
+                .bind(version)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord> {
+    let id: String = r.get("id");
+    let status: String = r.get("status");
+    Ok(TenantRecord {
+        id: TenantId::parse(&id).ok_or_else(|| corrupt("tenant id"))?,
+        slug: r.get("slug"),
+        name: r.get("name"),
+        status: if status == "active" { TenantStatus::Active } else { TenantStatus::Suspended },
+        created_at: r.get("created_at"),
+    })
+}
+
+fn user_from_row(r: &SqliteRow) -> Result<UserRecord> {
+    let id: String = r.get("id");
+    let tenant: Option<String> = r.get("tenant_id");
+    let email: String = r.get("email");
+    let role: String = r.get("role");
+    let status: String = r.get("status");
+    Ok(UserRecord {
+        id: UserId::parse(&id).ok_or_else(|| corrupt("user id"))?,
+        tenant_id: match tenant {
+            Some(t) => Some(TenantId::parse(&t).ok_or_else(|| corrupt("user tenant"))?),
+            None => None,
+        },
+        email: Email::parse(&email).map_err(|_| corrupt("user email"))?,
+        role: Role::parse(&role).map_err(|_| corrupt("user role"))?,
+        status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
+        password_hash: r.get("password_hash"),
+        created_at: r.get("created_at"),
+    })
+}
+
+fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord> {
+    let id: String = r.get("id");
+    let user: String = r.get("user_id");
+    let scopes: String = r.get("scopes");
+    Ok(ApiKeyRecord {
+        id: ApiKeyId::parse(&id).ok_or_else(|| corrupt("key id"))?,
+        user_id: UserId::parse(&user).ok_or_else(|| corrupt("key user"))?,
+        name: r.get("name"),
+        display_hint: r.get("display_hint"),
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("key scopes"))?,
+        created_at: r.get("created_at"),
+        expires_at: r.get("expires_at"),
+        last_used_at: r.get("last_used_at"),
+        revoked_at: r.get("revoked_at"),
+    })
+}
+
+fn audit_from_row(r: &SqliteRow) -> Result<AuditRecord> {
+    let actor: String = r.get("actor");
+    let details: String = r.get("details");
+    Ok(AuditRecord {
+        seq: r.get("seq"),
+        trail: r.get("trail"),
+        ts_ms: r.get("ts_ms"),
+        category: r.get("category"),
+        action: r.get("action"),
+        outcome: r.get("outcome"),
+        actor: serde_json::from_str(&actor).map_err(|_| corrupt("audit actor"))?,
+        resource: r.get("resource"),
+        source_ip: r.get("source_ip"),
+        user_agent: r.get("user_agent"),
+        request_id: r.get("request_id"),
+        details: serde_json::from_str(&details).map_err(|_| corrupt("audit details"))?,
+        prev_hash: r.get("prev_hash"),
+        hash: r.get("hash"),
+    })
+}
+
+fn fields_of(r: &AuditRecord) -> ChainedFields<'_> {
+    ChainedFields {
+        trail: &r.trail,
+        seq: r.seq,
+        ts_ms: r.ts_ms,
+        category: &r.category,
+        action: &r.action,
+        outcome: &r.outcome,
+        actor: &r.actor,
+        resource: r.resource.as_deref(),
+        source_ip: r.source_ip.as_deref(),
+        user_agent: r.user_agent.as_deref(),
+        request_id: r.request_id.as_deref(),
+        details: &r.details,
+    }
+}
+
+async fn insert_user(conn: &mut sqlx::SqliteConnection, u: &NewUser) -> Result<UserRecord> {
+    let res = sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, role, status, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
+    )
+    .bind(u.id.to_string())
+    .bind(u.tenant_id.map(|t| t.to_string()))
+    .bind(u.email.as_str())
+    .bind(u.role.as_str())
+    .bind(&u.password_hash)
+    .bind(u.now)
+    .bind(u.now)
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            return Err(MoatError::conflict("user_exists", format!("a user with email {} already exists", u.email)));
+        }
+        Err(e) => return Err(db_err(e)),
+    }
+    Ok(UserRecord {
+        id: u.id,
+        tenant_id: u.tenant_id,
+        email: u.email.clone(),
+        role: u.role,
+        status: UserStatus::Active,
+        password_hash: u.password_hash.clone(),
+        created_at: u.now,
+    })
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn create_tenant(&self, t: &NewTenant, first_admin: Option<&NewUser>) -> Result<TenantRecord> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let res = sqlx::query("INSERT INTO tenants (id, slug, name, status, created_at, updated_at) VALUES (?, ?, ?, 'active', ?, ?)")
+            .bind(t.id.to_string())
+            .bind(t.slug.as_str())
+            .bind(&t.name)
+            .bind(t.now)
+            .bind(t.now)
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                return Err(MoatError::conflict("tenant_exists", format!("tenant {} already exists", t.slug)));
+            }
+            Err(e) => return Err(db_err(e)),
+        }
+        if let Some(admin) = first_admin {
+            insert_user(&mut tx, admin).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(TenantRecord { id: t.id, slug: t.slug.to_string(), name: t.name.clone(), status: TenantStatus::Active, created_at: t.now })
+    }
+
+    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query("SELECT * FROM tenants WHERE slug = ?").bind(slug).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>> {
+        let rows = sqlx::query("SELECT * FROM tenants ORDER BY slug").fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn set_tenant_status(&self, id: TenantId, status: TenantStatus, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query("UPDATE tenants SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn create_user(&self, u: &NewUser) -> Result<UserRecord> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        insert_user(&mut conn, u).await
+    }
+
+    async fn user_by_email(&self, tenant: Option<TenantId>, email: &Email) -> Result<Option<UserRecord>> {
+        let row = sqlx::query("SELECT * FROM users WHERE COALESCE(tenant_id, 'platform') = ? AND email = ?")
+            .bind(platform_key(tenant))
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_id(&self, tenant: Option<TenantId>, id: UserId) -> Result<Option<UserRecord>> {
+        let row = sqlx::query("SELECT * FROM users WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?")
+            .bind(platform_key(tenant))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self, tenant: Option<TenantId>) -> Result<Vec<UserRecord>> {
+        let rows = sqlx::query("SELECT * FROM users WHERE COALESCE(tenant_id, 'platform') = ? ORDER BY email")
+            .bind(platform_key(tenant))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn set_user_status(&self, tenant: Option<TenantId>, id: UserId, status: UserStatus, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET status = ?, updated_at = ? WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(platform_key(tenant))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_user_role(&self, tenant: TenantId, id: UserId, role: Role, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET role = ?, updated_at = ? WHERE tenant_id = ? AND id = ?")
+            .bind(role.as_str())
+            .bind(now)
+            .bind(tenant.to_string())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_password(&self, tenant: Option<TenantId>, id: UserId, new_hash: &str, now: UnixSeconds) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let old: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?")
+            .bind(platform_key(tenant))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let Some(old) = old else { return Ok(false) };
+        sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES (?, ?, ?)")
+            .bind(id.to_string())
+            .bind(old)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(new_hash)
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn password_history(&self, id: UserId, n: usize) -> Result<Vec<String>> {
+        let mut out: Vec<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let older: Vec<String> = sqlx::query_scalar("SELECT password_hash FROM password_history WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?")
+            .bind(id.to_string())
+            .bind(n.saturating_sub(1) as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        out.extend(older);
+        out.truncate(n);
+        Ok(out)
+    }
+
+    async fn lockout_state(&self, scope_key: &str, email: &str) -> Result<LockoutState> {
+        let row = sqlx::query("SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?")
+            .bind(scope_key)
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.map_or_else(LockoutState::default, |r| LockoutState {
+            failures: r.get::<i64, _>("failures") as u32,
+            stage: r.get::<i64, _>("stage") as u32,
+            locked_until: r.get("locked_until"),
+            admin_locked: r.get::<i64, _>("admin_locked") != 0,
+        }))
+    }
+
+    async fn record_login_failure(&self, scope_key: &str, email: &str, policy: &LockoutPolicy, now: UnixSeconds) -> Result<(FailureOutcome, LockoutState)> {
+        // IMMEDIATE takes the write lock up front: concurrent failures are counted one by one.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let row = sqlx::query("SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?")
+            .bind(scope_key)
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let mut s = row.map_or_else(LockoutState::default, |r| LockoutState {
+            failures: r.get::<i64, _>("failures") as u32,
+            stage: r.get::<i64, _>("stage") as u32,
+            locked_until: r.get("locked_until"),
+            admin_locked: r.get::<i64, _>("admin_locked") != 0,
+        });
+        let outcome = policy.record_failure(&mut s, now);
+        sqlx::query(
+            "INSERT INTO login_lockout (scope_key, email, failures, stage, locked_until, admin_locked, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (scope_key, email) DO UPDATE SET failures = excluded.failures, stage = excluded.stage,
+             locked_until = excluded.locked_until, admin_locked = excluded.admin_locked, updated_at = excluded.updated_at",
+        )
+        .bind(scope_key)
+        .bind(email)
+        .bind(s.failures as i64)
+        .bind(s.stage as i64)
+        .bind(s.locked_until)
+        .bind(s.admin_locked as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((outcome, s))
+    }
+
+    async fn clear_lockout(&self, scope_key: &str, email: &str) -> Result<()> {
+        sqlx::query("DELETE FROM login_lockout WHERE scope_key = ? AND email = ?")
+            .bind(scope_key)
+            .bind(email)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn create_api_key(&self, k: &NewApiKey) -> Result<ApiKeyRecord> {
+        let scopes = serde_json::to_string(&k.scopes).map_err(|_| MoatError::internal("encode_scopes"))?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, user_id, name, key_hash, display_hint, scopes, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(k.id.to_string())
+        .bind(k.tenant_id.map(|t| t.to_string()))
+        .bind(k.user_id.to_string())
+        .bind(&k.name)
+        .bind(&k.key_hash)
+        .bind(&k.display_hint)
+        .bind(scopes)
+        .bind(k.now)
+        .bind(k.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(ApiKeyRecord {
+            id: k.id,
+            user_id: k.user_id,
+            name: k.name.clone(),
+            display_hint: k.display_hint.clone(),
+            scopes: k.scopes.clone(),
+            created_at: k.now,
+            expires_at: k.expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        })
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<StoredKey>> {
+        let row = sqlx::query(
+            "SELECT k.id, k.tenant_id, k.user_id, k.scopes, k.expires_at, k.revoked_at, u.email, u.role, u.status AS user_status,
+                    t.status AS tenant_status
+             FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.key_hash = ? AND COALESCE(u.tenant_id, 'platform') = COALESCE(k.tenant_id, 'platform')",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let id: String = r.get("id");
+        let tenant: Option<String> = r.get("tenant_id");
+        let user: String = r.get("user_id");
+        let scopes: String = r.get("scopes");
+        let scopes: Vec<String> = serde_json::from_str(&scopes).map_err(|_| corrupt("key scopes"))?;
+        let email: String = r.get("email");
+        let role: String = r.get("role");
+        let user_status: String = r.get("user_status");
+        let tenant_status: Option<String> = r.get("tenant_status");
+        let revoked_at: Option<i64> = r.get("revoked_at");
+        Ok(Some(StoredKey {
+            id: ApiKeyId::parse(&id).ok_or_else(|| corrupt("key id"))?,
+            tenant_id: match tenant {
+                Some(t) => Some(TenantId::parse(&t).ok_or_else(|| corrupt("key tenant"))?),
+                None => None,
+            },
+            user_id: UserId::parse(&user).ok_or_else(|| corrupt("key user"))?,
+            email: Email::parse(&email).map_err(|_| corrupt("key email"))?,
+            role: Role::parse(&role).map_err(|_| corrupt("key role"))?,
+            // A scope that no longer parses is dropped: the key loses power, never gains it.
+            scopes: scopes.iter().filter_map(|s| Permission::parse(s).ok()).collect(),
+            expires_at: r.get("expires_at"),
+            revoked: revoked_at.is_some(),
+            user_active: user_status == "active",
+            tenant_active: tenant_status.as_deref().is_none_or(|s| s == "active"),
+        }))
+    }
+
+    async fn touch_api_key(&self, id: ApiKeyId, now: UnixSeconds) -> Result<()> {
+        // At most one write a minute per key: last-used is coarse, requests stay read-only.
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
+            .bind(now)
+            .bind(id.to_string())
+            .bind(now - 60)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, tenant: Option<TenantId>, user: Option<UserId>) -> Result<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM api_keys WHERE COALESCE(tenant_id, 'platform') = ? AND (? IS NULL OR user_id = ?) ORDER BY created_at, id",
+        )
+        .bind(platform_key(tenant))
+        .bind(user.map(|u| u.to_string()))
+        .bind(user.map(|u| u.to_string()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, tenant: Option<TenantId>, id: ApiKeyId, user: Option<UserId>, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND (? IS NULL OR user_id = ?)",
+        )
+        .bind(now)
+        .bind(platform_key(tenant))
+        .bind(id.to_string())
+        .bind(user.map(|u| u.to_string()))
+        .bind(user.map(|u| u.to_string()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_session(&self, s: &NewSession, refresh_hash: &str, refresh_expires_at: UnixSeconds) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, created_at, expires_at, source_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(s.id.to_string())
+            .bind(s.tenant_id.map(|t| t.to_string()))
+            .bind(s.user_id.to_string())
+            .bind(s.now)
+            .bind(s.expires_at)
+            .bind(&s.source_ip)
+            .bind(&s.user_agent)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(refresh_hash)
+            .bind(s.id.to_string())
+            .bind(s.now)
+            .bind(refresh_expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn session_auth_state(&self, session: SessionId, user: UserId) -> Result<Option<AuthState>> {
+        let row = sqlx::query(
+            "SELECT s.revoked_at, s.expires_at, u.status AS user_status, u.role, u.email, t.status AS tenant_status
+             FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN tenants t ON t.id = s.tenant_id
+             WHERE s.id = ? AND s.user_id = ?",
+        )
+        .bind(session.to_string())
+        .bind(user.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let revoked: Option<i64> = r.get("revoked_at");
+        let role: String = r.get("role");
+        let email: String = r.get("email");
+        let user_status: String = r.get("user_status");
+        let tenant_status: Option<String> = r.get("tenant_status");
+        Ok(Some(AuthState {
+            session_live: revoked.is_none(),
+            user_active: user_status == "active",
+            tenant_active: tenant_status.as_deref().is_none_or(|s| s == "active"),
+            role: Role::parse(&role).map_err(|_| corrupt("user role"))?,
+            email: Email::parse(&email).map_err(|_| corrupt("user email"))?,
+        }))
+    }
+
+    async fn rotate_refresh(&self, presented_hash: &str, successor_hash: &str, successor_expires_at: UnixSeconds, now: UnixSeconds) -> Result<RefreshOutcome> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let row = sqlx::query(
+            "SELECT r.session_id, r.expires_at, r.used_at, s.revoked_at, s.expires_at AS session_expires_at, s.tenant_id, s.user_id
+             FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = ?",
+        )
+        .bind(presented_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(r) = row else { return Ok(RefreshOutcome::Invalid) };
+        let sid: String = r.get("session_id");
+        let session = SessionId::parse(&sid).ok_or_else(|| corrupt("session id"))?;
+        let tenant: Option<String> = r.get("tenant_id");
+        let tenant_id = match tenant {
+            Some(t) => Some(TenantId::parse(&t).ok_or_else(|| corrupt("session tenant"))?),
+            None => None,
+        };
+        let user: String = r.get("user_id");
+        let user_id = UserId::parse(&user).ok_or_else(|| corrupt("session user"))?;
+        let used: Option<i64> = r.get("used_at");
+        let revoked: Option<i64> = r.get("revoked_at");
+        if used.is_some() {
+            // RFC 9700 §4.14.2: a rotated refresh token came back — someone holds a copy.
+            // Revoke the whole family, whether or not it was already revoked.
+            sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?), revoke_reason = COALESCE(revoke_reason, 'refresh_reuse') WHERE id = ?")
+                .bind(now)
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            return Ok(RefreshOutcome::Reused { session, tenant_id, user_id });
+        }
+        let expires: i64 = r.get("expires_at");
+        let session_expires: i64 = r.get("session_expires_at");
+        if revoked.is_some() || now >= expires || now >= session_expires {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let marked = sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL")
+            .bind(now)
+            .bind(presented_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if marked.rows_affected() != 1 {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(successor_hash)
+            .bind(&sid)
+            .bind(now)
+            .bind(successor_expires_at.min(session_expires))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(RefreshOutcome::Rotated { session, tenant_id, user_id })
+    }
+
+    async fn revoke_session(&self, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query("UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now)
+            .bind(reason)
+            .bind(session.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn revoke_user_sessions(&self, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64> {
+        let r = sqlx::query("UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE user_id = ? AND revoked_at IS NULL")
+            .bind(now)
+            .bind(reason)
+            .bind(user.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected())
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append(&self, e: &AuditEvent, ts_ms: i64) -> Result<AuditRecord> {
+        let trail = platform_key(e.tenant_id);
+        let actor = serde_json::to_value(&e.actor).map_err(|_| MoatError::internal("encode_actor"))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let last = sqlx::query("SELECT seq, hash FROM audit_events WHERE trail = ? ORDER BY seq DESC LIMIT 1")
+            .bind(&trail)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let (seq, prev_hash) = match last {
+            Some(r) => (r.get::<i64, _>("seq") + 1, r.get::<String, _>("hash")),
+            None => (1, GENESIS_HASH.to_owned()),
+        };
+        let mut rec = AuditRecord {
+            seq,
+            trail,
+            ts_ms,
+            category: e.category.as_str().to_owned(),
+            action: e.action.clone(),
+            outcome: e.outcome.as_str().to_owned(),
+            actor,
+            resource: e.resource.clone(),
+            source_ip: e.source_ip.clone(),
+            user_agent: e.user_agent.clone(),
+            request_id: e.request_id.clone(),
+            details: e.details.clone(),
+            prev_hash,
+            hash: String::new(),
+        };
+        rec.hash = chain_hash(&rec.prev_hash, &fields_of(&rec));
+        sqlx::query(
+            "INSERT INTO audit_events (trail, seq, ts_ms, category, action, outcome, actor, resource, source_ip, user_agent, request_id, details, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&rec.trail)
+        .bind(rec.seq)
+        .bind(rec.ts_ms)
+        .bind(&rec.category)
+        .bind(&rec.action)
+        .bind(&rec.outcome)
+        .bind(rec.actor.to_string())
+        .bind(&rec.resource)
+        .bind(&rec.source_ip)
+        .bind(&rec.user_agent)
+        .bind(&rec.request_id)
+        .bind(rec.details.to_string())
+        .bind(&rec.prev_hash)
+        .bind(&rec.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit append failed");
+            MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
+        })?;
+        tx.commit().await.map_err(|e| {
+            tracing::error!(error = %e, "audit commit failed");
+            MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
+        })?;
+        Ok(rec)
+    }
+
+    async fn list(&self, trail: Option<TenantId>, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let like = |s: &Option<String>| s.as_ref().map(|v| format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE trail = ?
+               AND (? IS NULL OR actor LIKE ? ESCAPE '\\')
+               AND (? IS NULL OR action = ? OR action LIKE ? || '.%')
+               AND (? IS NULL OR resource = ?)
+               AND (? IS NULL OR ts_ms >= ?)
+               AND (? IS NULL OR ts_ms < ?)
+               AND (? IS NULL OR (action || ' ' || COALESCE(resource, '') || ' ' || actor || ' ' || details) LIKE ? ESCAPE '\\')
+               AND (? IS NULL OR seq > ?)
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(platform_key(trail))
+        .bind(&f.actor)
+        .bind(like(&f.actor))
+        .bind(&f.action)
+        .bind(&f.action)
+        .bind(&f.action)
+        .bind(&f.resource)
+        .bind(&f.resource)
+        .bind(f.from_ms)
+        .bind(f.from_ms)
+        .bind(f.to_ms)
+        .bind(f.to_ms)
+        .bind(&f.q)
+        .bind(like(&f.q))
+        .bind(f.after_seq)
+        .bind(f.after_seq)
+        .bind(i64::from(f.limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn verify_chain(&self, trail: Option<TenantId>) -> Result<ChainReport> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE trail = ? ORDER BY seq").bind(platform_key(trail)).fetch_all(&self.pool).await.map_err(db_err)?;
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut checked = 0u64;
+        for (i, row) in rows.iter().enumerate() {
+            let rec = match audit_from_row(row) {
+                Ok(r) => r,
+                Err(_) => {
+                    let seq: i64 = row.get("seq");
+                    return Ok(ChainReport { ok: false, checked, head: Some(prev), first_bad: Some((seq, "record does not decode".into())) });
+                }
+            };
+            let problem = if rec.seq != i as i64 + 1 {
+                Some(format!("expected sequence {}, found {}", i + 1, rec.seq))
+            } else if rec.prev_hash != prev {
+                Some("prev_hash does not match the previous record".into())
+            } else if chain_hash(&rec.prev_hash, &fields_of(&rec)) != rec.hash {
+                Some("hash does not match the record's content".into())
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Ok(ChainReport { ok: false, checked, head: Some(prev), first_bad: Some((rec.seq, p)) });
+            }
+            prev = rec.hash;
+            checked += 1;
+        }
+        Ok(ChainReport { ok: true, checked, head: (checked > 0).then_some(prev), first_bad: None })
+    }
+}
