@@ -1,1 +1,11 @@
-//! placeholder
+//! moat-server: the HTTP API, its authentication and authorization gate, configuration, and the
+//! offline data-dir operations. No business rules live here: they are in `moat-core`.
+
+pub mod bootstrap;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod limiter;
+pub mod openapi;
+pub mod state;
+pub mod telemetry;

@@ -3,9 +3,9 @@
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
 use moat_core::role::Role;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
     Active,
@@ -29,7 +29,7 @@ pub struct NewTenant {
     pub now: UnixSeconds,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRecord {
     pub id: TenantId,
     pub slug: String,
@@ -38,7 +38,7 @@ pub struct TenantRecord {
     pub created_at: UnixSeconds,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserStatus {
     Active,
@@ -64,7 +64,7 @@ pub struct NewUser {
     pub now: UnixSeconds,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub id: UserId,
     pub tenant_id: Option<TenantId>,
@@ -90,7 +90,7 @@ pub struct NewApiKey {
     pub expires_at: UnixSeconds,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: ApiKeyId,
     pub user_id: UserId,
@@ -147,7 +147,7 @@ pub struct AuditFilter {
     pub after_seq: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub trail: String,
@@ -165,7 +165,7 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainReport {
     pub ok: bool,
     pub checked: u64,

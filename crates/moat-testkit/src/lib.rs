@@ -1,1 +1,163 @@
-//! placeholder
+//! moat-testkit: starts a real moat server on 127.0.0.1:0 with a fresh data dir and a manual
+//! clock, and talks to it as a client would. Integration tests of the HTTP API live in this
+//! crate's `tests/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use moat_core::clock::ManualClock;
+use moat_server::config::{Config, DataDir, Overrides};
+use moat_server::state::AppState;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub use reqwest;
+pub use serde_json;
+
+pub const SUPER_ADMIN: &str = "root@platform.example";
+/// Passes the default policy; used for every test account unless a test needs another.
+pub const PASSWORD: &str = "Tr1cky-Gazelle";
+
+pub struct TestServer {
+    pub base: String,
+    pub clock: ManualClock,
+    pub state: Arc<AppState>,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A response: status, JSON body (`Null` when empty), headers.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+    /// All `Set-Cookie` values.
+    pub fn cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+    }
+    /// The `moat_refresh` cookie value, if set.
+    pub fn refresh_cookie(&self) -> Option<String> {
+        self.cookies().iter().find_map(|c| c.strip_prefix("moat_refresh=").map(|r| r.split(';').next().unwrap_or("").to_owned()))
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with a tweaked configuration (limits, lockout) and a Super Admin account.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path().join("data"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        moat_server::bootstrap::init(&data, now).await.unwrap();
+        moat_server::bootstrap::create_super_admin(&data, SUPER_ADMIN, PASSWORD, now).await.unwrap();
+        let mut cfg = Config::load(Some(&data.config_file()), Vec::new(), &Overrides::default()).unwrap();
+        tweak(&mut cfg);
+        cfg.validate().unwrap();
+        let clock = ManualClock::new(now);
+        let state = Arc::new(AppState::open_with_clock(&data, cfg, Arc::new(clock.clone())).await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        tokio::spawn(async move {
+            moat_server::http::serve(listener, st, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let http = reqwest::Client::builder().user_agent("moat-testkit").build().unwrap();
+        Self { base, clock, state, http, dir, shutdown: Some(tx) }
+    }
+
+    /// Any request. `auth` is a bearer credential; `cookie` a raw Cookie header.
+    pub async fn send(&self, method: Method, path: &str, auth: Option<&str>, body: Option<Value>, cookie: Option<&str>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(a) = auth {
+            req = req.bearer_auth(a);
+        }
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Resp { status, body, headers }
+    }
+
+    pub async fn get(&self, path: &str, auth: &str) -> Resp {
+        self.send(Method::GET, path, Some(auth), None, None).await
+    }
+
+    pub async fn post(&self, path: &str, auth: &str, body: Value) -> Resp {
+        self.send(Method::POST, path, Some(auth), Some(body), None).await
+    }
+
+    pub async fn login_raw(&self, tenant: Option<&str>, email: &str, password: &str) -> Resp {
+        self.send(Method::POST, "/v1/auth/login", None, Some(json!({"tenant": tenant, "email": email, "password": password})), None).await
+    }
+
+    /// Logs in and returns the access token, failing the test otherwise.
+    pub async fn login(&self, tenant: Option<&str>, email: &str, password: &str) -> String {
+        let r = self.login_raw(tenant, email, password).await;
+        assert_eq!(r.status, StatusCode::OK, "login {email}: {:?}", r.body);
+        r.body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn super_admin(&self) -> String {
+        self.login(None, SUPER_ADMIN, PASSWORD).await
+    }
+
+    /// Creates a tenant with `admin@<slug>.example` and returns the admin's token.
+    pub async fn tenant_with_admin(&self, slug: &str) -> String {
+        let sa = self.super_admin().await;
+        let r = self.post("/v1/tenants", &sa, json!({"slug": slug, "name": slug, "admin": {"email": format!("admin@{slug}.example"), "password": PASSWORD}})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        self.login(Some(slug), &format!("admin@{slug}.example"), PASSWORD).await
+    }
+
+    /// Creates a user with `role` in the admin's tenant; returns (user id, token).
+    pub async fn user(&self, admin: &str, tenant: &str, email: &str, role: &str) -> (String, String) {
+        let r = self.post("/v1/users", admin, json!({"email": email, "password": PASSWORD, "role": role})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        (id, self.login(Some(tenant), email, PASSWORD).await)
+    }
+
+    /// Audit records of a trail, straight from the store (bypassing the API).
+    pub async fn audit_of(&self, tenant_slug: Option<&str>) -> Vec<moat_store::AuditRecord> {
+        let trail = match tenant_slug {
+            Some(s) => Some(self.state.stores.meta.tenant_by_slug(s).await.unwrap().unwrap().id),
+            None => None,
+        };
+        self.state.stores.audit.list(trail, &moat_store::AuditFilter { limit: 10_000, ..Default::default() }).await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

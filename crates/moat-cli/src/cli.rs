@@ -1,0 +1,219 @@
+//! Command-line grammar.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "moat", version, about = "Multi-tenant security and governance gateway for analytical data")]
+pub struct Cli {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Server URL for client commands (default: the one `moat login` used, else http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "MOAT_CLI_SERVER")]
+    pub server: Option<String>,
+    /// Act inside this tenant (Super Admin only; adds ?tenant=SLUG).
+    #[arg(long = "in-tenant", global = true, value_name = "SLUG")]
+    pub in_tenant: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DataDirArg {
+    /// Data directory.
+    #[arg(long, default_value = "./moat-data", env = "MOAT_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data dir: config, embedded store, master key, token signing keys.
+    Init {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Platform Super Admin accounts (offline, on the data dir).
+    Superadmin {
+        #[command(subcommand)]
+        cmd: SuperadminCmd,
+    },
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// HTTP listen address (default 127.0.0.1:8080).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// PostgreSQL wire protocol listen address (default 127.0.0.1:6432).
+        #[arg(long)]
+        pg: Option<SocketAddr>,
+    },
+    /// Initialise if needed, seed demo tenants and users, print their logins, and serve.
+    Demo {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        #[arg(long)]
+        pg: Option<SocketAddr>,
+    },
+    /// Token signing keys (offline, on the data dir).
+    SigningKey {
+        #[command(subcommand)]
+        cmd: SigningKeyCmd,
+    },
+    /// Log in and store the session (0600) for the other commands.
+    Login {
+        /// Tenant slug; omit for the platform Super Admin.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the stored session.
+    Logout,
+    /// Show who the stored session is.
+    Whoami,
+    /// Tenants (Super Admin).
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// Users of the current tenant (Admin).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Your API keys.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// The tenant's audit trail (Admin, Auditor).
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuperadminCmd {
+    /// Create the first (or another) Super Admin.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCmd {
+    /// Retire the current signing key and create a new one (restart servers to use it).
+    Rotate {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// E-mail of the tenant's first Admin (password read from standard input).
+        #[arg(long)]
+        admin_email: Option<String>,
+    },
+    List,
+    Suspend {
+        slug: String,
+    },
+    Resume {
+        slug: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user (password read from standard input, or prompted).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+    /// Disable an account (by id or e-mail) and end its sessions.
+    Disable {
+        user: String,
+    },
+    Enable {
+        user: String,
+    },
+    /// Clear a login lockout.
+    Unlock {
+        user: String,
+    },
+    SetRole {
+        user: String,
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create an API key; the key is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A permission such as query:execute (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    List {
+        /// Every key of the tenant (needs key:manage).
+        #[arg(long)]
+        all: bool,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Search events.
+    Events {
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Recompute the trail's hash chain.
+    Verify,
+}

@@ -1,0 +1,203 @@
+//! The API client behind the admin nouns: the stored session (0600), automatic refresh of an
+//! expired access token, and API errors turned into `error[CODE]: message`.
+
+use std::path::PathBuf;
+
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::commands::CliError;
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub server: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_at: i64,
+}
+
+/// `$MOAT_CLI_SESSION`, else `$XDG_CONFIG_HOME/moat/session.json`, else `~/.config/moat/session.json`.
+pub fn session_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOAT_CLI_SESSION") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("moat").join("session.json")
+}
+
+pub fn load_session() -> Option<Session> {
+    let text = std::fs::read(session_path()).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes the session readable by the owner only.
+pub fn save_session(s: &Session) -> Result<(), CliError> {
+    let path = session_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::runtime("io_error", format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let bytes = serde_json::to_vec_pretty(s).map_err(|e| CliError::runtime("io_error", e.to_string()))?;
+    moat_server::bootstrap::write_secret_file(&tmp, &bytes).map_err(CliError::from)?;
+    std::fs::rename(&tmp, &path).map_err(|e| CliError::runtime("io_error", format!("cannot write {}: {e}", path.display())))
+}
+
+pub fn clear_session() {
+    let _ = std::fs::remove_file(session_path());
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    pub server: String,
+    session: Option<Session>,
+    in_tenant: Option<String>,
+}
+
+impl Client {
+    pub fn new(server: Option<String>, in_tenant: Option<String>) -> Result<Self, CliError> {
+        let session = load_session();
+        let server = server.or_else(|| session.as_ref().map(|s| s.server.clone())).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .user_agent(concat!("moat-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CliError::runtime("client_error", e.to_string()))?;
+        Ok(Self { http, server: server.trim_end_matches('/').to_owned(), session, in_tenant })
+    }
+
+    fn url(&self, path: &str) -> String {
+        let mut u = format!("{}{path}", self.server);
+        if let Some(t) = &self.in_tenant {
+            u.push(if u.contains('?') { '&' } else { '?' });
+            u.push_str("tenant=");
+            u.push_str(t);
+        }
+        u
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> CliError {
+        let mut err = CliError::runtime("server_unreachable", format!("cannot reach {}: {e}", self.server));
+        err.hints.push("is `moat serve` running? pass --server URL to use another".into());
+        err
+    }
+
+    /// Logs in and stores the session.
+    pub async fn login(&mut self, tenant: Option<&str>, email: &str, password: &str) -> Result<Session, CliError> {
+        let body = serde_json::json!({"tenant": tenant, "email": email, "password": password});
+        let resp = self.http.post(format!("{}/v1/auth/login", self.server)).json(&body).send().await.map_err(|e| self.unreachable(&e))?;
+        let refresh = refresh_cookie(&resp);
+        let v = ok_json(resp).await?;
+        let s = Session {
+            server: self.server.clone(),
+            access_token: v["access_token"].as_str().unwrap_or_default().to_owned(),
+            refresh_token: refresh,
+            expires_at: now_s() + v["expires_in"].as_i64().unwrap_or(0),
+        };
+        save_session(&s)?;
+        self.session = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn refresh(&mut self) -> Result<(), CliError> {
+        let Some(s) = self.session.clone() else { return Err(not_logged_in()) };
+        let Some(rt) = &s.refresh_token else { return Err(not_logged_in()) };
+        let resp = self
+            .http
+            .post(format!("{}/v1/auth/refresh", self.server))
+            .header(reqwest::header::COOKIE, format!("moat_refresh={rt}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let refresh = refresh_cookie(&resp);
+        let v = match ok_json(resp).await {
+            Ok(v) => v,
+            Err(mut e) => {
+                clear_session();
+                e.hints.push("log in again with `moat login`".into());
+                return Err(e);
+            }
+        };
+        let s = Session {
+            access_token: v["access_token"].as_str().unwrap_or_default().to_owned(),
+            refresh_token: refresh.or(s.refresh_token),
+            expires_at: now_s() + v["expires_in"].as_i64().unwrap_or(0),
+            ..s
+        };
+        save_session(&s)?;
+        self.session = Some(s);
+        Ok(())
+    }
+
+    /// An authenticated call; refreshes an expired access token first. `Ok(None)` for 204.
+    pub async fn call(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        // An API key in MOAT_API_KEY wins over the stored session (scripts, CI).
+        let key = std::env::var("MOAT_API_KEY").ok().filter(|k| !k.is_empty());
+        let token = match &key {
+            Some(k) => k.clone(),
+            None => {
+                let s = self.session.as_ref().ok_or_else(not_logged_in)?;
+                if s.expires_at - 30 <= now_s() {
+                    self.refresh().await?;
+                }
+                self.session.as_ref().map(|s| s.access_token.clone()).ok_or_else(not_logged_in)?
+            }
+        };
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        ok_json(resp).await
+    }
+
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+}
+
+fn not_logged_in() -> CliError {
+    let mut e = CliError::runtime("not_logged_in", "no stored session");
+    e.hints.push("run `moat login --email E [--tenant T]` first, or set MOAT_API_KEY".into());
+    e
+}
+
+fn refresh_cookie(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("moat_refresh=").map(|rest| rest.split(';').next().unwrap_or_default().to_owned()))
+        .filter(|v| !v.is_empty())
+}
+
+/// The JSON body of a success, or the API's error as a CLI error.
+async fn ok_json(resp: reqwest::Response) -> Result<Value, CliError> {
+    let status = resp.status();
+    let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        if status == StatusCode::NO_CONTENT || text.is_empty() {
+            return Ok(Value::Null);
+        }
+        return serde_json::from_str(&text).map_err(|_| CliError::runtime("bad_response", "the server answered with invalid JSON"));
+    }
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let code = v["error"]["code"].as_str().unwrap_or("http_error").to_owned();
+    let message = v["error"]["message"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_owned);
+    let mut e = CliError::runtime_owned(code, message);
+    if let Some(r) = retry_after {
+        e.hints.push(format!("retry after {r} s"));
+    }
+    Ok(Err(e)?)
+}

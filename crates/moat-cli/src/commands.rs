@@ -1,0 +1,347 @@
+//! What each command does: offline work through `moat_server::bootstrap`, serving through
+//! `moat_server::http`, admin nouns through the API client.
+
+use std::io::{BufRead, IsTerminal};
+use std::sync::Arc;
+
+use moat_core::clock::{Clock, SystemClock};
+use moat_core::MoatError;
+use moat_server::bootstrap::{self, InitOutcome};
+use moat_server::config::{Config, DataDir, Overrides};
+use moat_server::state::AppState;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::cli::*;
+use crate::client::{self, Client};
+use crate::output;
+
+/// A failed command: printed as `error[CODE]: message`, exit code 1 (runtime) or 2 (usage).
+#[derive(Debug)]
+pub struct CliError {
+    pub code: String,
+    pub message: String,
+    pub hints: Vec<String>,
+    pub exit_code: u8,
+}
+
+impl CliError {
+    pub fn runtime(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.to_owned(), message: message.into(), hints: vec![], exit_code: 1 }
+    }
+    pub fn runtime_owned(code: String, message: String) -> Self {
+        Self { code, message, hints: vec![], exit_code: 1 }
+    }
+    pub fn usage(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.to_owned(), message: message.into(), hints: vec![], exit_code: 2 }
+    }
+    pub fn line(&self) -> String {
+        format!("error[{}]: {}", self.code, self.message)
+    }
+}
+
+impl From<MoatError> for CliError {
+    fn from(e: MoatError) -> Self {
+        // Invalid values given on the command line or in the config are usage errors.
+        let exit_code = if matches!(e.kind, moat_core::ErrorKind::Unprocessable | moat_core::ErrorKind::BadRequest) { 2 } else { 1 };
+        Self { code: e.code.to_owned(), message: e.message, hints: vec![], exit_code }
+    }
+}
+
+type CliResult = Result<(), CliError>;
+
+/// Reads a password: one line from standard input with `--password-stdin`, else a prompt on a
+/// terminal. Never echoed, never logged.
+fn read_password(from_stdin: bool, prompt: &str) -> Result<String, CliError> {
+    let pw = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::runtime("io_error", format!("cannot read standard input: {e}")))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        rpassword::prompt_password(prompt).map_err(|e| CliError::runtime("io_error", format!("cannot read the password: {e}")))?
+    };
+    if pw.is_empty() {
+        return Err(CliError::usage("missing_password", "no password given (pipe it to --password-stdin)"));
+    }
+    Ok(pw)
+}
+
+pub async fn run(cli: Cli) -> CliResult {
+    let json_out = cli.json;
+    match cli.command {
+        Command::Init { dir } => init(&DataDir::new(dir.data_dir), json_out).await,
+        Command::Superadmin { cmd: SuperadminCmd::Create { email, password_stdin, dir } } => {
+            let pw = read_password(password_stdin, "Password: ")?;
+            let id = bootstrap::create_super_admin(&DataDir::new(dir.data_dir), &email, &pw, SystemClock.now_s()).await?;
+            emit(json_out, &json!({"id": id, "email": email.trim().to_lowercase()}), |_| println!("Super Admin {} created ({id})", email.trim().to_lowercase()));
+            Ok(())
+        }
+        Command::SigningKey { cmd: SigningKeyCmd::Rotate { dir } } => {
+            let d = DataDir::new(dir.data_dir);
+            bootstrap::load_config(&d)?;
+            let kid = bootstrap::rotate_signing_key(&d, SystemClock.now_s())?;
+            emit(json_out, &json!({"kid": kid}), |_| println!("new signing key {kid}; restart servers to sign with it (old tokens verify until they expire)"));
+            Ok(())
+        }
+        Command::Serve { dir, http, pg } => serve(DataDir::new(dir.data_dir), Overrides { http, pg }, None).await,
+        Command::Demo { dir, http, pg } => demo(DataDir::new(dir.data_dir), Overrides { http, pg }).await,
+        Command::Login { tenant, email, password_stdin } => {
+            let pw = read_password(password_stdin, "Password: ")?;
+            let mut c = Client::new(cli.server, None)?;
+            c.login(tenant.as_deref(), &email, &pw).await?;
+            let me = c.call(Method::GET, "/v1/auth/whoami", None).await?;
+            emit(json_out, &me, |v| {
+                let t = v["tenant"]["slug"].as_str().unwrap_or("(platform)");
+                println!("logged in to {} as {} ({}) in {t}", c.server, v["email"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+            });
+            Ok(())
+        }
+        Command::Logout => {
+            let mut c = Client::new(cli.server, None)?;
+            if c.session().is_some() {
+                // The server side may already be gone; the local session is removed regardless.
+                let _ = c.call(Method::POST, "/v1/auth/logout", None).await;
+            }
+            client::clear_session();
+            emit(json_out, &json!({"logged_out": true}), |_| println!("logged out"));
+            Ok(())
+        }
+        Command::Whoami => {
+            let mut c = Client::new(cli.server, None)?;
+            let v = c.call(Method::GET, "/v1/auth/whoami", None).await?;
+            emit(json_out, &v, |v| {
+                let mut shown = v.clone();
+                shown["tenant"] = v["tenant"]["slug"].clone();
+                output::record(&shown, &["email", "role", "tenant", "user_id", "credential", "clearance", "permissions"]);
+            });
+            Ok(())
+        }
+        Command::Tenant { cmd } => tenant(Client::new(cli.server, None)?, cmd, json_out).await,
+        Command::User { cmd } => user(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
+        Command::Key { cmd } => key(Client::new(cli.server, None)?, cmd, json_out).await,
+        Command::Audit { cmd } => audit(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
+    }
+}
+
+fn emit(json_out: bool, v: &Value, human: impl FnOnce(&Value)) {
+    if json_out { output::print_json(v) } else { human(v) }
+}
+
+async fn init(dir: &DataDir, json_out: bool) -> CliResult {
+    let outcome = bootstrap::init(dir, SystemClock.now_s()).await?;
+    let created = outcome == InitOutcome::Created;
+    emit(json_out, &json!({"data_dir": dir.root, "created": created}), |_| {
+        if created {
+            println!("initialised {}", dir.root.display());
+            println!("next: moat superadmin create --email you@example.com --password-stdin --data-dir {}", dir.root.display());
+        } else {
+            println!("{} is already initialised; nothing was changed", dir.root.display());
+        }
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(dir: DataDir, o: Overrides, banner: Option<String>) -> CliResult {
+    bootstrap::load_config(&dir)?;
+    let cfg = Config::load(Some(&dir.config_file()), std::env::vars(), &o)?;
+    moat_server::telemetry::init(&cfg.log);
+    let addr = cfg.server.http;
+    let state = Arc::new(AppState::open(&dir, cfg).await?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::runtime("bind_failed", format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| CliError::runtime("bind_failed", e.to_string()))?;
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    eprintln!("moat {} serving HTTP on http://{local} (data dir {})", env!("CARGO_PKG_VERSION"), dir.root.display());
+    moat_server::http::serve(listener, state, shutdown_signal()).await.map_err(|e| CliError::runtime("serve_failed", e.to_string()))?;
+    eprintln!("moat stopped");
+    Ok(())
+}
+
+async fn demo(dir: DataDir, o: Overrides) -> CliResult {
+    bootstrap::init(&dir, SystemClock.now_s()).await?;
+    let creds = moat_server::demo::seed(&dir, SystemClock.now_s()).await?;
+    let cfg = Config::load(Some(&dir.config_file()), std::env::vars(), &o)?;
+    let server = format!("http://{}", cfg.server.http);
+    let mut banner = String::from("moat demo — logins (password for all demo users below)\n");
+    banner.push_str(&format!("  password: {}\n", creds.password));
+    banner.push_str(&format!("  Super Admin: {} (no tenant)\n", creds.super_admin));
+    for (tenant, users) in &creds.tenants {
+        for (email, role) in users {
+            banner.push_str(&format!("  {tenant:<7} {email:<26} {role}\n"));
+        }
+    }
+    banner.push_str(&format!("try:\n  echo '{}' | moat login --server {server} --tenant acme --email admin@acme.example --password-stdin\n  moat whoami", creds.password));
+    serve(dir, o, Some(banner)).await
+}
+
+async fn tenant(mut c: Client, cmd: TenantCmd, json_out: bool) -> CliResult {
+    match cmd {
+        TenantCmd::Create { slug, name, admin_email } => {
+            let admin = match admin_email {
+                Some(email) => Some(json!({"email": email, "password": read_password(true, "Admin password: ")?})),
+                None => None,
+            };
+            let v = c.call(Method::POST, "/v1/tenants", Some(json!({"slug": slug, "name": name, "admin": admin}))).await?;
+            emit(json_out, &v, |v| println!("tenant {} created ({})", v["slug"].as_str().unwrap_or(""), v["id"].as_str().unwrap_or("")));
+        }
+        TenantCmd::List => {
+            let v = c.call(Method::GET, "/v1/tenants", None).await?;
+            emit(json_out, &v, |v| output::table(v["tenants"].as_array().map_or(&[], Vec::as_slice), &["slug", "name", "status", "id", "created_at"]));
+        }
+        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } if slug.contains('/') || slug.contains('?') => {
+            return Err(CliError::usage("invalid_slug", format!("slug {slug:?} is not valid")));
+        }
+        TenantCmd::Suspend { slug } => {
+            let v = c.call(Method::POST, &format!("/v1/tenants/{slug}/suspend"), None).await?;
+            emit(json_out, &v, |v| println!("tenant {} suspended", v["slug"].as_str().unwrap_or("")));
+        }
+        TenantCmd::Resume { slug } => {
+            let v = c.call(Method::POST, &format!("/v1/tenants/{slug}/resume"), None).await?;
+            emit(json_out, &v, |v| println!("tenant {} resumed", v["slug"].as_str().unwrap_or("")));
+        }
+    }
+    Ok(())
+}
+
+/// A user given by id or e-mail.
+async fn user_id(c: &mut Client, who: &str) -> Result<String, CliError> {
+    if !who.contains('@') {
+        return Ok(who.to_owned());
+    }
+    let v = c.call(Method::GET, "/v1/users", None).await?;
+    let want = who.trim().to_lowercase();
+    v["users"]
+        .as_array()
+        .and_then(|us| us.iter().find(|u| u["email"].as_str() == Some(want.as_str())))
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| CliError::runtime("user_not_found", format!("no user {want} in this tenant")))
+}
+
+async fn user(mut c: Client, cmd: UserCmd, json_out: bool) -> CliResult {
+    let show = |v: &Value| println!("{} {} ({})", v["email"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+    match cmd {
+        UserCmd::Create { email, role, password_stdin } => {
+            let pw = read_password(password_stdin, "Password for the new user: ")?;
+            let v = c.call(Method::POST, "/v1/users", Some(json!({"email": email, "password": pw, "role": role}))).await?;
+            emit(json_out, &v, |v| println!("user {} created ({})", email.trim().to_lowercase(), v["id"].as_str().unwrap_or("")));
+        }
+        UserCmd::List => {
+            let v = c.call(Method::GET, "/v1/users", None).await?;
+            emit(json_out, &v, |v| output::table(v["users"].as_array().map_or(&[], Vec::as_slice), &["email", "role", "status", "id", "created_at"]));
+        }
+        UserCmd::Disable { user } => {
+            let id = user_id(&mut c, &user).await?;
+            let v = c.call(Method::POST, &format!("/v1/users/{id}/disable"), None).await?;
+            emit(json_out, &v, show);
+        }
+        UserCmd::Enable { user } => {
+            let id = user_id(&mut c, &user).await?;
+            let v = c.call(Method::POST, &format!("/v1/users/{id}/enable"), None).await?;
+            emit(json_out, &v, show);
+        }
+        UserCmd::Unlock { user } => {
+            let id = user_id(&mut c, &user).await?;
+            let v = c.call(Method::POST, &format!("/v1/users/{id}/unlock"), None).await?;
+            emit(json_out, &v, |v| println!("{} unlocked", v["email"].as_str().unwrap_or("")));
+        }
+        UserCmd::SetRole { user, role } => {
+            let id = user_id(&mut c, &user).await?;
+            let v = c.call(Method::PUT, &format!("/v1/users/{id}/role"), Some(json!({"role": role}))).await?;
+            emit(json_out, &v, show);
+        }
+    }
+    Ok(())
+}
+
+async fn key(mut c: Client, cmd: KeyCmd, json_out: bool) -> CliResult {
+    match cmd {
+        KeyCmd::Create { name, scopes, expires_in_days } => {
+            let v = c.call(Method::POST, "/v1/api-keys", Some(json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days}))).await?;
+            emit(json_out, &v, |v| {
+                println!("{}", v["key"].as_str().unwrap_or(""));
+                eprintln!("API key {} created; it is shown only once. Expires {}.", v["id"].as_str().unwrap_or(""), output::time_cell(&v["expires_at"]));
+            });
+        }
+        KeyCmd::List { all } => {
+            let v = c.call(Method::GET, if all { "/v1/api-keys?all=true" } else { "/v1/api-keys" }, None).await?;
+            emit(json_out, &v, |v| {
+                output::table(v["keys"].as_array().map_or(&[], Vec::as_slice), &["id", "name", "display_hint", "scopes", "expires_at", "last_used_at", "revoked_at"])
+            });
+        }
+        KeyCmd::Revoke { id } => {
+            c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None).await?;
+            emit(json_out, &json!({"revoked": id}), |_| println!("API key {id} revoked"));
+        }
+    }
+    Ok(())
+}
+
+async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
+    match cmd {
+        AuditCmd::Events { actor, action, resource, from, to, q, limit } => {
+            let mut params = vec![format!("limit={limit}")];
+            for (k, v) in [("actor", actor), ("action", action), ("resource", resource), ("from", from), ("to", to), ("q", q)] {
+                if let Some(v) = v {
+                    params.push(format!("{k}={}", urlencode(&v)));
+                }
+            }
+            let v = c.call(Method::GET, &format!("/v1/audit/events?{}", params.join("&")), None).await?;
+            emit(json_out, &v, |v| {
+                let rows: Vec<Value> = v["events"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .map(|e| {
+                        let mut r = e.clone();
+                        r["actor"] = e["actor"]["email"].clone();
+                        r["time_at"] = json!(e["ts_ms"].as_i64().unwrap_or(0) / 1000);
+                        r
+                    })
+                    .collect();
+                output::table(&rows, &["seq", "time_at", "action", "outcome", "actor", "resource", "source_ip"]);
+            });
+        }
+        AuditCmd::Verify => {
+            let v = c.call(Method::GET, "/v1/audit/verify", None).await?;
+            let ok = v["ok"].as_bool().unwrap_or(false);
+            emit(json_out, &v, |v| {
+                if ok {
+                    println!("audit trail intact: {} records, head {}", v["checked"], v["head"].as_str().unwrap_or("-"));
+                } else {
+                    println!("AUDIT TRAIL BROKEN at sequence {}: {}", v["first_bad_seq"], v["problem"].as_str().unwrap_or(""));
+                }
+            });
+            if !ok {
+                return Err(CliError::runtime("audit_chain_broken", "the audit trail failed verification"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,179 @@
+//! Offline work on a data dir: `moat init`, `moat superadmin create`, signing-key loading and
+//! rotation. No server needed.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::clock::UnixSeconds;
+use moat_core::ids::{Email, UserId};
+use moat_core::password::{PasswordPolicy, hash_password};
+use moat_core::role::Role;
+use moat_core::token::{ACCESS_TTL_S, KeySet, SigningKey};
+use moat_core::{MoatError, Result};
+use moat_store::NewUser;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, DataDir, default_toml};
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> MoatError {
+    MoatError::new(moat_core::ErrorKind::Internal, "io_error", format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Writes a new file readable by the owner only; refuses to overwrite.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| io_err("create", path, e))?;
+    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| io_err("write", path, e))
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| io_err("create directory", path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| io_err("protect", path, e))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created,
+    AlreadyInitialised,
+}
+
+/// Metadata kept beside each signing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyMeta {
+    created_at: UnixSeconds,
+    retired_at: Option<UnixSeconds>,
+}
+
+/// Creates the data dir. `moat.toml` is written last, so an interrupted init can be re-run and
+/// an initialised dir is never overwritten.
+pub async fn init(dir: &DataDir, now: UnixSeconds) -> Result<InitOutcome> {
+    if dir.config_file().exists() {
+        return Ok(InitOutcome::AlreadyInitialised);
+    }
+    create_private_dir(&dir.root)?;
+    if !dir.master_key().exists() {
+        let key = moat_core::secret::random_bytes::<32>()?;
+        write_secret_file(&dir.master_key(), format!("{}\n", hex::encode(key)).as_bytes())?;
+    }
+    create_private_dir(&dir.signing_dir())?;
+    if list_keys(dir)?.is_empty() {
+        new_signing_key(dir, now)?;
+    }
+    let cfg = Config::default();
+    moat_store::open(&cfg.store_url(&dir.root)).await?;
+    // The store holds password hashes and the audit trail: owner only.
+    #[cfg(unix)]
+    for f in ["moat.db", "moat.db-wal", "moat.db-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.root.join(f);
+        if p.exists() {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|e| io_err("protect", &p, e))?;
+        }
+    }
+    let tmp = dir.root.join("moat.toml.tmp");
+    fs::write(&tmp, default_toml()).map_err(|e| io_err("write", &tmp, e))?;
+    fs::rename(&tmp, dir.config_file()).map_err(|e| io_err("write", &dir.config_file(), e))?;
+    Ok(InitOutcome::Created)
+}
+
+fn new_signing_key(dir: &DataDir, now: UnixSeconds) -> Result<String> {
+    let (key, pem) = SigningKey::generate()?;
+    let kid = key.kid().to_owned();
+    write_secret_file(&dir.signing_dir().join(format!("{kid}.pem")), pem.as_bytes())?;
+    let meta = serde_json::to_vec(&KeyMeta { created_at: now, retired_at: None }).map_err(|_| MoatError::internal("encode"))?;
+    write_secret_file(&dir.signing_dir().join(format!("{kid}.json")), &meta)?;
+    Ok(kid)
+}
+
+fn list_keys(dir: &DataDir) -> Result<Vec<(String, KeyMeta)>> {
+    let sd = dir.signing_dir();
+    if !sd.exists() {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&sd).map_err(|e| io_err("read", &sd, e))? {
+        let path = entry.map_err(|e| io_err("read", &sd, e))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Some(kid) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let text = fs::read(&path).map_err(|e| io_err("read", &path, e))?;
+        let meta: KeyMeta = serde_json::from_slice(&text)
+            .map_err(|e| MoatError::new(moat_core::ErrorKind::Internal, "bad_signing_key", format!("{}: {e}", path.display())))?;
+        out.push((kid, meta));
+    }
+    out.sort_by_key(|(kid, m)| (m.created_at, kid.clone()));
+    Ok(out)
+}
+
+/// Loads the keys that still matter: the newest signs; retired ones verify until the last token
+/// they signed has expired.
+pub fn load_keyset(dir: &DataDir, cfg: &Config, now: UnixSeconds) -> Result<KeySet> {
+    let mut keys = Vec::new();
+    let grace = ACCESS_TTL_S + cfg.auth.leeway_s as i64;
+    for (kid, meta) in list_keys(dir)? {
+        if meta.retired_at.is_some_and(|r| r + grace < now) {
+            continue;
+        }
+        let path = dir.signing_dir().join(format!("{kid}.pem"));
+        let pem = fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+        keys.push(SigningKey::from_pem(&kid, &pem)?);
+    }
+    KeySet::new(keys, &cfg.auth.issuer, &cfg.auth.audience, cfg.auth.leeway_s)
+}
+
+/// Retires the signing key and creates a new one (servers pick it up at restart; tokens signed
+/// by the old key keep verifying until they expire). Returns the new kid.
+pub fn rotate_signing_key(dir: &DataDir, now: UnixSeconds) -> Result<String> {
+    for (kid, mut meta) in list_keys(dir)? {
+        if meta.retired_at.is_none() {
+            meta.retired_at = Some(now);
+            let path = dir.signing_dir().join(format!("{kid}.json"));
+            let bytes = serde_json::to_vec(&meta).map_err(|_| MoatError::internal("encode"))?;
+            fs::write(&path, bytes).map_err(|e| io_err("write", &path, e))?;
+        }
+    }
+    new_signing_key(dir, now)
+}
+
+/// Loads the data dir's config (file → environment) for offline commands.
+pub fn load_config(dir: &DataDir) -> Result<Config> {
+    if !dir.config_file().exists() {
+        return Err(MoatError::new(
+            moat_core::ErrorKind::NotFound,
+            "not_initialised",
+            format!("{} is not a moat data dir; run `moat init --data-dir {}` first", dir.root.display(), dir.root.display()),
+        ));
+    }
+    Config::load(Some(&dir.config_file()), std::env::vars(), &Default::default())
+}
+
+/// Creates a platform Super Admin directly in the store (offline bootstrap).
+pub async fn create_super_admin(dir: &DataDir, email: &str, password: &str, now: UnixSeconds) -> Result<UserId> {
+    let cfg = load_config(dir)?;
+    let email = Email::parse(email)?;
+    let local = email.as_str().split('@').next();
+    PasswordPolicy::default().check(password, local)?;
+    let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
+    let id = UserId::new();
+    let hash = hash_password(password)?;
+    stores.meta.create_user(&NewUser { id, tenant_id: None, email: email.clone(), role: Role::SuperAdmin, password_hash: hash, now }).await?;
+    let event = AuditEvent::new(None, Category::Admin, "superadmin.create", Actor::system("cli"), Outcome::Success)
+        .resource(format!("user:{id}"))
+        .details(serde_json::json!({"email": email.as_str()}));
+    stores.audit.append(&event, now * 1000).await?;
+    Ok(id)
+}

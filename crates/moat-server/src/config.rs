@@ -1,0 +1,349 @@
+//! Configuration: defaults → `moat.toml` → `MOAT_<SECTION>__<KEY>` environment → flags,
+//! merged as TOML values and deserialised once into a typed [`Config`]. Unknown keys are
+//! errors; a bad value stops start-up with one line naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use moat_core::MoatError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP API listen address.
+    pub http: SocketAddr,
+    /// PostgreSQL wire protocol listen address.
+    pub pg: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (relative paths are inside the data dir) or, later, `postgres://…`.
+    pub url: String,
+    /// Owner role for migrations and provisioning (PostgreSQL); defaults to `url`.
+    pub admin_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`/`nbf` (at most 30).
+    pub leeway_s: u64,
+    /// Lifetime of one refresh token (rotated at every use).
+    pub refresh_ttl_s: i64,
+    /// Absolute lifetime of a login session, however often it is refreshed.
+    pub session_max_s: i64,
+    /// Failed logins per lockout stage.
+    pub lockout_threshold: u32,
+    /// Lock durations of the timed stages; after the last, only an admin unlocks.
+    pub lockout_stages_s: Vec<u64>,
+    /// Failed logins allowed per client IP per window (password spraying).
+    pub ip_failure_limit: u32,
+    pub ip_failure_window_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest JSON request body.
+    pub json_body_limit_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { http: SocketAddr::from(([127, 0, 0, 1], 8080)), pg: SocketAddr::from(([127, 0, 0, 1], 6432)) }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://moat.db".into(), admin_url: None }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "moat".into(),
+            audience: "moat-api".into(),
+            leeway_s: 30,
+            refresh_ttl_s: 86_400,
+            session_max_s: 7 * 86_400,
+            lockout_threshold: 5,
+            lockout_stages_s: vec![300, 900],
+            ip_failure_limit: 50,
+            ip_failure_window_s: 600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { json_body_limit_bytes: 1024 * 1024, request_timeout_ms: 30_000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// Command-line overrides, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub http: Option<SocketAddr>,
+    pub pg: Option<SocketAddr>,
+}
+
+fn config_error(message: impl Into<String>) -> MoatError {
+    MoatError::invalid("invalid_config", message)
+}
+
+/// Puts `value` at `section.key` of `root`, creating the section.
+fn set_path(root: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = root.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
+
+/// An environment value is read as a TOML value when it parses as one (numbers, booleans,
+/// arrays), else as a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+impl Config {
+    /// Loads the layers. `file` is read if it exists; `env` is the process environment (passed
+    /// in, so tests and the CLI control it).
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, o: &Overrides) -> Result<Self, MoatError> {
+        let mut root = toml::Table::new();
+        if let Some(path) = file
+            && path.exists()
+        {
+            let text = std::fs::read_to_string(path).map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
+            root = text.parse::<toml::Table>().map_err(|e| config_error(format!("{}: {}", path.display(), e.message())))?;
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("MOAT_") else { continue };
+            let Some((section, key)) = rest.split_once("__") else { continue };
+            // MOAT_CLI_* and the like are not configuration.
+            if section.is_empty() || key.is_empty() || section.starts_with("CLI") {
+                continue;
+            }
+            set_path(&mut root, &section.to_lowercase(), &key.to_lowercase(), env_value(&raw));
+        }
+        if let Some(a) = o.http {
+            set_path(&mut root, "server", "http", toml::Value::String(a.to_string()));
+        }
+        if let Some(a) = o.pg {
+            set_path(&mut root, "server", "pg", toml::Value::String(a.to_string()));
+        }
+        let de = toml::Value::Table(root);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim().trim_end_matches('\n');
+            if path == "." { config_error(inner.to_owned()) } else { config_error(format!("{path}: {inner}")) }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rules serde cannot express.
+    pub fn validate(&self) -> Result<(), MoatError> {
+        let a = &self.auth;
+        if a.leeway_s > moat_core::token::MAX_LEEWAY_S {
+            return Err(config_error("auth.leeway_s: must be at most 30"));
+        }
+        if a.refresh_ttl_s < 60 || a.session_max_s < a.refresh_ttl_s {
+            return Err(config_error("auth.refresh_ttl_s: must be at least 60 and at most auth.session_max_s"));
+        }
+        if a.lockout_threshold == 0 {
+            return Err(config_error("auth.lockout_threshold: must be at least 1"));
+        }
+        if a.ip_failure_limit == 0 || a.ip_failure_window_s == 0 {
+            return Err(config_error("auth.ip_failure_limit: limit and window must be positive"));
+        }
+        if a.issuer.is_empty() || a.audience.is_empty() {
+            return Err(config_error("auth.issuer: issuer and audience may not be empty"));
+        }
+        if self.limits.json_body_limit_bytes < 1024 || self.limits.json_body_limit_bytes > 64 * 1024 * 1024 {
+            return Err(config_error("limits.json_body_limit_bytes: must be between 1 KiB and 64 MiB"));
+        }
+        if self.limits.request_timeout_ms < 100 {
+            return Err(config_error("limits.request_timeout_ms: must be at least 100"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(config_error("log.format: must be \"text\" or \"json\""));
+        }
+        if !self.store.url.starts_with("sqlite://") {
+            return Err(config_error(format!(
+                "store.url: unsupported scheme in {:?}; this build supports sqlite://",
+                self.store.url.split("://").next().unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The store URL with a relative SQLite path resolved inside `data_dir`.
+    pub fn store_url(&self, data_dir: &Path) -> String {
+        match self.store.url.strip_prefix("sqlite://") {
+            Some(p) if !Path::new(p).is_absolute() => format!("sqlite://{}", data_dir.join(p).display()),
+            _ => self.store.url.clone(),
+        }
+    }
+}
+
+/// `moat.toml` written by `moat init`: every key with its default, commented.
+pub fn default_toml() -> String {
+    let d = Config::default();
+    format!(
+        r#"# moat configuration. Every key can be overridden by MOAT_<SECTION>__<KEY>
+# (e.g. MOAT_SERVER__HTTP=0.0.0.0:8080) and the listen addresses by --http / --pg.
+
+[server]
+http = "{http}"   # HTTP API
+pg = "{pg}"       # PostgreSQL wire protocol
+
+[store]
+url = "{store}"   # relative paths are inside the data dir
+
+[auth]
+issuer = "{iss}"
+audience = "{aud}"
+leeway_s = {leeway}
+refresh_ttl_s = {refresh}
+session_max_s = {session}
+lockout_threshold = {lt}
+lockout_stages_s = [300, 900]   # then locked until an admin unlocks
+ip_failure_limit = {ipl}
+ip_failure_window_s = {ipw}
+
+[limits]
+json_body_limit_bytes = {body}
+request_timeout_ms = {timeout}
+
+[log]
+level = "{level}"
+format = "{format}"   # text | json
+"#,
+        http = d.server.http,
+        pg = d.server.pg,
+        store = d.store.url,
+        iss = d.auth.issuer,
+        aud = d.auth.audience,
+        leeway = d.auth.leeway_s,
+        refresh = d.auth.refresh_ttl_s,
+        session = d.auth.session_max_s,
+        lt = d.auth.lockout_threshold,
+        ipl = d.auth.ip_failure_limit,
+        ipw = d.auth.ip_failure_window_s,
+        body = d.limits.json_body_limit_bytes,
+        timeout = d.limits.request_timeout_ms,
+        level = d.log.level,
+        format = d.log.format,
+    )
+}
+
+/// Where the pieces of a data dir live.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("moat.toml")
+    }
+    pub fn master_key(&self) -> PathBuf {
+        self.root.join("master.key")
+    }
+    pub fn signing_dir(&self) -> PathBuf {
+        self.root.join("keys").join("signing")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("moat.toml");
+        std::fs::write(&f, "[server]\nhttp = \"127.0.0.1:9000\"\n[auth]\nlockout_threshold = 7\n").expect("write");
+        let c = Config::load(Some(&f), env(&[("MOAT_AUTH__LOCKOUT_THRESHOLD", "9"), ("MOAT_CLI_TOKEN", "x")]), &Overrides::default()).expect("load");
+        assert_eq!(c.server.http.port(), 9000);
+        assert_eq!(c.auth.lockout_threshold, 9, "env beats file");
+        let o = Overrides { http: Some("127.0.0.1:9100".parse().expect("addr")), pg: None };
+        assert_eq!(Config::load(Some(&f), vec![], &o).expect("load").server.http.port(), 9100, "flags beat file");
+        std::fs::write(&f, default_toml()).expect("write");
+        assert_eq!(Config::load(Some(&f), vec![], &Overrides::default()).expect("load"), Config::default(), "written defaults = defaults");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::load(None, env(&[("MOAT_SERVER__HTTP", "not-an-addr")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("server.http:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_AUTH__LOCKOUT_THRESHOLD", "-1")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("auth.lockout_threshold:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_AUTH__NOPE", "1")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.contains("nope"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_AUTH__LEEWAY_S", "120")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("auth.leeway_s:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_STORE__URL", "mysql://x")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("store.url:"), "{}", e.message);
+    }
+}

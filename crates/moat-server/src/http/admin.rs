@@ -1,0 +1,331 @@
+//! Tenants (Super Admin), users (tenant Admin), API keys (everyone, their own). Each change is
+//! audited in the trail of the tenant it touched; Super Admin actions are marked as such.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use moat_core::apikey;
+use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::ids::{ApiKeyId, Email, Slug, TenantId, UserId};
+use moat_core::permission::Permission;
+use moat_core::principal::Principal;
+use moat_core::role::Role;
+use moat_core::MoatError;
+use moat_store::{ApiKeyRecord, NewApiKey, NewTenant, NewUser, TenantRecord, TenantStatus, UserRecord, UserStatus};
+use serde::{Deserialize, Serialize};
+
+use super::auth::hash_blocking;
+use super::error::ApiResult;
+use super::extract::{Authorized, JsonBody, QueryParams, act};
+use crate::state::AppState;
+
+fn admin_event(tenant: Option<TenantId>, p: &Principal, action: &str, resource: String) -> AuditEvent {
+    AuditEvent::new(tenant, Category::Admin, action, Actor::of(p), Outcome::Success).resource(resource)
+}
+
+fn check_name(field: &str, v: &str, max: usize) -> Result<String, MoatError> {
+    let t = v.trim();
+    if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+        return Err(MoatError::invalid("invalid_name", format!("{field} must be 1 to {max} printable characters")));
+    }
+    Ok(t.to_owned())
+}
+
+// ---------------------------------------------------------------- tenants
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub slug: String,
+    pub name: String,
+    pub admin: Option<AdminSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Created {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slug: Option<String>,
+}
+
+pub async fn create_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act::TenantCreate>, JsonBody(req): JsonBody<CreateTenant>) -> ApiResult<(StatusCode, Json<Created>)> {
+    let slug = Slug::parse(&req.slug)?;
+    let name = check_name("name", &req.name, 200)?;
+    let now = st.clock.now_s();
+    let id = TenantId::new();
+    let admin = match &req.admin {
+        Some(a) => {
+            let email = Email::parse(&a.email)?;
+            st.password_policy.check(&a.password, email.as_str().split('@').next())?;
+            let password_hash = hash_blocking(a.password.clone()).await?;
+            Some(NewUser { id: UserId::new(), tenant_id: Some(id), email, role: Role::Admin, password_hash, now })
+        }
+        None => None,
+    };
+    let t = st.stores.meta.create_tenant(&NewTenant { id, slug: slug.clone(), name, now }, admin.as_ref()).await?;
+    let p = &auth.principal;
+    let resource = format!("tenant:{}", t.slug);
+    st.record(&auth.client, admin_event(None, p, "tenant.create", resource.clone()).details(serde_json::json!({"tenant_id": t.id}))).await?;
+    st.record(&auth.client, admin_event(Some(t.id), p, "tenant.create", resource)).await?;
+    if let Some(a) = &admin {
+        let e = admin_event(Some(t.id), p, "user.create", format!("user:{}", a.id)).details(serde_json::json!({"email": a.email, "role": "admin"}));
+        st.record(&auth.client, e).await?;
+    }
+    Ok((StatusCode::CREATED, Json(Created { id: t.id.to_string(), slug: Some(t.slug) })))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TenantList {
+    pub tenants: Vec<TenantRecord>,
+}
+
+pub async fn list_tenants(State(st): State<Arc<AppState>>, _auth: Authorized<act::TenantRead>) -> ApiResult<Json<TenantList>> {
+    Ok(Json(TenantList { tenants: st.stores.meta.list_tenants().await? }))
+}
+
+pub async fn get_tenant(State(st): State<Arc<AppState>>, _auth: Authorized<act::TenantRead>, Path(slug): Path<String>) -> ApiResult<Json<TenantRecord>> {
+    Ok(Json(st.stores.meta.tenant_by_slug(&slug).await?.ok_or_else(tenant_not_found)?))
+}
+
+fn tenant_not_found() -> MoatError {
+    MoatError::not_found("tenant_not_found", "no such tenant")
+}
+
+async fn set_tenant_status(st: &AppState, auth: &Authorized<act::TenantUpdate>, slug: &str, status: TenantStatus) -> ApiResult<Json<TenantRecord>> {
+    let t = st.stores.meta.tenant_by_slug(slug).await?.ok_or_else(tenant_not_found)?;
+    st.stores.meta.set_tenant_status(t.id, status, st.clock.now_s()).await?;
+    let action = if status == TenantStatus::Suspended { "tenant.suspend" } else { "tenant.resume" };
+    let resource = format!("tenant:{}", t.slug);
+    st.record(&auth.client, admin_event(None, &auth.principal, action, resource.clone())).await?;
+    st.record(&auth.client, admin_event(Some(t.id), &auth.principal, action, resource)).await?;
+    Ok(Json(TenantRecord { status, ..t }))
+}
+
+pub async fn suspend_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act::TenantUpdate>, Path(slug): Path<String>) -> ApiResult<Json<TenantRecord>> {
+    set_tenant_status(&st, &auth, &slug, TenantStatus::Suspended).await
+}
+
+pub async fn resume_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act::TenantUpdate>, Path(slug): Path<String>) -> ApiResult<Json<TenantRecord>> {
+    set_tenant_status(&st, &auth, &slug, TenantStatus::Active).await
+}
+
+// ---------------------------------------------------------------- users
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub email: String,
+    pub password: String,
+    pub role: String,
+}
+
+/// Refuses handing out a role above the caller's own, and the platform role inside a tenant.
+fn grantable(caller: &Principal, role_name: &str) -> Result<Role, MoatError> {
+    let role = Role::parse(role_name)?;
+    if role == Role::SuperAdmin {
+        return Err(MoatError::invalid("invalid_role", "role super_admin exists only on the platform; use `moat superadmin create`"));
+    }
+    if role.rank() > caller.role().rank() {
+        return Err(MoatError::forbidden("role_escalation", format!("you cannot grant the {role} role")));
+    }
+    Ok(role)
+}
+
+pub async fn create_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserCreate>, JsonBody(req): JsonBody<CreateUser>) -> ApiResult<(StatusCode, Json<Created>)> {
+    let tenant = auth.tenant;
+    let email = Email::parse(&req.email)?;
+    let role = grantable(&auth.principal, &req.role)?;
+    st.password_policy.check(&req.password, email.as_str().split('@').next())?;
+    let now = st.clock.now_s();
+    let password_hash = hash_blocking(req.password.clone()).await?;
+    let u = st.stores.meta.create_user(&NewUser { id: UserId::new(), tenant_id: tenant, email, role, password_hash, now }).await?;
+    let e = admin_event(tenant, &auth.principal, "user.create", format!("user:{}", u.id)).details(serde_json::json!({"email": u.email, "role": role}));
+    st.record(&auth.client, e).await?;
+    Ok((StatusCode::CREATED, Json(Created { id: u.id.to_string(), slug: None })))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserRecord>,
+}
+
+pub async fn list_users(State(st): State<Arc<AppState>>, auth: Authorized<act::UserRead>) -> ApiResult<Json<UserList>> {
+    Ok(Json(UserList { users: st.stores.meta.list_users(auth.tenant).await? }))
+}
+
+fn user_not_found() -> MoatError {
+    MoatError::not_found("user_not_found", "no such user")
+}
+
+/// A user of the action's tenant, or 404 (also for ids of other tenants and malformed ids).
+async fn find_user(st: &AppState, tenant: Option<TenantId>, id: &str) -> Result<UserRecord, MoatError> {
+    let id = UserId::parse(id).ok_or_else(user_not_found)?;
+    st.stores.meta.user_by_id(tenant, id).await?.ok_or_else(user_not_found)
+}
+
+pub async fn get_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserRead>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+    Ok(Json(find_user(&st, auth.tenant, &id).await?))
+}
+
+async fn set_user_status(st: &AppState, auth: &Authorized<act::UserUpdate>, id: &str, status: UserStatus) -> ApiResult<Json<UserRecord>> {
+    let u = find_user(st, auth.tenant, id).await?;
+    if u.id == auth.principal.user_id() && status == UserStatus::Disabled {
+        return Err(MoatError::invalid("cannot_disable_self", "you cannot disable your own account").into());
+    }
+    if u.role.rank() > auth.principal.role().rank() {
+        return Err(MoatError::forbidden("role_escalation", "you cannot change an account above your own role").into());
+    }
+    let now = st.clock.now_s();
+    st.stores.meta.set_user_status(auth.tenant, u.id, status, now).await?;
+    if status == UserStatus::Disabled {
+        st.stores.sessions.revoke_user_sessions(u.id, "account_disabled", now).await?;
+    }
+    let action = if status == UserStatus::Disabled { "user.disable" } else { "user.enable" };
+    st.record(&auth.client, admin_event(auth.tenant, &auth.principal, action, format!("user:{}", u.id))).await?;
+    Ok(Json(UserRecord { status, ..u }))
+}
+
+pub async fn disable_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+    set_user_status(&st, &auth, &id, UserStatus::Disabled).await
+}
+
+pub async fn enable_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+    set_user_status(&st, &auth, &id, UserStatus::Active).await
+}
+
+/// Clears the user's lockout counters (the only way out of the last lockout stage).
+pub async fn unlock_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+    let u = find_user(&st, auth.tenant, &id).await?;
+    let scope_key = match auth.tenant {
+        Some(t) => st.stores.meta.tenant_by_id(t).await?.ok_or_else(tenant_not_found)?.slug,
+        None => "platform".to_owned(),
+    };
+    st.stores.meta.clear_lockout(&scope_key, u.email.as_str()).await?;
+    st.record(&auth.client, admin_event(auth.tenant, &auth.principal, "user.unlock", format!("user:{}", u.id))).await?;
+    Ok(Json(u))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRole {
+    pub role: String,
+}
+
+pub async fn set_user_role(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>, JsonBody(req): JsonBody<SetRole>) -> ApiResult<Json<UserRecord>> {
+    let u = find_user(&st, auth.tenant, &id).await?;
+    let role = grantable(&auth.principal, &req.role)?;
+    if u.id == auth.principal.user_id() {
+        return Err(MoatError::invalid("cannot_change_own_role", "you cannot change your own role").into());
+    }
+    if u.role.rank() > auth.principal.role().rank() {
+        return Err(MoatError::forbidden("role_escalation", "you cannot change an account above your own role").into());
+    }
+    let tenant = auth.tenant.ok_or_else(|| MoatError::invalid("invalid_role", "platform accounts have no tenant role"))?;
+    st.stores.meta.set_user_role(tenant, u.id, role, st.clock.now_s()).await?;
+    let e = admin_event(auth.tenant, &auth.principal, "user.role_change", format!("user:{}", u.id)).details(serde_json::json!({"from": u.role, "to": role}));
+    st.record(&auth.client, e).await?;
+    Ok(Json(UserRecord { role, ..u }))
+}
+
+// ---------------------------------------------------------------- API keys
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_in_days: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub id: ApiKeyId,
+    /// Shown once; only its hash is stored.
+    pub key: String,
+    pub expires_at: i64,
+    pub scopes: Vec<String>,
+}
+
+pub async fn create_key(State(st): State<Arc<AppState>>, auth: Authorized<act::KeyCreate>, JsonBody(req): JsonBody<CreateKey>) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    let name = check_name("name", &req.name, 100)?;
+    let scopes = apikey::validate_scopes(&req.scopes, &auth.principal)?;
+    let days = apikey::validate_expiry_days(req.expires_in_days)?;
+    let (key, key_hash) = apikey::generate()?;
+    let now = st.clock.now_s();
+    let scopes: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+    let rec = st
+        .stores
+        .meta
+        .create_api_key(&NewApiKey {
+            id: ApiKeyId::new(),
+            tenant_id: auth.tenant,
+            user_id: auth.principal.user_id(),
+            name,
+            key_hash,
+            display_hint: key[apikey::PREFIX.len()..apikey::PREFIX.len() + 4].to_owned(),
+            scopes: scopes.clone(),
+            now,
+            expires_at: now + i64::from(days) * 86_400,
+        })
+        .await?;
+    let e = admin_event(auth.tenant, &auth.principal, "key.create", format!("api_key:{}", rec.id)).details(serde_json::json!({"name": rec.name, "scopes": scopes, "expires_at": rec.expires_at}));
+    st.record(&auth.client, e).await?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { id: rec.id, key, expires_at: rec.expires_at, scopes })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyListQuery {
+    /// Every key of the tenant (needs `key:manage`).
+    #[serde(default)]
+    pub all: bool,
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<ApiKeyRecord>,
+}
+
+/// `None` = every key of the tenant; `Some(me)` = only mine. Managing others' keys is
+/// `key:manage`.
+fn key_owner_filter(p: &Principal, all: bool) -> Result<Option<UserId>, MoatError> {
+    if !all {
+        return Ok(Some(p.user_id()));
+    }
+    if p.has_permission(&Permission::new("key", "manage")) {
+        Ok(None)
+    } else {
+        Err(MoatError::forbidden("forbidden", "permission key:manage is required"))
+    }
+}
+
+pub async fn list_keys(State(st): State<Arc<AppState>>, auth: Authorized<act::KeyRead>, QueryParams(q): QueryParams<KeyListQuery>) -> ApiResult<Json<KeyList>> {
+    let owner = key_owner_filter(&auth.principal, q.all)?;
+    Ok(Json(KeyList { keys: st.stores.meta.list_api_keys(auth.tenant, owner).await? }))
+}
+
+pub async fn revoke_key(State(st): State<Arc<AppState>>, auth: Authorized<act::KeyRevoke>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let not_found = || MoatError::not_found("key_not_found", "no such API key");
+    let id = ApiKeyId::parse(&id).ok_or_else(not_found)?;
+    // Own keys first; an admin with key:manage may revoke anyone's in the tenant.
+    let mut done = st.stores.meta.revoke_api_key(auth.tenant, id, Some(auth.principal.user_id()), st.clock.now_s()).await?;
+    if !done && auth.principal.has_permission(&Permission::new("key", "manage")) {
+        done = st.stores.meta.revoke_api_key(auth.tenant, id, None, st.clock.now_s()).await?;
+    }
+    if !done {
+        return Err(not_found().into());
+    }
+    st.record(&auth.client, admin_event(auth.tenant, &auth.principal, "key.revoke", format!("api_key:{id}"))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+

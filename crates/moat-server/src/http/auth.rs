@@ -1,0 +1,324 @@
+//! `/v1/auth/*`: login, refresh (rotation with reuse detection), logout, whoami, password
+//! change. Every outcome, good or bad, is audited.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::ids::{Email, SessionId, TenantId, UserId};
+use moat_core::lockout::{FailureOutcome, LockDecision};
+use moat_core::password::{verify_dummy, verify_password};
+use moat_core::principal::{Credential, Principal, Scope};
+use moat_core::role::Role;
+use moat_core::token::{ACCESS_TTL_S, AccessGrant};
+use moat_core::{ErrorKind, MoatError, secret};
+use moat_store::{NewSession, RefreshOutcome, TenantStatus, UserStatus};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Authenticated, ClientInfo, JsonBody};
+use crate::state::AppState;
+
+pub const REFRESH_COOKIE: &str = "moat_refresh";
+/// Longer passwords are refused before hashing (argon2 work must stay bounded).
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Tenant slug; absent for the platform Super Admin.
+    pub tenant: Option<String>,
+    pub email: String,
+    pub password: String,
+    pub mfa_code: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+}
+
+fn invalid_credentials() -> MoatError {
+    MoatError::unauthenticated("invalid_credentials", "invalid tenant, email or password")
+}
+
+fn refresh_cookie(token: &str, max_age_s: i64) -> HeaderValue {
+    let v = format!("{REFRESH_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/v1/auth; Max-Age={max_age_s}");
+    // Tokens are base64url: always a valid header value.
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn token_response(access: String, cookie: HeaderValue) -> Response {
+    let mut resp = (StatusCode::OK, Json(TokenResponse { access_token: access, token_type: "Bearer".into(), expires_in: ACCESS_TTL_S })).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    resp
+}
+
+/// Runs argon2 off the async workers.
+async fn check_password(password: String, stored: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || match stored {
+        Some(h) if password.len() <= MAX_PASSWORD_BYTES => verify_password(&password, &h),
+        _ => {
+            verify_dummy(&password[..password.len().min(MAX_PASSWORD_BYTES)]);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody(req): JsonBody<LoginRequest>) -> ApiResult<Response> {
+    let now = st.clock.now_s();
+    let ip_key = format!("login-ip:{}", client.ip.as_deref().unwrap_or("unknown"));
+    let scope_key = req.tenant.as_deref().map_or_else(|| "platform".to_owned(), |t| t.trim().to_ascii_lowercase());
+    let email_key: String = req.email.trim().to_lowercase().chars().take(320).collect();
+    let attempt = |outcome, reason: &str, trail: Option<TenantId>| {
+        AuditEvent::new(trail, Category::Auth, "auth.login", Actor::anonymous(Some(&email_key)), outcome)
+            .resource(format!("tenant:{scope_key}"))
+            .details(serde_json::json!({"reason": reason}))
+    };
+
+    if let Some(retry) = st.ip_limiter.blocked(&ip_key, now).await {
+        st.record(&client, attempt(Outcome::Denied, "ip_rate_limited", None)).await?;
+        return Err(MoatError::new(ErrorKind::TooManyRequests { retry_after_s: Some(retry) }, "rate_limited", "too many failed logins from this address; try later").into());
+    }
+    let tenant = match &req.tenant {
+        Some(_) => st.stores.meta.tenant_by_slug(&scope_key).await?,
+        None => None,
+    };
+    let trail = tenant.as_ref().map(|t| t.id);
+    // Lockout is checked before the password: a locked account answers without revealing
+    // whether the password was right. Counters exist for unknown accounts too.
+    let lock = st.stores.meta.lockout_state(&scope_key, &email_key).await?;
+    let retry_after_s = match st.lockout.check(&lock, now) {
+        LockDecision::Open => None,
+        LockDecision::Locked { retry_after_s } => Some(Some(retry_after_s)),
+        LockDecision::LockedUntilAdminUnlock => Some(None),
+    };
+    if let Some(retry_after_s) = retry_after_s {
+        st.record(&client, attempt(Outcome::Denied, "locked", trail)).await?;
+        let msg = if retry_after_s.is_some() { "too many failed logins; try again later" } else { "too many failed logins; an administrator must unlock the account" };
+        return Err(MoatError::new(ErrorKind::TooManyRequests { retry_after_s }, "account_locked", msg).into());
+    }
+
+    let email = Email::parse(&req.email).ok();
+    let tenant_active = req.tenant.is_none() || tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Active);
+    let user = match (&email, tenant_active, req.tenant.is_some() == tenant.is_some()) {
+        (Some(e), true, true) => st.stores.meta.user_by_email(trail, e).await?,
+        _ => None,
+    };
+    let password_ok = check_password(req.password.clone(), user.as_ref().map(|u| u.password_hash.clone())).await;
+    let reason = match (&user, password_ok) {
+        _ if req.tenant.is_some() && tenant.is_none() => Some("unknown_tenant"),
+        _ if !tenant_active => Some("tenant_suspended"),
+        (None, _) => Some("unknown_user"),
+        (Some(_), false) => Some("bad_password"),
+        (Some(u), true) if u.status != UserStatus::Active => Some("account_disabled"),
+        (Some(_), true) => None,
+    };
+    let Some(user) = user.filter(|_| reason.is_none()) else {
+        st.ip_limiter.record_failure(&ip_key, now).await;
+        let (outcome, _) = st.stores.meta.record_login_failure(&scope_key, &email_key, &st.lockout, now).await?;
+        st.record(&client, attempt(Outcome::Failure, reason.unwrap_or("unknown"), trail)).await?;
+        if !matches!(outcome, FailureOutcome::Counted) {
+            let details = match outcome {
+                FailureOutcome::LockedFor { seconds } => serde_json::json!({"locked_for_s": seconds}),
+                _ => serde_json::json!({"locked_until": "admin_unlock"}),
+            };
+            let e = AuditEvent::new(trail, Category::Auth, "auth.lockout", Actor::anonymous(Some(&email_key)), Outcome::Success)
+                .resource(format!("tenant:{scope_key}"))
+                .details(details);
+            st.record(&client, e).await?;
+        }
+        return Err(invalid_credentials().into());
+    };
+
+    st.stores.meta.clear_lockout(&scope_key, &email_key).await?;
+    let scope = trail.map_or(Scope::Platform, Scope::Tenant);
+    let (access, cookie) = start_session(&st, &client, scope, user.id, &user.email, user.role).await?;
+    let e = AuditEvent::new(trail, Category::Auth, "auth.login", actor_for(user.id, &user.email, user.role, scope), Outcome::Success)
+        .resource(format!("user:{}", user.id));
+    st.record(&client, e).await?;
+    Ok(token_response(access, cookie))
+}
+
+fn actor_for(user_id: UserId, email: &Email, role: Role, scope: Scope) -> Actor {
+    Actor { user_id: Some(user_id), email: Some(email.to_string()), role: Some(role.as_str().into()), via: "password".into(), super_admin: scope == Scope::Platform }
+}
+
+async fn start_session(st: &AppState, client: &ClientInfo, scope: Scope, user_id: UserId, email: &Email, role: Role) -> Result<(String, HeaderValue), MoatError> {
+    let now = st.clock.now_s();
+    let session_id = SessionId::new();
+    let refresh = secret::random_token()?;
+    let ns = NewSession {
+        id: session_id,
+        tenant_id: match scope {
+            Scope::Tenant(t) => Some(t),
+            Scope::Platform => None,
+        },
+        user_id,
+        now,
+        expires_at: now + st.config.auth.session_max_s,
+        source_ip: client.ip.clone(),
+        user_agent: client.user_agent.clone(),
+    };
+    st.stores.sessions.create_session(&ns, &secret::sha256_hex(refresh.as_bytes()), now + st.config.auth.refresh_ttl_s).await?;
+    let (access, _) = st.keys.issue(&AccessGrant { scope, user_id, email: email.clone(), role, session_id }, now)?;
+    Ok((access, refresh_cookie(&refresh, st.config.auth.refresh_ttl_s)))
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+pub async fn refresh(State(st): State<Arc<AppState>>, client: ClientInfo, headers: HeaderMap) -> ApiResult<Response> {
+    let now = st.clock.now_s();
+    let presented = cookie_value(&headers, REFRESH_COOKIE)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .ok_or_else(|| MoatError::unauthenticated("missing_refresh_token", "the moat_refresh cookie is missing"))?;
+    let successor = secret::random_token()?;
+    let outcome = st
+        .stores
+        .sessions
+        .rotate_refresh(&secret::sha256_hex(presented.as_bytes()), &secret::sha256_hex(successor.as_bytes()), now + st.config.auth.refresh_ttl_s, now)
+        .await?;
+    match outcome {
+        RefreshOutcome::Rotated { session, tenant_id, user_id } => {
+            let user = st.stores.meta.user_by_id(tenant_id, user_id).await?;
+            let tenant_ok = match tenant_id {
+                Some(t) => st.stores.meta.tenant_by_id(t).await?.is_some_and(|t| t.status == TenantStatus::Active),
+                None => true,
+            };
+            let Some(user) = user.filter(|u| u.status == UserStatus::Active && tenant_ok) else {
+                st.stores.sessions.revoke_session(session, "account_inactive", now).await?;
+                return Err(MoatError::unauthenticated("invalid_refresh_token", "the refresh token is invalid or expired").into());
+            };
+            let scope = tenant_id.map_or(Scope::Platform, Scope::Tenant);
+            let (access, _) = st.keys.issue(&AccessGrant { scope, user_id, email: user.email.clone(), role: user.role, session_id: session }, now)?;
+            let e = AuditEvent::new(tenant_id, Category::Auth, "auth.refresh", actor_for(user_id, &user.email, user.role, scope), Outcome::Success)
+                .resource(format!("session:{session}"));
+            st.record(&client, e).await?;
+            Ok(token_response(access, refresh_cookie(&successor, st.config.auth.refresh_ttl_s)))
+        }
+        RefreshOutcome::Reused { session, tenant_id, user_id } => {
+            let mut actor = Actor::anonymous(None);
+            actor.user_id = Some(user_id);
+            let e = AuditEvent::new(tenant_id, Category::Auth, "auth.refresh_reuse", actor, Outcome::Denied)
+                .resource(format!("session:{session}"))
+                .details(serde_json::json!({"action_taken": "session_revoked"}));
+            st.record(&client, e).await?;
+            let mut resp = ApiError(MoatError::unauthenticated("refresh_token_reused", "this refresh token was already used; the session has been revoked")).into_response();
+            resp.headers_mut().insert(header::SET_COOKIE, refresh_cookie("", 0));
+            Ok(resp)
+        }
+        RefreshOutcome::Invalid => Err(MoatError::unauthenticated("invalid_refresh_token", "the refresh token is invalid or expired").into()),
+    }
+}
+
+pub async fn logout(State(st): State<Arc<AppState>>, client: ClientInfo, Authenticated(p): Authenticated) -> ApiResult<Response> {
+    let Credential::Session(sid) = p.credential() else {
+        return Err(MoatError::bad_request("not_a_session", "API keys are not sessions; revoke a key with DELETE /v1/api-keys/{id}").into());
+    };
+    st.stores.sessions.revoke_session(sid, "logout", st.clock.now_s()).await?;
+    let e = AuditEvent::new(p.tenant_id(), Category::Auth, "auth.logout", Actor::of(&p), Outcome::Success).resource(format!("session:{sid}"));
+    st.record(&client, e).await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, refresh_cookie("", 0));
+    Ok(resp)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user_id: UserId,
+    pub email: String,
+    pub role: Role,
+    /// `null` for the platform Super Admin.
+    pub tenant: Option<TenantRef>,
+    pub credential: String,
+    pub clearance: String,
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TenantRef {
+    pub id: TenantId,
+    pub slug: String,
+}
+
+pub async fn whoami(State(st): State<Arc<AppState>>, Authenticated(p): Authenticated) -> ApiResult<Json<WhoAmI>> {
+    let tenant = match p.tenant_id() {
+        Some(t) => st.stores.meta.tenant_by_id(t).await?.map(|t| TenantRef { id: t.id, slug: t.slug }),
+        None => None,
+    };
+    let permissions = match p.key_scopes() {
+        Some(s) => s.iter().map(ToString::to_string).collect(),
+        None => p.role().grants().iter().map(ToString::to_string).collect(),
+    };
+    Ok(Json(WhoAmI {
+        user_id: p.user_id(),
+        email: p.email().to_string(),
+        role: p.role(),
+        tenant,
+        credential: match p.credential() {
+            Credential::Session(_) => "session".into(),
+            Credential::ApiKey(_) => "api_key".into(),
+        },
+        clearance: p.clearance().to_string(),
+        permissions,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// Changes the caller's own password: checks the current one, the policy and the history,
+/// then ends every session of the account.
+pub async fn change_password(State(st): State<Arc<AppState>>, client: ClientInfo, Authenticated(p): Authenticated, JsonBody(req): JsonBody<PasswordChange>) -> ApiResult<StatusCode> {
+    if !matches!(p.credential(), Credential::Session(_)) {
+        return Err(MoatError::forbidden("session_required", "passwords can only be changed from a login session, not with an API key").into());
+    }
+    let user = st.stores.meta.user_by_id(p.tenant_id(), p.user_id()).await?.ok_or_else(invalid_credentials)?;
+    if !check_password(req.current_password.clone(), Some(user.password_hash.clone())).await {
+        return Err(MoatError::invalid("invalid_current_password", "current_password is wrong").into());
+    }
+    set_new_password(&st, &p, &req.new_password).await?;
+    st.stores.sessions.revoke_user_sessions(p.user_id(), "password_changed", st.clock.now_s()).await?;
+    let e = AuditEvent::new(p.tenant_id(), Category::Admin, "user.password_change", Actor::of(&p), Outcome::Success).resource(format!("user:{}", p.user_id()));
+    st.record(&client, e).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_new_password(st: &AppState, p: &Principal, new_password: &str) -> Result<(), MoatError> {
+    let local = p.email().as_str().split('@').next();
+    st.password_policy.check(new_password, local)?;
+    let history = st.stores.meta.password_history(p.user_id(), st.password_policy.history).await?;
+    let pw = new_password.to_owned();
+    let reused = tokio::task::spawn_blocking(move || history.iter().any(|h| verify_password(&pw, h))).await.unwrap_or(true);
+    if reused {
+        return Err(MoatError::invalid("password_reused", format!("new_password was used recently; the last {} passwords cannot be reused", st.password_policy.history)));
+    }
+    let hash = hash_blocking(new_password.to_owned()).await?;
+    st.stores.meta.set_password(p.tenant_id(), p.user_id(), &hash, st.clock.now_s()).await?;
+    Ok(())
+}
+
+/// argon2id off the async workers.
+pub async fn hash_blocking(password: String) -> Result<String, MoatError> {
+    tokio::task::spawn_blocking(move || moat_core::password::hash_password(&password)).await.map_err(|_| MoatError::internal("hash_task_failed"))?
+}

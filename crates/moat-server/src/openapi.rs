@@ -1,0 +1,144 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`, built from the route table below.
+//! Permissions come from the same `Action` types the handlers require, so the document cannot
+//! drift from what the gate enforces; a test checks every documented route is served.
+
+use serde_json::{Value, json};
+
+use crate::http::extract::{Action, act};
+
+/// One documented operation.
+pub struct RouteDoc {
+    pub method: &'static str,
+    /// Path with `{param}` segments, as routed.
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// `None` = public; `Some("")` = any authenticated caller.
+    pub permission: Option<String>,
+    pub request: Option<Value>,
+    pub success: u16,
+}
+
+fn perm<A: Action>() -> Option<String> {
+    Some(A::PERMISSION.to_string())
+}
+
+fn obj(required: &[&str], props: Value) -> Option<Value> {
+    Some(json!({"type": "object", "additionalProperties": false, "required": required, "properties": props}))
+}
+
+pub fn routes() -> Vec<RouteDoc> {
+    let s = json!({"type": "string"});
+    let any_user = Some(String::new());
+    vec![
+        RouteDoc { method: "get", path: "/healthz", summary: "Liveness", permission: None, request: None, success: 200 },
+        RouteDoc { method: "get", path: "/readyz", summary: "Readiness: every dependency reachable", permission: None, request: None, success: 200 },
+        RouteDoc { method: "get", path: "/.well-known/jwks.json", summary: "Public token signing keys (RS256)", permission: None, request: None, success: 200 },
+        RouteDoc { method: "get", path: "/v1/openapi.json", summary: "This document", permission: None, request: None, success: 200 },
+        RouteDoc {
+            method: "post",
+            path: "/v1/auth/login",
+            summary: "Log in; returns an access token and sets the moat_refresh cookie",
+            permission: None,
+            request: obj(&["email", "password"], json!({"tenant": s, "email": s, "password": s, "mfa_code": s})),
+            success: 200,
+        },
+        RouteDoc { method: "post", path: "/v1/auth/refresh", summary: "Rotate the refresh cookie; new access token", permission: None, request: None, success: 200 },
+        RouteDoc { method: "post", path: "/v1/auth/logout", summary: "Revoke the session", permission: any_user.clone(), request: None, success: 204 },
+        RouteDoc { method: "get", path: "/v1/auth/whoami", summary: "The verified caller", permission: any_user.clone(), request: None, success: 200 },
+        RouteDoc {
+            method: "put",
+            path: "/v1/auth/password",
+            summary: "Change one's own password (ends every session)",
+            permission: any_user,
+            request: obj(&["current_password", "new_password"], json!({"current_password": s, "new_password": s})),
+            success: 204,
+        },
+        RouteDoc {
+            method: "post",
+            path: "/v1/tenants",
+            summary: "Create a tenant, optionally with its first Admin",
+            permission: perm::<act::TenantCreate>(),
+            request: obj(&["slug", "name"], json!({"slug": s, "name": s, "admin": {"type": "object", "properties": {"email": s, "password": s}}})),
+            success: 201,
+        },
+        RouteDoc { method: "get", path: "/v1/tenants", summary: "List tenants", permission: perm::<act::TenantRead>(), request: None, success: 200 },
+        RouteDoc { method: "get", path: "/v1/tenants/{slug}", summary: "One tenant", permission: perm::<act::TenantRead>(), request: None, success: 200 },
+        RouteDoc { method: "post", path: "/v1/tenants/{slug}/suspend", summary: "Suspend: every token and key of the tenant is refused", permission: perm::<act::TenantUpdate>(), request: None, success: 200 },
+        RouteDoc { method: "post", path: "/v1/tenants/{slug}/resume", summary: "Resume a suspended tenant", permission: perm::<act::TenantUpdate>(), request: None, success: 200 },
+        RouteDoc {
+            method: "post",
+            path: "/v1/users",
+            summary: "Create a user in the caller's tenant",
+            permission: perm::<act::UserCreate>(),
+            request: obj(&["email", "password", "role"], json!({"email": s, "password": s, "role": {"enum": ["admin", "editor", "user", "viewer", "auditor"]}})),
+            success: 201,
+        },
+        RouteDoc { method: "get", path: "/v1/users", summary: "List the tenant's users", permission: perm::<act::UserRead>(), request: None, success: 200 },
+        RouteDoc { method: "get", path: "/v1/users/{id}", summary: "One user", permission: perm::<act::UserRead>(), request: None, success: 200 },
+        RouteDoc { method: "post", path: "/v1/users/{id}/disable", summary: "Disable a user and end their sessions", permission: perm::<act::UserUpdate>(), request: None, success: 200 },
+        RouteDoc { method: "post", path: "/v1/users/{id}/enable", summary: "Re-enable a user", permission: perm::<act::UserUpdate>(), request: None, success: 200 },
+        RouteDoc { method: "post", path: "/v1/users/{id}/unlock", summary: "Clear a login lockout", permission: perm::<act::UserUpdate>(), request: None, success: 200 },
+        RouteDoc {
+            method: "put",
+            path: "/v1/users/{id}/role",
+            summary: "Change a user's role",
+            permission: perm::<act::UserUpdate>(),
+            request: obj(&["role"], json!({"role": s})),
+            success: 200,
+        },
+        RouteDoc {
+            method: "post",
+            path: "/v1/api-keys",
+            summary: "Create an API key (shown once)",
+            permission: perm::<act::KeyCreate>(),
+            request: obj(&["name", "scopes"], json!({"name": s, "scopes": {"type": "array", "items": s}, "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 365}})),
+            success: 201,
+        },
+        RouteDoc { method: "get", path: "/v1/api-keys", summary: "List one's API keys (?all=true: the tenant's, needs key:manage)", permission: perm::<act::KeyRead>(), request: None, success: 200 },
+        RouteDoc { method: "delete", path: "/v1/api-keys/{id}", summary: "Revoke an API key", permission: perm::<act::KeyRevoke>(), request: None, success: 204 },
+        RouteDoc { method: "get", path: "/v1/audit/events", summary: "Search the tenant's audit trail (actor, action, resource, from, to, q, limit, after)", permission: perm::<act::AuditRead>(), request: None, success: 200 },
+        RouteDoc { method: "get", path: "/v1/audit/verify", summary: "Recompute the trail's hash chain", permission: perm::<act::AuditVerify>(), request: None, success: 200 },
+    ]
+}
+
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in routes() {
+        let mut op = json!({
+            "summary": r.summary,
+            "responses": {
+                r.success.to_string(): {"description": "success"},
+                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        match &r.permission {
+            None => op["security"] = json!([]),
+            Some(p) if !p.is_empty() => op["x-moat-permission"] = json!(p),
+            Some(_) => {}
+        }
+        if let Some(schema) = &r.request {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        }
+        let params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = json!(params);
+        }
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
+        entry[r.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "moat", "version": env!("CARGO_PKG_VERSION"), "description": "Multi-tenant security and governance gateway for analytical data"},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "access token (JWT) or moat_sk_live_ API key"}},
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}}
+        }
+    })
+}
