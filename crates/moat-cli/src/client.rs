@@ -199,5 +199,5 @@ async fn ok_json(resp: reqwest::Response) -> Result<Value, CliError> {
     if let Some(r) = retry_after {
         e.hints.push(format!("retry after {r} s"));
     }
-    Ok(Err(e)?)
+    Err(e)
 }

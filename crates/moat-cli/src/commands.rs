@@ -4,8 +4,8 @@
 use std::io::{BufRead, IsTerminal};
 use std::sync::Arc;
 
-use moat_core::clock::{Clock, SystemClock};
 use moat_core::MoatError;
+use moat_core::clock::{Clock, SystemClock};
 use moat_server::bootstrap::{self, InitOutcome};
 use moat_server::config::{Config, DataDir, Overrides};
 use moat_server::state::AppState;
@@ -55,7 +55,10 @@ type CliResult = Result<(), CliError>;
 fn read_password(from_stdin: bool, prompt: &str) -> Result<String, CliError> {
     let pw = if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::runtime("io_error", format!("cannot read standard input: {e}")))?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| CliError::runtime("io_error", format!("cannot read standard input: {e}")))?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     } else {
         rpassword::prompt_password(prompt).map_err(|e| CliError::runtime("io_error", format!("cannot read the password: {e}")))?
@@ -73,14 +76,18 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Superadmin { cmd: SuperadminCmd::Create { email, password_stdin, dir } } => {
             let pw = read_password(password_stdin, "Password: ")?;
             let id = bootstrap::create_super_admin(&DataDir::new(dir.data_dir), &email, &pw, SystemClock.now_s()).await?;
-            emit(json_out, &json!({"id": id, "email": email.trim().to_lowercase()}), |_| println!("Super Admin {} created ({id})", email.trim().to_lowercase()));
+            emit(json_out, &json!({"id": id, "email": email.trim().to_lowercase()}), |_| {
+                println!("Super Admin {} created ({id})", email.trim().to_lowercase())
+            });
             Ok(())
         }
         Command::SigningKey { cmd: SigningKeyCmd::Rotate { dir } } => {
             let d = DataDir::new(dir.data_dir);
             bootstrap::load_config(&d)?;
             let kid = bootstrap::rotate_signing_key(&d, SystemClock.now_s())?;
-            emit(json_out, &json!({"kid": kid}), |_| println!("new signing key {kid}; restart servers to sign with it (old tokens verify until they expire)"));
+            emit(json_out, &json!({"kid": kid}), |_| {
+                println!("new signing key {kid}; restart servers to sign with it (old tokens verify until they expire)")
+            });
             Ok(())
         }
         Command::Serve { dir, http, pg } => serve(DataDir::new(dir.data_dir), Overrides { http, pg }, None).await,
@@ -92,7 +99,12 @@ pub async fn run(cli: Cli) -> CliResult {
             let me = c.call(Method::GET, "/v1/auth/whoami", None).await?;
             emit(json_out, &me, |v| {
                 let t = v["tenant"]["slug"].as_str().unwrap_or("(platform)");
-                println!("logged in to {} as {} ({}) in {t}", c.server, v["email"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+                println!(
+                    "logged in to {} as {} ({}) in {t}",
+                    c.server,
+                    v["email"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or("")
+                );
             });
             Ok(())
         }
@@ -162,9 +174,8 @@ async fn serve(dir: DataDir, o: Overrides, banner: Option<String>) -> CliResult 
     moat_server::telemetry::init(&cfg.log);
     let addr = cfg.server.http;
     let state = Arc::new(AppState::open(&dir, cfg).await?);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| CliError::runtime("bind_failed", format!("cannot listen on {addr}: {e}")))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| CliError::runtime("bind_failed", format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| CliError::runtime("bind_failed", e.to_string()))?;
     if let Some(b) = banner {
         println!("{b}");
@@ -188,7 +199,10 @@ async fn demo(dir: DataDir, o: Overrides) -> CliResult {
             banner.push_str(&format!("  {tenant:<7} {email:<26} {role}\n"));
         }
     }
-    banner.push_str(&format!("try:\n  echo '{}' | moat login --server {server} --tenant acme --email admin@acme.example --password-stdin\n  moat whoami", creds.password));
+    banner.push_str(&format!(
+        "try:\n  echo '{}' | moat login --server {server} --tenant acme --email admin@acme.example --password-stdin\n  moat whoami",
+        creds.password
+    ));
     serve(dir, o, Some(banner)).await
 }
 
@@ -204,7 +218,9 @@ async fn tenant(mut c: Client, cmd: TenantCmd, json_out: bool) -> CliResult {
         }
         TenantCmd::List => {
             let v = c.call(Method::GET, "/v1/tenants", None).await?;
-            emit(json_out, &v, |v| output::table(v["tenants"].as_array().map_or(&[], Vec::as_slice), &["slug", "name", "status", "id", "created_at"]));
+            emit(json_out, &v, |v| {
+                output::table(v["tenants"].as_array().map_or(&[], Vec::as_slice), &["slug", "name", "status", "id", "created_at"])
+            });
         }
         TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } if slug.contains('/') || slug.contains('?') => {
             return Err(CliError::usage("invalid_slug", format!("slug {slug:?} is not valid")));
@@ -236,7 +252,9 @@ async fn user_id(c: &mut Client, who: &str) -> Result<String, CliError> {
 }
 
 async fn user(mut c: Client, cmd: UserCmd, json_out: bool) -> CliResult {
-    let show = |v: &Value| println!("{} {} ({})", v["email"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+    let show = |v: &Value| {
+        println!("{} {} ({})", v["email"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""))
+    };
     match cmd {
         UserCmd::Create { email, role, password_stdin } => {
             let pw = read_password(password_stdin, "Password for the new user: ")?;
@@ -245,7 +263,9 @@ async fn user(mut c: Client, cmd: UserCmd, json_out: bool) -> CliResult {
         }
         UserCmd::List => {
             let v = c.call(Method::GET, "/v1/users", None).await?;
-            emit(json_out, &v, |v| output::table(v["users"].as_array().map_or(&[], Vec::as_slice), &["email", "role", "status", "id", "created_at"]));
+            emit(json_out, &v, |v| {
+                output::table(v["users"].as_array().map_or(&[], Vec::as_slice), &["email", "role", "status", "id", "created_at"])
+            });
         }
         UserCmd::Disable { user } => {
             let id = user_id(&mut c, &user).await?;
@@ -274,16 +294,25 @@ async fn user(mut c: Client, cmd: UserCmd, json_out: bool) -> CliResult {
 async fn key(mut c: Client, cmd: KeyCmd, json_out: bool) -> CliResult {
     match cmd {
         KeyCmd::Create { name, scopes, expires_in_days } => {
-            let v = c.call(Method::POST, "/v1/api-keys", Some(json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days}))).await?;
+            let v = c
+                .call(Method::POST, "/v1/api-keys", Some(json!({"name": name, "scopes": scopes, "expires_in_days": expires_in_days})))
+                .await?;
             emit(json_out, &v, |v| {
                 println!("{}", v["key"].as_str().unwrap_or(""));
-                eprintln!("API key {} created; it is shown only once. Expires {}.", v["id"].as_str().unwrap_or(""), output::time_cell(&v["expires_at"]));
+                eprintln!(
+                    "API key {} created; it is shown only once. Expires {}.",
+                    v["id"].as_str().unwrap_or(""),
+                    output::time_cell(&v["expires_at"])
+                );
             });
         }
         KeyCmd::List { all } => {
             let v = c.call(Method::GET, if all { "/v1/api-keys?all=true" } else { "/v1/api-keys" }, None).await?;
             emit(json_out, &v, |v| {
-                output::table(v["keys"].as_array().map_or(&[], Vec::as_slice), &["id", "name", "display_hint", "scopes", "expires_at", "last_used_at", "revoked_at"])
+                output::table(
+                    v["keys"].as_array().map_or(&[], Vec::as_slice),
+                    &["id", "name", "display_hint", "scopes", "expires_at", "last_used_at", "revoked_at"],
+                )
             });
         }
         KeyCmd::Revoke { id } => {

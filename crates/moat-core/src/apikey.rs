@@ -74,10 +74,7 @@ pub fn validate_scopes(requested: &[String], creator: &Principal) -> Result<Vec<
     for s in requested {
         let p = Permission::parse(s)?;
         if let Some(missing) = p.expand().find(|each| !creator.has_permission(each)) {
-            return Err(MoatError::forbidden(
-                "scope_exceeds_creator",
-                format!("scope {s:?} includes {missing}, which you do not have"),
-            ));
+            return Err(MoatError::forbidden("scope_exceeds_creator", format!("scope {s:?} includes {missing}, which you do not have")));
         }
         out.push(p);
     }

@@ -151,7 +151,18 @@ pub struct ChainedFields<'a> {
 /// `hash = hex(SHA-256("moat-audit-v1\n" || prev_hash_hex || "\n" || canonical))`.
 pub fn chain_hash(prev_hash: &str, f: &ChainedFields<'_>) -> String {
     let canonical = serde_json::to_vec(&(
-        f.trail, f.seq, f.ts_ms, f.category, f.action, f.outcome, f.actor, f.resource, f.source_ip, f.user_agent, f.request_id, f.details,
+        f.trail,
+        f.seq,
+        f.ts_ms,
+        f.category,
+        f.action,
+        f.outcome,
+        f.actor,
+        f.resource,
+        f.source_ip,
+        f.user_agent,
+        f.request_id,
+        f.details,
     ))
     // Serialising plain strings, numbers and Values cannot fail.
     .unwrap_or_default();

@@ -57,9 +57,30 @@ uuid_id!(
 
 /// Slugs that would collide with routes, schemas or platform words.
 const RESERVED_SLUGS: &[&str] = &[
-    "admin", "api", "auth", "default", "information-schema", "internal", "login", "logout",
-    "moat", "null", "platform", "postgres", "public", "root", "superadmin", "super-admin",
-    "system", "template0", "template1", "tenant", "tenants", "test", "v1", "www",
+    "admin",
+    "api",
+    "auth",
+    "default",
+    "information-schema",
+    "internal",
+    "login",
+    "logout",
+    "moat",
+    "null",
+    "platform",
+    "postgres",
+    "public",
+    "root",
+    "superadmin",
+    "super-admin",
+    "system",
+    "template0",
+    "template1",
+    "tenant",
+    "tenants",
+    "test",
+    "v1",
+    "www",
 ];
 
 /// A tenant slug: `^[a-z][a-z0-9-]{1,62}$`, not reserved, no trailing or doubled hyphen.
@@ -130,11 +151,7 @@ impl Email {
             return Err(bad());
         }
         let labels_ok = domain.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
         if !domain.contains('.') || !labels_ok {
             return Err(bad());
@@ -174,9 +191,7 @@ mod tests {
         for ok in ["acme", "globex", "a1", "bu-42-emea"] {
             assert!(Slug::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a", "1abc", "Acme", "acme-", "ac--me", "ac_me", "admin", "a/b", "tenant",
-            "acme;drop", &"a".repeat(64)]
-        {
+        for bad in ["", "a", "1abc", "Acme", "acme-", "ac--me", "ac_me", "admin", "a/b", "tenant", "acme;drop", &"a".repeat(64)] {
             let e = Slug::parse(bad).expect_err(bad);
             assert_eq!(e.code, "invalid_slug");
         }

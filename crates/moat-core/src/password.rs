@@ -112,9 +112,7 @@ fn core_of(password: &str) -> String {
 
 fn common_bases() -> &'static std::collections::HashSet<&'static str> {
     static SET: OnceLock<std::collections::HashSet<&'static str>> = OnceLock::new();
-    SET.get_or_init(|| {
-        COMMON_BASES.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
-    })
+    SET.get_or_init(|| COMMON_BASES.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect())
 }
 
 pub fn is_common(password: &str) -> bool {
@@ -135,9 +133,7 @@ fn hasher() -> Result<Argon2<'static>, MoatError> {
 /// argon2id PHC string with a fresh random salt.
 pub fn hash_password(password: &str) -> Result<String, MoatError> {
     let salt = crate::secret::random_bytes::<16>()?;
-    let hash = hasher()?
-        .hash_password_with_salt(password.as_bytes(), &salt)
-        .map_err(|_| MoatError::internal("password_hash_failed"))?;
+    let hash = hasher()?.hash_password_with_salt(password.as_bytes(), &salt).map_err(|_| MoatError::internal("password_hash_failed"))?;
     Ok(hash.to_string())
 }
 

@@ -83,8 +83,7 @@ impl Permission {
 
     /// Whether this grant covers `wanted` (wildcards on either side of the grant).
     pub fn covers(&self, wanted: &Permission) -> bool {
-        (self.resource == "*" || self.resource == wanted.resource)
-            && (self.action == "*" || self.action == wanted.action)
+        (self.resource == "*" || self.resource == wanted.resource) && (self.action == "*" || self.action == wanted.action)
     }
 
     /// The catalog permissions this (possibly wildcard) permission stands for.

@@ -83,8 +83,7 @@ impl Principal {
 
     /// Role grants intersected with key scopes.
     pub fn has_permission(&self, wanted: &Permission) -> bool {
-        any_covers(self.role.grants(), wanted)
-            && self.key_scopes.as_deref().is_none_or(|s| any_covers(s, wanted))
+        any_covers(self.role.grants(), wanted) && self.key_scopes.as_deref().is_none_or(|s| any_covers(s, wanted))
     }
 
     /// Test-only constructor so that other crates' tests can exercise handlers and engines

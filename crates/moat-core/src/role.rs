@@ -21,8 +21,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const TENANT_ROLES: [Role; 5] =
-        [Role::Admin, Role::Editor, Role::User, Role::Viewer, Role::Auditor];
+    pub const TENANT_ROLES: [Role; 5] = [Role::Admin, Role::Editor, Role::User, Role::Viewer, Role::Auditor];
 
     pub fn parse(s: &str) -> Result<Self, MoatError> {
         match s {
@@ -32,10 +31,7 @@ impl Role {
             "user" => Ok(Self::User),
             "viewer" => Ok(Self::Viewer),
             "auditor" => Ok(Self::Auditor),
-            other => Err(MoatError::invalid(
-                "invalid_role",
-                format!("role {other:?} is not one of admin, editor, user, viewer, auditor"),
-            )),
+            other => Err(MoatError::invalid("invalid_role", format!("role {other:?} is not one of admin, editor, user, viewer, auditor"))),
         }
     }
 
@@ -97,25 +93,12 @@ const ADMIN_GRANTS: &[Permission] = &[
     P::new("report", "*"),
     P::new("policy", "*"),
 ];
-const EDITOR_GRANTS: &[Permission] = &[
-    P::TABLE_READ,
-    P::TABLE_WRITE,
-    P::TABLE_DELETE,
-    P::QUERY_EXECUTE,
-    P::KEY_CREATE,
-    P::KEY_READ,
-    P::KEY_REVOKE,
-];
+const EDITOR_GRANTS: &[Permission] =
+    &[P::TABLE_READ, P::TABLE_WRITE, P::TABLE_DELETE, P::QUERY_EXECUTE, P::KEY_CREATE, P::KEY_READ, P::KEY_REVOKE];
 /// User and Viewer read shared data (masked to their clearance) and manage their own keys.
 const READER_GRANTS: &[Permission] = &[P::TABLE_READ, P::QUERY_EXECUTE, P::KEY_CREATE, P::KEY_READ, P::KEY_REVOKE];
-const AUDITOR_GRANTS: &[Permission] = &[
-    P::new("audit", "read"),
-    P::new("audit", "verify"),
-    P::new("report", "read"),
-    P::KEY_CREATE,
-    P::KEY_READ,
-    P::KEY_REVOKE,
-];
+const AUDITOR_GRANTS: &[Permission] =
+    &[P::new("audit", "read"), P::new("audit", "verify"), P::new("report", "read"), P::KEY_CREATE, P::KEY_READ, P::KEY_REVOKE];
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

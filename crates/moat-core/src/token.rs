@@ -47,7 +47,8 @@ impl SigningKey {
     }
 
     pub fn from_pem(kid: &str, pem: &str) -> Result<Self, MoatError> {
-        let bad = || MoatError::new(crate::ErrorKind::Internal, "bad_signing_key", format!("signing key {kid} is not a valid RSA private key"));
+        let bad =
+            || MoatError::new(crate::ErrorKind::Internal, "bad_signing_key", format!("signing key {kid} is not a valid RSA private key"));
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| bad())?;
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).map_err(|_| bad())?;
         jwk.common.key_id = Some(kid.to_owned());
@@ -217,11 +218,7 @@ impl KeySet {
         if now > c.exp + leeway || now + leeway < c.nbf || c.exp - c.iat > ACCESS_TTL_S {
             return Err(MoatError::unauthenticated("invalid_token", "the access token is invalid or expired"));
         }
-        let scope = if c.tid == PLATFORM_TID {
-            Scope::Platform
-        } else {
-            Scope::Tenant(TenantId::parse(&c.tid).ok_or_else(invalid_token)?)
-        };
+        let scope = if c.tid == PLATFORM_TID { Scope::Platform } else { Scope::Tenant(TenantId::parse(&c.tid).ok_or_else(invalid_token)?) };
         Ok(VerifiedAccess {
             scope,
             user_id: UserId::parse(&c.sub).ok_or_else(invalid_token)?,

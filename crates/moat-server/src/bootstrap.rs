@@ -170,7 +170,10 @@ pub async fn create_super_admin(dir: &DataDir, email: &str, password: &str, now:
     let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
     let id = UserId::new();
     let hash = hash_password(password)?;
-    stores.meta.create_user(&NewUser { id, tenant_id: None, email: email.clone(), role: Role::SuperAdmin, password_hash: hash, now }).await?;
+    stores
+        .meta
+        .create_user(&NewUser { id, tenant_id: None, email: email.clone(), role: Role::SuperAdmin, password_hash: hash, now })
+        .await?;
     let event = AuditEvent::new(None, Category::Admin, "superadmin.create", Actor::system("cli"), Outcome::Success)
         .resource(format!("user:{id}"))
         .details(serde_json::json!({"email": email.as_str()}));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use moat_core::MoatError;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -74,18 +74,6 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            store: StoreConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -187,7 +175,8 @@ impl Config {
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let inner = inner.trim().trim_end_matches('\n');
+            // One line: the key is named in front; the deserializer's own location line goes.
+            let inner = inner.trim().lines().next().unwrap_or_default();
             if path == "." { config_error(inner.to_owned()) } else { config_error(format!("{path}: {inner}")) }
         })?;
         cfg.validate()?;
@@ -324,7 +313,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let f = dir.path().join("moat.toml");
         std::fs::write(&f, "[server]\nhttp = \"127.0.0.1:9000\"\n[auth]\nlockout_threshold = 7\n").expect("write");
-        let c = Config::load(Some(&f), env(&[("MOAT_AUTH__LOCKOUT_THRESHOLD", "9"), ("MOAT_CLI_TOKEN", "x")]), &Overrides::default()).expect("load");
+        let c = Config::load(Some(&f), env(&[("MOAT_AUTH__LOCKOUT_THRESHOLD", "9"), ("MOAT_CLI_TOKEN", "x")]), &Overrides::default())
+            .expect("load");
         assert_eq!(c.server.http.port(), 9000);
         assert_eq!(c.auth.lockout_threshold, 9, "env beats file");
         let o = Overrides { http: Some("127.0.0.1:9100".parse().expect("addr")), pg: None };

@@ -57,15 +57,34 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
     let sa = Email::parse(DEMO_SUPER_ADMIN)?;
     if stores.meta.user_by_email(None, &sa).await?.is_none() {
         let id = UserId::new();
-        stores.meta.create_user(&NewUser { id, tenant_id: None, email: sa, role: Role::SuperAdmin, password_hash: hash.clone(), now }).await?;
-        stores.audit.append(&AuditEvent::new(None, Category::Admin, "superadmin.create", system(), Outcome::Success).resource(format!("user:{id}")), now * 1000).await?;
+        stores
+            .meta
+            .create_user(&NewUser { id, tenant_id: None, email: sa, role: Role::SuperAdmin, password_hash: hash.clone(), now })
+            .await?;
+        stores
+            .audit
+            .append(
+                &AuditEvent::new(None, Category::Admin, "superadmin.create", system(), Outcome::Success).resource(format!("user:{id}")),
+                now * 1000,
+            )
+            .await?;
     }
     for (slug, name) in DEMO_TENANTS {
         let tenant = match stores.meta.tenant_by_slug(slug).await? {
             Some(t) => t,
             None => {
-                let t = stores.meta.create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(slug)?, name: name.into(), now }, None).await?;
-                stores.audit.append(&AuditEvent::new(Some(t.id), Category::Admin, "tenant.create", system(), Outcome::Success).resource(format!("tenant:{slug}")), now * 1000).await?;
+                let t = stores
+                    .meta
+                    .create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(slug)?, name: name.into(), now }, None)
+                    .await?;
+                stores
+                    .audit
+                    .append(
+                        &AuditEvent::new(Some(t.id), Category::Admin, "tenant.create", system(), Outcome::Success)
+                            .resource(format!("tenant:{slug}")),
+                        now * 1000,
+                    )
+                    .await?;
                 t
             }
         };
@@ -73,7 +92,10 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
             let email = Email::parse(&format!("{local}@{slug}.example"))?;
             if stores.meta.user_by_email(Some(tenant.id), &email).await?.is_none() {
                 let id = UserId::new();
-                stores.meta.create_user(&NewUser { id, tenant_id: Some(tenant.id), email: email.clone(), role, password_hash: hash.clone(), now }).await?;
+                stores
+                    .meta
+                    .create_user(&NewUser { id, tenant_id: Some(tenant.id), email: email.clone(), role, password_hash: hash.clone(), now })
+                    .await?;
                 let e = AuditEvent::new(Some(tenant.id), Category::Admin, "user.create", system(), Outcome::Success)
                     .resource(format!("user:{id}"))
                     .details(serde_json::json!({"email": email, "role": role}));
@@ -88,6 +110,8 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
 fn listing() -> Vec<(String, Vec<(String, String)>)> {
     DEMO_TENANTS
         .iter()
-        .map(|(slug, _)| (slug.to_string(), DEMO_USERS.iter().map(|(l, r)| (format!("{l}@{slug}.example"), r.as_str().to_owned())).collect()))
+        .map(|(slug, _)| {
+            (slug.to_string(), DEMO_USERS.iter().map(|(l, r)| (format!("{l}@{slug}.example"), r.as_str().to_owned())).collect())
+        })
         .collect()
 }

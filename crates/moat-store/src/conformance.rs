@@ -16,7 +16,14 @@ fn slug() -> Slug {
 }
 
 fn user(tenant: Option<TenantId>, email: &str, role: Role) -> NewUser {
-    NewUser { id: UserId::new(), tenant_id: tenant, email: Email::parse(email).unwrap(), role, password_hash: "$argon2id$fake".into(), now: NOW }
+    NewUser {
+        id: UserId::new(),
+        tenant_id: tenant,
+        email: Email::parse(email).unwrap(),
+        role,
+        password_hash: "$argon2id$fake".into(),
+        now: NOW,
+    }
 }
 
 async fn tenant(s: &Stores) -> TenantRecord {
@@ -37,7 +44,10 @@ pub async fn run_all(s: &Stores) {
 pub async fn tenants_and_atomic_first_admin(s: &Stores) {
     let t = tenant(s).await;
     assert_eq!(s.meta.tenant_by_slug(&t.slug).await.unwrap().unwrap().id, t.id);
-    let dup = s.meta.create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(&t.slug).unwrap(), name: "x".into(), now: NOW }, None).await;
+    let dup = s
+        .meta
+        .create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(&t.slug).unwrap(), name: "x".into(), now: NOW }, None)
+        .await;
     assert_eq!(dup.unwrap_err().code, "tenant_exists");
     // A tenant whose first admin fails leaves no tenant behind.
     let platform_admin = user(None, "dup-admin@platform.example", Role::SuperAdmin);
@@ -99,7 +109,8 @@ pub async fn refresh_rotation_and_reuse(s: &Stores) {
     let t = tenant(s).await;
     let u = s.meta.create_user(&user(Some(t.id), "r@x.example", Role::User)).await.unwrap();
     let sid = SessionId::new();
-    let ns = NewSession { id: sid, tenant_id: Some(t.id), user_id: u.id, now: NOW, expires_at: NOW + 86_400, source_ip: None, user_agent: None };
+    let ns =
+        NewSession { id: sid, tenant_id: Some(t.id), user_id: u.id, now: NOW, expires_at: NOW + 86_400, source_ip: None, user_agent: None };
     s.sessions.create_session(&ns, "h1", NOW + 86_400).await.unwrap();
     assert!(s.sessions.session_auth_state(sid, u.id).await.unwrap().unwrap().session_live);
     assert!(s.sessions.session_auth_state(sid, UserId::new()).await.unwrap().is_none(), "session bound to its user");

@@ -53,7 +53,13 @@ pub trait MetaStore: Send + Sync {
     // --- lockout, keyed by (tenant slug as presented or "platform", e-mail) ---
     async fn lockout_state(&self, scope_key: &str, email: &str) -> Result<LockoutState>;
     /// Atomically counts one failure under `policy`.
-    async fn record_login_failure(&self, scope_key: &str, email: &str, policy: &LockoutPolicy, now: UnixSeconds) -> Result<(FailureOutcome, LockoutState)>;
+    async fn record_login_failure(
+        &self,
+        scope_key: &str,
+        email: &str,
+        policy: &LockoutPolicy,
+        now: UnixSeconds,
+    ) -> Result<(FailureOutcome, LockoutState)>;
     async fn clear_lockout(&self, scope_key: &str, email: &str) -> Result<()>;
 
     // --- API keys ---
@@ -76,7 +82,13 @@ pub trait SessionStore: Send + Sync {
     async fn session_auth_state(&self, session: SessionId, user: UserId) -> Result<Option<AuthState>>;
     /// Rotates a refresh token: marks the presented one used and stores its successor, or
     /// reports reuse (and revokes the whole family) if it had been used before.
-    async fn rotate_refresh(&self, presented_hash: &str, successor_hash: &str, successor_expires_at: UnixSeconds, now: UnixSeconds) -> Result<RefreshOutcome>;
+    async fn rotate_refresh(
+        &self,
+        presented_hash: &str,
+        successor_hash: &str,
+        successor_expires_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Result<RefreshOutcome>;
     async fn revoke_session(&self, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool>;
     /// Revokes every live session of a user (disable, password change).
     async fn revoke_user_sessions(&self, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64>;

@@ -126,9 +126,17 @@ pub struct AuthState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
-    Rotated { session: SessionId, tenant_id: Option<TenantId>, user_id: UserId },
+    Rotated {
+        session: SessionId,
+        tenant_id: Option<TenantId>,
+        user_id: UserId,
+    },
     /// A rotated token was presented again: the family has been revoked.
-    Reused { session: SessionId, tenant_id: Option<TenantId>, user_id: UserId },
+    Reused {
+        session: SessionId,
+        tenant_id: Option<TenantId>,
+        user_id: UserId,
+    },
     /// Unknown, expired, or its session is revoked or expired.
     Invalid,
 }

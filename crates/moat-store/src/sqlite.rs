@@ -51,9 +51,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await.map_err(|e| {
-            MoatError::unavailable("store_unavailable", format!("cannot open the store at {}: {e}", path.display()))
-        })?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(|e| MoatError::unavailable("store_unavailable", format!("cannot open the store at {}: {e}", path.display())))?;
         let s = Self { pool };
         s.migrate().await?;
         Ok(s)
@@ -70,10 +72,12 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         for (version, name, sql) in MIGRATIONS {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
             let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
@@ -251,7 +255,8 @@ impl MetaStore for SqliteStore {
     }
 
     async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await.map_err(db_err)?;
+        let row =
+            sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.as_ref().map(tenant_from_row).transpose()
     }
 
@@ -331,12 +336,13 @@ impl MetaStore for SqliteStore {
 
     async fn set_password(&self, tenant: Option<TenantId>, id: UserId, new_hash: &str, now: UnixSeconds) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let old: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?")
-            .bind(platform_key(tenant))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let old: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?")
+                .bind(platform_key(tenant))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
         let Some(old) = old else { return Ok(false) };
         sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES (?, ?, ?)")
             .bind(id.to_string())
@@ -362,12 +368,13 @@ impl MetaStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-        let older: Vec<String> = sqlx::query_scalar("SELECT password_hash FROM password_history WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?")
-            .bind(id.to_string())
-            .bind(n.saturating_sub(1) as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let older: Vec<String> =
+            sqlx::query_scalar("SELECT password_hash FROM password_history WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?")
+                .bind(id.to_string())
+                .bind(n.saturating_sub(1) as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
         out.extend(older);
         out.truncate(n);
         Ok(out)
@@ -388,7 +395,13 @@ impl MetaStore for SqliteStore {
         }))
     }
 
-    async fn record_login_failure(&self, scope_key: &str, email: &str, policy: &LockoutPolicy, now: UnixSeconds) -> Result<(FailureOutcome, LockoutState)> {
+    async fn record_login_failure(
+        &self,
+        scope_key: &str,
+        email: &str,
+        policy: &LockoutPolicy,
+        now: UnixSeconds,
+    ) -> Result<(FailureOutcome, LockoutState)> {
         // IMMEDIATE takes the write lock up front: concurrent failures are counted one by one.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
         let row = sqlx::query("SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?")
@@ -553,17 +566,19 @@ impl MetaStore for SqliteStore {
 impl SessionStore for SqliteStore {
     async fn create_session(&self, s: &NewSession, refresh_hash: &str, refresh_expires_at: UnixSeconds) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, created_at, expires_at, source_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(s.id.to_string())
-            .bind(s.tenant_id.map(|t| t.to_string()))
-            .bind(s.user_id.to_string())
-            .bind(s.now)
-            .bind(s.expires_at)
-            .bind(&s.source_ip)
-            .bind(&s.user_agent)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, user_id, created_at, expires_at, source_ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.id.to_string())
+        .bind(s.tenant_id.map(|t| t.to_string()))
+        .bind(s.user_id.to_string())
+        .bind(s.now)
+        .bind(s.expires_at)
+        .bind(&s.source_ip)
+        .bind(&s.user_agent)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES (?, ?, ?, ?)")
             .bind(refresh_hash)
             .bind(s.id.to_string())
@@ -601,7 +616,13 @@ impl SessionStore for SqliteStore {
         }))
     }
 
-    async fn rotate_refresh(&self, presented_hash: &str, successor_hash: &str, successor_expires_at: UnixSeconds, now: UnixSeconds) -> Result<RefreshOutcome> {
+    async fn rotate_refresh(
+        &self,
+        presented_hash: &str,
+        successor_hash: &str,
+        successor_expires_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Result<RefreshOutcome> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
         let row = sqlx::query(
             "SELECT r.session_id, r.expires_at, r.used_at, s.revoked_at, s.expires_at AS session_expires_at, s.tenant_id, s.user_id
@@ -748,7 +769,8 @@ impl AuditStore for SqliteStore {
     }
 
     async fn list(&self, trail: Option<TenantId>, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let like = |s: &Option<String>| s.as_ref().map(|v| format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+        let like =
+            |s: &Option<String>| s.as_ref().map(|v| format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
         let rows = sqlx::query(
             "SELECT * FROM audit_events WHERE trail = ?
                AND (? IS NULL OR actor LIKE ? ESCAPE '\\')
@@ -784,7 +806,11 @@ impl AuditStore for SqliteStore {
     }
 
     async fn verify_chain(&self, trail: Option<TenantId>) -> Result<ChainReport> {
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE trail = ? ORDER BY seq").bind(platform_key(trail)).fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE trail = ? ORDER BY seq")
+            .bind(platform_key(trail))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
         let mut prev = GENESIS_HASH.to_owned();
         let mut checked = 0u64;
         for (i, row) in rows.iter().enumerate() {
@@ -792,7 +818,12 @@ impl AuditStore for SqliteStore {
                 Ok(r) => r,
                 Err(_) => {
                     let seq: i64 = row.get("seq");
-                    return Ok(ChainReport { ok: false, checked, head: Some(prev), first_bad: Some((seq, "record does not decode".into())) });
+                    return Ok(ChainReport {
+                        ok: false,
+                        checked,
+                        head: Some(prev),
+                        first_bad: Some((seq, "record does not decode".into())),
+                    });
                 }
             };
             let problem = if rec.seq != i as i64 + 1 {

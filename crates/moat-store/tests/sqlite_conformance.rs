@@ -1,4 +1,5 @@
 //! The conformance suite on the embedded SQLite backend, plus SQLite-specific guarantees.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use moat_store::sqlite::SqliteStore;
 use moat_store::{Stores, conformance};

@@ -131,7 +131,13 @@ impl TestServer {
     /// Creates a tenant with `admin@<slug>.example` and returns the admin's token.
     pub async fn tenant_with_admin(&self, slug: &str) -> String {
         let sa = self.super_admin().await;
-        let r = self.post("/v1/tenants", &sa, json!({"slug": slug, "name": slug, "admin": {"email": format!("admin@{slug}.example"), "password": PASSWORD}})).await;
+        let r = self
+            .post(
+                "/v1/tenants",
+                &sa,
+                json!({"slug": slug, "name": slug, "admin": {"email": format!("admin@{slug}.example"), "password": PASSWORD}}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         self.login(Some(slug), &format!("admin@{slug}.example"), PASSWORD).await
     }

@@ -96,7 +96,13 @@ async fn login_failures_are_indistinguishable() {
     assert_eq!(answers[0].0, StatusCode::UNAUTHORIZED);
     assert_eq!(answers[0].1["error"]["code"], "invalid_credentials");
     // The audit trail keeps the real reasons for the tenant's admins.
-    let reasons: Vec<String> = s.audit_of(Some("acme")).await.iter().filter(|e| e.action == "auth.login" && e.outcome == "failure").map(|e| e.details["reason"].as_str().unwrap_or("").to_owned()).collect();
+    let reasons: Vec<String> = s
+        .audit_of(Some("acme"))
+        .await
+        .iter()
+        .filter(|e| e.action == "auth.login" && e.outcome == "failure")
+        .map(|e| e.details["reason"].as_str().unwrap_or("").to_owned())
+        .collect();
     for want in ["unknown_user", "bad_password", "account_disabled"] {
         assert!(reasons.iter().any(|r| r == want), "{reasons:?} lacks {want}");
     }
@@ -149,7 +155,11 @@ async fn unknown_accounts_lock_too() {
             s.login_raw(Some("acme"), who, "Wrong-Passw0rd!").await;
         }
         let r = s.login_raw(Some("acme"), who, "Wrong-Passw0rd!").await;
-        assert_eq!((r.status, r.code(), r.header("retry-after")), (StatusCode::TOO_MANY_REQUESTS, "account_locked", Some("300".into())), "{who}");
+        assert_eq!(
+            (r.status, r.code(), r.header("retry-after")),
+            (StatusCode::TOO_MANY_REQUESTS, "account_locked", Some("300".into())),
+            "{who}"
+        );
     }
 }
 
@@ -201,7 +211,11 @@ async fn super_admin_logs_in_without_tenant() {
     let me = s.get("/v1/auth/whoami", &sa).await;
     assert_eq!(me.body["role"], "super_admin");
     assert!(me.body["tenant"].is_null());
-    assert_eq!(s.login_raw(Some("acme"), SUPER_ADMIN, PASSWORD).await.code(), "invalid_credentials", "no tenant login for the platform account");
+    assert_eq!(
+        s.login_raw(Some("acme"), SUPER_ADMIN, PASSWORD).await.code(),
+        "invalid_credentials",
+        "no tenant login for the platform account"
+    );
 }
 
 #[tokio::test]

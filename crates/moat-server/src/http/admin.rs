@@ -6,13 +6,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use moat_core::MoatError;
 use moat_core::apikey;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::ids::{ApiKeyId, Email, Slug, TenantId, UserId};
 use moat_core::permission::Permission;
 use moat_core::principal::Principal;
 use moat_core::role::Role;
-use moat_core::MoatError;
 use moat_store::{ApiKeyRecord, NewApiKey, NewTenant, NewUser, TenantRecord, TenantStatus, UserRecord, UserStatus};
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,11 @@ pub struct Created {
     pub slug: Option<String>,
 }
 
-pub async fn create_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act::TenantCreate>, JsonBody(req): JsonBody<CreateTenant>) -> ApiResult<(StatusCode, Json<Created>)> {
+pub async fn create_tenant(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::TenantCreate>,
+    JsonBody(req): JsonBody<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<Created>)> {
     let slug = Slug::parse(&req.slug)?;
     let name = check_name("name", &req.name, 200)?;
     let now = st.clock.now_s();
@@ -74,10 +78,12 @@ pub async fn create_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act
     let t = st.stores.meta.create_tenant(&NewTenant { id, slug: slug.clone(), name, now }, admin.as_ref()).await?;
     let p = &auth.principal;
     let resource = format!("tenant:{}", t.slug);
-    st.record(&auth.client, admin_event(None, p, "tenant.create", resource.clone()).details(serde_json::json!({"tenant_id": t.id}))).await?;
+    st.record(&auth.client, admin_event(None, p, "tenant.create", resource.clone()).details(serde_json::json!({"tenant_id": t.id})))
+        .await?;
     st.record(&auth.client, admin_event(Some(t.id), p, "tenant.create", resource)).await?;
     if let Some(a) = &admin {
-        let e = admin_event(Some(t.id), p, "user.create", format!("user:{}", a.id)).details(serde_json::json!({"email": a.email, "role": "admin"}));
+        let e = admin_event(Some(t.id), p, "user.create", format!("user:{}", a.id))
+            .details(serde_json::json!({"email": a.email, "role": "admin"}));
         st.record(&auth.client, e).await?;
     }
     Ok((StatusCode::CREATED, Json(Created { id: t.id.to_string(), slug: Some(t.slug) })))
@@ -92,7 +98,11 @@ pub async fn list_tenants(State(st): State<Arc<AppState>>, _auth: Authorized<act
     Ok(Json(TenantList { tenants: st.stores.meta.list_tenants().await? }))
 }
 
-pub async fn get_tenant(State(st): State<Arc<AppState>>, _auth: Authorized<act::TenantRead>, Path(slug): Path<String>) -> ApiResult<Json<TenantRecord>> {
+pub async fn get_tenant(
+    State(st): State<Arc<AppState>>,
+    _auth: Authorized<act::TenantRead>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<TenantRecord>> {
     Ok(Json(st.stores.meta.tenant_by_slug(&slug).await?.ok_or_else(tenant_not_found)?))
 }
 
@@ -100,7 +110,12 @@ fn tenant_not_found() -> MoatError {
     MoatError::not_found("tenant_not_found", "no such tenant")
 }
 
-async fn set_tenant_status(st: &AppState, auth: &Authorized<act::TenantUpdate>, slug: &str, status: TenantStatus) -> ApiResult<Json<TenantRecord>> {
+async fn set_tenant_status(
+    st: &AppState,
+    auth: &Authorized<act::TenantUpdate>,
+    slug: &str,
+    status: TenantStatus,
+) -> ApiResult<Json<TenantRecord>> {
     let t = st.stores.meta.tenant_by_slug(slug).await?.ok_or_else(tenant_not_found)?;
     st.stores.meta.set_tenant_status(t.id, status, st.clock.now_s()).await?;
     let action = if status == TenantStatus::Suspended { "tenant.suspend" } else { "tenant.resume" };
@@ -110,11 +125,19 @@ async fn set_tenant_status(st: &AppState, auth: &Authorized<act::TenantUpdate>, 
     Ok(Json(TenantRecord { status, ..t }))
 }
 
-pub async fn suspend_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act::TenantUpdate>, Path(slug): Path<String>) -> ApiResult<Json<TenantRecord>> {
+pub async fn suspend_tenant(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::TenantUpdate>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<TenantRecord>> {
     set_tenant_status(&st, &auth, &slug, TenantStatus::Suspended).await
 }
 
-pub async fn resume_tenant(State(st): State<Arc<AppState>>, auth: Authorized<act::TenantUpdate>, Path(slug): Path<String>) -> ApiResult<Json<TenantRecord>> {
+pub async fn resume_tenant(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::TenantUpdate>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<TenantRecord>> {
     set_tenant_status(&st, &auth, &slug, TenantStatus::Active).await
 }
 
@@ -140,7 +163,11 @@ fn grantable(caller: &Principal, role_name: &str) -> Result<Role, MoatError> {
     Ok(role)
 }
 
-pub async fn create_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserCreate>, JsonBody(req): JsonBody<CreateUser>) -> ApiResult<(StatusCode, Json<Created>)> {
+pub async fn create_user(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::UserCreate>,
+    JsonBody(req): JsonBody<CreateUser>,
+) -> ApiResult<(StatusCode, Json<Created>)> {
     let tenant = auth.tenant;
     let email = Email::parse(&req.email)?;
     let role = grantable(&auth.principal, &req.role)?;
@@ -148,7 +175,8 @@ pub async fn create_user(State(st): State<Arc<AppState>>, auth: Authorized<act::
     let now = st.clock.now_s();
     let password_hash = hash_blocking(req.password.clone()).await?;
     let u = st.stores.meta.create_user(&NewUser { id: UserId::new(), tenant_id: tenant, email, role, password_hash, now }).await?;
-    let e = admin_event(tenant, &auth.principal, "user.create", format!("user:{}", u.id)).details(serde_json::json!({"email": u.email, "role": role}));
+    let e = admin_event(tenant, &auth.principal, "user.create", format!("user:{}", u.id))
+        .details(serde_json::json!({"email": u.email, "role": role}));
     st.record(&auth.client, e).await?;
     Ok((StatusCode::CREATED, Json(Created { id: u.id.to_string(), slug: None })))
 }
@@ -172,7 +200,11 @@ async fn find_user(st: &AppState, tenant: Option<TenantId>, id: &str) -> Result<
     st.stores.meta.user_by_id(tenant, id).await?.ok_or_else(user_not_found)
 }
 
-pub async fn get_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserRead>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+pub async fn get_user(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::UserRead>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserRecord>> {
     Ok(Json(find_user(&st, auth.tenant, &id).await?))
 }
 
@@ -194,16 +226,28 @@ async fn set_user_status(st: &AppState, auth: &Authorized<act::UserUpdate>, id: 
     Ok(Json(UserRecord { status, ..u }))
 }
 
-pub async fn disable_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+pub async fn disable_user(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::UserUpdate>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserRecord>> {
     set_user_status(&st, &auth, &id, UserStatus::Disabled).await
 }
 
-pub async fn enable_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+pub async fn enable_user(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::UserUpdate>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserRecord>> {
     set_user_status(&st, &auth, &id, UserStatus::Active).await
 }
 
 /// Clears the user's lockout counters (the only way out of the last lockout stage).
-pub async fn unlock_user(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>) -> ApiResult<Json<UserRecord>> {
+pub async fn unlock_user(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::UserUpdate>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserRecord>> {
     let u = find_user(&st, auth.tenant, &id).await?;
     let scope_key = match auth.tenant {
         Some(t) => st.stores.meta.tenant_by_id(t).await?.ok_or_else(tenant_not_found)?.slug,
@@ -220,7 +264,12 @@ pub struct SetRole {
     pub role: String,
 }
 
-pub async fn set_user_role(State(st): State<Arc<AppState>>, auth: Authorized<act::UserUpdate>, Path(id): Path<String>, JsonBody(req): JsonBody<SetRole>) -> ApiResult<Json<UserRecord>> {
+pub async fn set_user_role(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::UserUpdate>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<SetRole>,
+) -> ApiResult<Json<UserRecord>> {
     let u = find_user(&st, auth.tenant, &id).await?;
     let role = grantable(&auth.principal, &req.role)?;
     if u.id == auth.principal.user_id() {
@@ -231,7 +280,8 @@ pub async fn set_user_role(State(st): State<Arc<AppState>>, auth: Authorized<act
     }
     let tenant = auth.tenant.ok_or_else(|| MoatError::invalid("invalid_role", "platform accounts have no tenant role"))?;
     st.stores.meta.set_user_role(tenant, u.id, role, st.clock.now_s()).await?;
-    let e = admin_event(auth.tenant, &auth.principal, "user.role_change", format!("user:{}", u.id)).details(serde_json::json!({"from": u.role, "to": role}));
+    let e = admin_event(auth.tenant, &auth.principal, "user.role_change", format!("user:{}", u.id))
+        .details(serde_json::json!({"from": u.role, "to": role}));
     st.record(&auth.client, e).await?;
     Ok(Json(UserRecord { role, ..u }))
 }
@@ -255,7 +305,11 @@ pub struct CreatedKey {
     pub scopes: Vec<String>,
 }
 
-pub async fn create_key(State(st): State<Arc<AppState>>, auth: Authorized<act::KeyCreate>, JsonBody(req): JsonBody<CreateKey>) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+pub async fn create_key(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::KeyCreate>,
+    JsonBody(req): JsonBody<CreateKey>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     let name = check_name("name", &req.name, 100)?;
     let scopes = apikey::validate_scopes(&req.scopes, &auth.principal)?;
     let days = apikey::validate_expiry_days(req.expires_in_days)?;
@@ -277,7 +331,8 @@ pub async fn create_key(State(st): State<Arc<AppState>>, auth: Authorized<act::K
             expires_at: now + i64::from(days) * 86_400,
         })
         .await?;
-    let e = admin_event(auth.tenant, &auth.principal, "key.create", format!("api_key:{}", rec.id)).details(serde_json::json!({"name": rec.name, "scopes": scopes, "expires_at": rec.expires_at}));
+    let e = admin_event(auth.tenant, &auth.principal, "key.create", format!("api_key:{}", rec.id))
+        .details(serde_json::json!({"name": rec.name, "scopes": scopes, "expires_at": rec.expires_at}));
     st.record(&auth.client, e).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey { id: rec.id, key, expires_at: rec.expires_at, scopes })))
 }
@@ -309,12 +364,20 @@ fn key_owner_filter(p: &Principal, all: bool) -> Result<Option<UserId>, MoatErro
     }
 }
 
-pub async fn list_keys(State(st): State<Arc<AppState>>, auth: Authorized<act::KeyRead>, QueryParams(q): QueryParams<KeyListQuery>) -> ApiResult<Json<KeyList>> {
+pub async fn list_keys(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::KeyRead>,
+    QueryParams(q): QueryParams<KeyListQuery>,
+) -> ApiResult<Json<KeyList>> {
     let owner = key_owner_filter(&auth.principal, q.all)?;
     Ok(Json(KeyList { keys: st.stores.meta.list_api_keys(auth.tenant, owner).await? }))
 }
 
-pub async fn revoke_key(State(st): State<Arc<AppState>>, auth: Authorized<act::KeyRevoke>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn revoke_key(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::KeyRevoke>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let not_found = || MoatError::not_found("key_not_found", "no such API key");
     let id = ApiKeyId::parse(&id).ok_or_else(not_found)?;
     // Own keys first; an admin with key:manage may revoke anyone's in the tenant.
@@ -328,4 +391,3 @@ pub async fn revoke_key(State(st): State<Arc<AppState>>, auth: Authorized<act::K
     st.record(&auth.client, admin_event(auth.tenant, &auth.principal, "key.revoke", format!("api_key:{id}"))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-

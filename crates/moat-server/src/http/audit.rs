@@ -47,7 +47,11 @@ fn parse_time(field: &str, v: &str) -> Result<i64, MoatError> {
         .map_err(|_| MoatError::bad_request("invalid_query", format!("{field}: expected RFC 3339 time or Unix milliseconds")))
 }
 
-pub async fn events(State(st): State<Arc<AppState>>, auth: Authorized<act::AuditRead>, QueryParams(q): QueryParams<EventQuery>) -> ApiResult<Json<EventPage>> {
+pub async fn events(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::AuditRead>,
+    QueryParams(q): QueryParams<EventQuery>,
+) -> ApiResult<Json<EventPage>> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(MoatError::bad_request("invalid_query", "limit: must be between 1 and 1000").into());
@@ -86,9 +90,15 @@ pub struct VerifyReport {
 
 pub async fn verify(State(st): State<Arc<AppState>>, auth: Authorized<act::AuditVerify>) -> ApiResult<Json<VerifyReport>> {
     let r = st.stores.audit.verify_chain(auth.tenant).await?;
-    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.verify", Actor::of(&auth.principal), if r.ok { Outcome::Success } else { Outcome::Failure })
-        .resource("audit:chain")
-        .details(serde_json::json!({"checked": r.checked, "ok": r.ok}));
+    let e = AuditEvent::new(
+        auth.tenant,
+        Category::DataAccess,
+        "audit.verify",
+        Actor::of(&auth.principal),
+        if r.ok { Outcome::Success } else { Outcome::Failure },
+    )
+    .resource("audit:chain")
+    .details(serde_json::json!({"checked": r.checked, "ok": r.ok}));
     st.record(&auth.client, e).await?;
     let (first_bad_seq, problem) = r.first_bad.map_or((None, None), |(s, p)| (Some(s), Some(p)));
     Ok(Json(VerifyReport { ok: r.ok, checked: r.checked, head: r.head, first_bad_seq, problem }))

@@ -54,7 +54,8 @@ fn refresh_cookie(token: &str, max_age_s: i64) -> HeaderValue {
 }
 
 fn token_response(access: String, cookie: HeaderValue) -> Response {
-    let mut resp = (StatusCode::OK, Json(TokenResponse { access_token: access, token_type: "Bearer".into(), expires_in: ACCESS_TTL_S })).into_response();
+    let mut resp = (StatusCode::OK, Json(TokenResponse { access_token: access, token_type: "Bearer".into(), expires_in: ACCESS_TTL_S }))
+        .into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     resp
 }
@@ -85,7 +86,12 @@ pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody
 
     if let Some(retry) = st.ip_limiter.blocked(&ip_key, now).await {
         st.record(&client, attempt(Outcome::Denied, "ip_rate_limited", None)).await?;
-        return Err(MoatError::new(ErrorKind::TooManyRequests { retry_after_s: Some(retry) }, "rate_limited", "too many failed logins from this address; try later").into());
+        return Err(MoatError::new(
+            ErrorKind::TooManyRequests { retry_after_s: Some(retry) },
+            "rate_limited",
+            "too many failed logins from this address; try later",
+        )
+        .into());
     }
     let tenant = match &req.tenant {
         Some(_) => st.stores.meta.tenant_by_slug(&scope_key).await?,
@@ -102,7 +108,11 @@ pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody
     };
     if let Some(retry_after_s) = retry_after_s {
         st.record(&client, attempt(Outcome::Denied, "locked", trail)).await?;
-        let msg = if retry_after_s.is_some() { "too many failed logins; try again later" } else { "too many failed logins; an administrator must unlock the account" };
+        let msg = if retry_after_s.is_some() {
+            "too many failed logins; try again later"
+        } else {
+            "too many failed logins; an administrator must unlock the account"
+        };
         return Err(MoatError::new(ErrorKind::TooManyRequests { retry_after_s }, "account_locked", msg).into());
     }
 
@@ -148,10 +158,23 @@ pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody
 }
 
 fn actor_for(user_id: UserId, email: &Email, role: Role, scope: Scope) -> Actor {
-    Actor { user_id: Some(user_id), email: Some(email.to_string()), role: Some(role.as_str().into()), via: "password".into(), super_admin: scope == Scope::Platform }
+    Actor {
+        user_id: Some(user_id),
+        email: Some(email.to_string()),
+        role: Some(role.as_str().into()),
+        via: "password".into(),
+        super_admin: scope == Scope::Platform,
+    }
 }
 
-async fn start_session(st: &AppState, client: &ClientInfo, scope: Scope, user_id: UserId, email: &Email, role: Role) -> Result<(String, HeaderValue), MoatError> {
+async fn start_session(
+    st: &AppState,
+    client: &ClientInfo,
+    scope: Scope,
+    user_id: UserId,
+    email: &Email,
+    role: Role,
+) -> Result<(String, HeaderValue), MoatError> {
     let now = st.clock.now_s();
     let session_id = SessionId::new();
     let refresh = secret::random_token()?;
@@ -192,7 +215,12 @@ pub async fn refresh(State(st): State<Arc<AppState>>, client: ClientInfo, header
     let outcome = st
         .stores
         .sessions
-        .rotate_refresh(&secret::sha256_hex(presented.as_bytes()), &secret::sha256_hex(successor.as_bytes()), now + st.config.auth.refresh_ttl_s, now)
+        .rotate_refresh(
+            &secret::sha256_hex(presented.as_bytes()),
+            &secret::sha256_hex(successor.as_bytes()),
+            now + st.config.auth.refresh_ttl_s,
+            now,
+        )
         .await?;
     match outcome {
         RefreshOutcome::Rotated { session, tenant_id, user_id } => {
@@ -206,9 +234,16 @@ pub async fn refresh(State(st): State<Arc<AppState>>, client: ClientInfo, header
                 return Err(MoatError::unauthenticated("invalid_refresh_token", "the refresh token is invalid or expired").into());
             };
             let scope = tenant_id.map_or(Scope::Platform, Scope::Tenant);
-            let (access, _) = st.keys.issue(&AccessGrant { scope, user_id, email: user.email.clone(), role: user.role, session_id: session }, now)?;
-            let e = AuditEvent::new(tenant_id, Category::Auth, "auth.refresh", actor_for(user_id, &user.email, user.role, scope), Outcome::Success)
-                .resource(format!("session:{session}"));
+            let (access, _) =
+                st.keys.issue(&AccessGrant { scope, user_id, email: user.email.clone(), role: user.role, session_id: session }, now)?;
+            let e = AuditEvent::new(
+                tenant_id,
+                Category::Auth,
+                "auth.refresh",
+                actor_for(user_id, &user.email, user.role, scope),
+                Outcome::Success,
+            )
+            .resource(format!("session:{session}"));
             st.record(&client, e).await?;
             Ok(token_response(access, refresh_cookie(&successor, st.config.auth.refresh_ttl_s)))
         }
@@ -219,11 +254,17 @@ pub async fn refresh(State(st): State<Arc<AppState>>, client: ClientInfo, header
                 .resource(format!("session:{session}"))
                 .details(serde_json::json!({"action_taken": "session_revoked"}));
             st.record(&client, e).await?;
-            let mut resp = ApiError(MoatError::unauthenticated("refresh_token_reused", "this refresh token was already used; the session has been revoked")).into_response();
+            let mut resp = ApiError(MoatError::unauthenticated(
+                "refresh_token_reused",
+                "this refresh token was already used; the session has been revoked",
+            ))
+            .into_response();
             resp.headers_mut().insert(header::SET_COOKIE, refresh_cookie("", 0));
             Ok(resp)
         }
-        RefreshOutcome::Invalid => Err(MoatError::unauthenticated("invalid_refresh_token", "the refresh token is invalid or expired").into()),
+        RefreshOutcome::Invalid => {
+            Err(MoatError::unauthenticated("invalid_refresh_token", "the refresh token is invalid or expired").into())
+        }
     }
 }
 
@@ -232,7 +273,8 @@ pub async fn logout(State(st): State<Arc<AppState>>, client: ClientInfo, Authent
         return Err(MoatError::bad_request("not_a_session", "API keys are not sessions; revoke a key with DELETE /v1/api-keys/{id}").into());
     };
     st.stores.sessions.revoke_session(sid, "logout", st.clock.now_s()).await?;
-    let e = AuditEvent::new(p.tenant_id(), Category::Auth, "auth.logout", Actor::of(&p), Outcome::Success).resource(format!("session:{sid}"));
+    let e =
+        AuditEvent::new(p.tenant_id(), Category::Auth, "auth.logout", Actor::of(&p), Outcome::Success).resource(format!("session:{sid}"));
     st.record(&client, e).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(header::SET_COOKIE, refresh_cookie("", 0));
@@ -289,9 +331,16 @@ pub struct PasswordChange {
 
 /// Changes the caller's own password: checks the current one, the policy and the history,
 /// then ends every session of the account.
-pub async fn change_password(State(st): State<Arc<AppState>>, client: ClientInfo, Authenticated(p): Authenticated, JsonBody(req): JsonBody<PasswordChange>) -> ApiResult<StatusCode> {
+pub async fn change_password(
+    State(st): State<Arc<AppState>>,
+    client: ClientInfo,
+    Authenticated(p): Authenticated,
+    JsonBody(req): JsonBody<PasswordChange>,
+) -> ApiResult<StatusCode> {
     if !matches!(p.credential(), Credential::Session(_)) {
-        return Err(MoatError::forbidden("session_required", "passwords can only be changed from a login session, not with an API key").into());
+        return Err(
+            MoatError::forbidden("session_required", "passwords can only be changed from a login session, not with an API key").into()
+        );
     }
     let user = st.stores.meta.user_by_id(p.tenant_id(), p.user_id()).await?.ok_or_else(invalid_credentials)?;
     if !check_password(req.current_password.clone(), Some(user.password_hash.clone())).await {
@@ -299,7 +348,8 @@ pub async fn change_password(State(st): State<Arc<AppState>>, client: ClientInfo
     }
     set_new_password(&st, &p, &req.new_password).await?;
     st.stores.sessions.revoke_user_sessions(p.user_id(), "password_changed", st.clock.now_s()).await?;
-    let e = AuditEvent::new(p.tenant_id(), Category::Admin, "user.password_change", Actor::of(&p), Outcome::Success).resource(format!("user:{}", p.user_id()));
+    let e = AuditEvent::new(p.tenant_id(), Category::Admin, "user.password_change", Actor::of(&p), Outcome::Success)
+        .resource(format!("user:{}", p.user_id()));
     st.record(&client, e).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -311,7 +361,10 @@ async fn set_new_password(st: &AppState, p: &Principal, new_password: &str) -> R
     let pw = new_password.to_owned();
     let reused = tokio::task::spawn_blocking(move || history.iter().any(|h| verify_password(&pw, h))).await.unwrap_or(true);
     if reused {
-        return Err(MoatError::invalid("password_reused", format!("new_password was used recently; the last {} passwords cannot be reused", st.password_policy.history)));
+        return Err(MoatError::invalid(
+            "password_reused",
+            format!("new_password was used recently; the last {} passwords cannot be reused", st.password_policy.history),
+        ));
     }
     let hash = hash_blocking(new_password.to_owned()).await?;
     st.stores.meta.set_password(p.tenant_id(), p.user_id(), &hash, st.clock.now_s()).await?;
@@ -320,5 +373,7 @@ async fn set_new_password(st: &AppState, p: &Principal, new_password: &str) -> R
 
 /// argon2id off the async workers.
 pub async fn hash_blocking(password: String) -> Result<String, MoatError> {
-    tokio::task::spawn_blocking(move || moat_core::password::hash_password(&password)).await.map_err(|_| MoatError::internal("hash_task_failed"))?
+    tokio::task::spawn_blocking(move || moat_core::password::hash_password(&password))
+        .await
+        .map_err(|_| MoatError::internal("hash_task_failed"))?
 }

@@ -65,8 +65,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 // axum's text starts with a generic sentence; keep the part naming the field.
                 let detail = text.split_once(": ").map_or(text.as_str(), |(_, d)| d).to_owned();
                 Err(ApiError(match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => MoatError::new(moat_core::ErrorKind::PayloadTooLarge, "body_too_large", "request body is over its limit"),
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => MoatError::bad_request("unsupported_media_type", "expected Content-Type: application/json"),
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        MoatError::new(moat_core::ErrorKind::PayloadTooLarge, "body_too_large", "request body is over its limit")
+                    }
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                        MoatError::bad_request("unsupported_media_type", "expected Content-Type: application/json")
+                    }
                     StatusCode::UNPROCESSABLE_ENTITY => MoatError::bad_request("invalid_body", detail),
                     _ => MoatError::bad_request("malformed_json", detail),
                 }))
@@ -214,7 +218,7 @@ impl<A: Action> FromRequestParts<Arc<AppState>> for Authorized<A> {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let client = ClientInfo::from_parts(parts);
         let principal = authenticate(state, parts).await?;
-        let param = parts.uri.query().and_then(|q| serde_urlencoded_tenant(q)).map(|t| t.to_ascii_lowercase());
+        let param = parts.uri.query().and_then(serde_urlencoded_tenant).map(|t| t.to_ascii_lowercase());
         let tenant = resolve_tenant(state, &principal, A::TARGET, param.as_deref()).await?;
         let target = tenant.map_or(Target::Platform, Target::Tenant);
         if let Err(denial) = state.authorizer.authorize(&principal, &A::PERMISSION, target) {
@@ -260,7 +264,8 @@ async fn resolve_tenant(state: &AppState, p: &Principal, kind: TargetKind, param
             let slug = param.ok_or_else(|| {
                 MoatError::bad_request("tenant_required", "a Super Admin must name the tenant to act in with ?tenant=<slug>")
             })?;
-            let t = state.stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::not_found("tenant_not_found", "no such tenant"))?;
+            let t =
+                state.stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::not_found("tenant_not_found", "no such tenant"))?;
             Ok(Some(t.id))
         }
     }

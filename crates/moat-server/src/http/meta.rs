@@ -19,7 +19,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     match st.stores.meta.ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ready", "checks": {"store": "ok"}})).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not_ready", "checks": {"store": "unreachable"}}))).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not_ready", "checks": {"store": "unreachable"}})))
+            .into_response(),
     }
 }
 

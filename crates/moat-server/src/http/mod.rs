@@ -73,7 +73,8 @@ async fn deadline(State(st): State<Arc<AppState>>, req: Request, next: Next) -> 
     let limit = Duration::from_millis(st.config.limits.request_timeout_ms);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError(MoatError::unavailable("request_timeout", format!("the request took longer than {} ms", limit.as_millis()))).into_response(),
+        Err(_) => ApiError(MoatError::unavailable("request_timeout", format!("the request took longer than {} ms", limit.as_millis())))
+            .into_response(),
     }
 }
 
@@ -93,7 +94,11 @@ impl MakeRequestId for NewRequestId {
 }
 
 /// Serves until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

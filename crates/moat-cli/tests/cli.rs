@@ -1,0 +1,238 @@
+//! The `moat` binary as an operator uses it: exit codes (0/1/2), one-line errors, file modes,
+//! and a full flow against a real `moat serve` on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_moat");
+const PW: &str = "Tr1cky-Gazelle";
+
+fn moat(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("MOAT_API_KEY");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Asserts a failed command printed exactly one `error[CODE]: …` line (plus optional hints).
+fn assert_error(o: &Output, exit: i32, code: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(exit), "stderr: {err}");
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.starts_with(&format!("error[{code}]: ")), "{err}");
+    assert!(err.lines().skip(1).all(|l| l.starts_with("  hint: ")), "one line plus hints: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+}
+
+#[test]
+fn init_is_idempotent_and_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let ds = d.to_str().unwrap();
+    let o = moat(&["init", "--data-dir", ds], &[], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("initialised"));
+    let toml_before = std::fs::read_to_string(d.join("moat.toml")).unwrap();
+    let o = moat(&["init", "--data-dir", ds], &[], None);
+    assert!(o.status.success());
+    assert!(text(&o.stdout).contains("already initialised"));
+    assert_eq!(std::fs::read_to_string(d.join("moat.toml")).unwrap(), toml_before);
+    assert_eq!(mode(&d), 0o700);
+    assert_eq!(mode(&d.join("master.key")), 0o600);
+    assert_eq!(mode(&d.join("moat.db")), 0o600);
+    for e in std::fs::read_dir(d.join("keys/signing")).unwrap() {
+        assert_eq!(mode(&e.unwrap().path()), 0o600);
+    }
+    let o = moat(&["--json", "init", "--data-dir", ds], &[], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["created"], false);
+}
+
+#[test]
+fn usage_and_validation_errors_exit_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("d");
+    let ds = ds.to_str().unwrap();
+    assert!(moat(&["init", "--data-dir", ds], &[], None).status.success());
+    let o = moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", ds], &[], Some("password\n"));
+    assert_error(&o, 2, "weak_password");
+    let o = moat(&["superadmin", "create", "--email", "not-an-email", "--password-stdin", "--data-dir", ds], &[], Some(&format!("{PW}\n")));
+    assert_error(&o, 2, "invalid_email");
+    let o = moat(&["serve", "--data-dir", ds], &[("MOAT_SERVER__HTTP", "nonsense")], None);
+    assert_error(&o, 2, "invalid_config");
+    assert!(text(&o.stderr).contains("server.http"), "names the key: {}", text(&o.stderr));
+    let o = moat(&["serve", "--data-dir", ds], &[("MOAT_LIMITS__REQUEST_TIMEOUT_MS", "5")], None);
+    assert_error(&o, 2, "invalid_config");
+    let o = moat(&["serve", "--data-dir", tmp.path().join("nope").to_str().unwrap()], &[], None);
+    assert_error(&o, 1, "not_initialised");
+    let o = moat(&["frobnicate"], &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    let o = moat(&["whoami", "--server", "http://127.0.0.1:9"], &[("MOAT_CLI_SESSION", tmp.path().join("s.json").to_str().unwrap())], None);
+    assert_error(&o, 1, "not_logged_in");
+    let o = moat(
+        &["login", "--email", "a@b.example", "--password-stdin", "--server", "http://127.0.0.1:9"],
+        &[("MOAT_CLI_SESSION", tmp.path().join("s.json").to_str().unwrap())],
+        Some("x\n"),
+    );
+    assert_error(&o, 1, "server_unreachable");
+}
+
+/// A running `moat serve` (or `moat demo`); killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    stdout_lines: Vec<String>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut url = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("serving HTTP on ").nth(1) {
+                url = Some(rest.split_whitespace().next().unwrap().to_owned());
+                break;
+            }
+        }
+        // The banner (demo) is printed before serving starts, so it is complete by now.
+        let mut stdout_lines = Vec::new();
+        let mut r = BufReader::new(stdout);
+        if args[0] == "demo" {
+            let mut l = String::new();
+            while r.read_line(&mut l).unwrap() > 0 {
+                let done = l.contains("moat whoami");
+                stdout_lines.push(l.trim_end().to_owned());
+                l.clear();
+                if done {
+                    break;
+                }
+            }
+        }
+        Self { child, url: url.expect("server did not start"), stdout_lines }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn admin_flow_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("d");
+    let ds = ds.to_str().unwrap();
+    let session = tmp.path().join("session.json");
+    let env = [("MOAT_CLI_SESSION", session.to_str().unwrap())];
+    assert!(moat(&["init", "--data-dir", ds], &[], None).status.success());
+    let o =
+        moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", ds], &[], Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    let url = srv.url.as_str();
+
+    let o = moat(&["login", "--server", url, "--email", "root@x.example", "--password-stdin"], &env, Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(mode(&session), 0o600);
+    let o =
+        moat(&["tenant", "create", "acme", "--name", "Acme", "--admin-email", "boss@acme.example"], &env, Some("Blue-Harbor-Anvil-7\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = moat(&["--json", "tenant", "list"], &env, None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tenants"][0]["slug"], "acme");
+    let o = moat(&["tenant", "list"], &env, None);
+    assert!(text(&o.stdout).contains("SLUG") && text(&o.stdout).contains("acme"), "a table: {}", text(&o.stdout));
+    let o = moat(&["tenant", "create", "acme", "--name", "Dup"], &env, None);
+    assert_error(&o, 1, "tenant_exists");
+    // The Super Admin acts inside acme.
+    let o = moat(
+        &["--in-tenant", "acme", "user", "create", "--email", "ana@acme.example", "--role", "editor", "--password-stdin"],
+        &env,
+        Some(&format!("{PW}\n")),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    let o = moat(
+        &["login", "--server", url, "--tenant", "acme", "--email", "boss@acme.example", "--password-stdin"],
+        &env,
+        Some("Blue-Harbor-Anvil-7\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = moat(&["user", "set-role", "ana@acme.example", "viewer"], &env, None);
+    assert!(text(&o.stdout).contains("viewer"), "{}", text(&o.stderr));
+    let o = moat(&["user", "disable", "ana@acme.example"], &env, None);
+    assert!(text(&o.stdout).contains("disabled"));
+    let o = moat(&["key", "create", "--name", "ci", "--scope", "user:read"], &env, None);
+    let key = text(&o.stdout).trim().to_owned();
+    assert!(key.starts_with("moat_sk_live_"), "{key}");
+    let o = moat(&["--json", "user", "list"], &[("MOAT_API_KEY", &key), env[0]], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = moat(
+        &["user", "create", "--email", "z@acme.example", "--role", "viewer", "--password-stdin"],
+        &[("MOAT_API_KEY", &key), env[0]],
+        Some(&format!("{PW}\n")),
+    );
+    assert_error(&o, 1, "forbidden");
+    let o = moat(&["audit", "verify"], &env, None);
+    assert!(text(&o.stdout).contains("intact"), "{}", text(&o.stdout));
+    let o = moat(&["whoami"], &env, None);
+    assert!(text(&o.stdout).contains("boss@acme.example"));
+    assert!(moat(&["logout"], &env, None).status.success());
+    assert!(!session.exists());
+    assert_error(&moat(&["whoami"], &env, None), 1, "not_logged_in");
+}
+
+#[test]
+fn demo_prints_working_logins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("demo");
+    let ds = ds.to_str().unwrap();
+    let session = tmp.path().join("session.json");
+    let env = [("MOAT_CLI_SESSION", session.to_str().unwrap())];
+    let srv = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    let banner = srv.stdout_lines.join("\n");
+    let pw = srv.stdout_lines.iter().find_map(|l| l.trim().strip_prefix("password: ")).expect("password line").to_owned();
+    for who in ["admin@acme.example", "analyst@acme.example", "viewer@acme.example", "admin@globex.example", "superadmin@moat.example"] {
+        assert!(banner.contains(who), "{banner}");
+    }
+    for (tenant, email, role) in
+        [("acme", "admin@acme.example", "admin"), ("globex", "analyst@globex.example", "editor"), ("acme", "viewer@acme.example", "viewer")]
+    {
+        let o = moat(
+            &["--json", "login", "--server", &srv.url, "--tenant", tenant, "--email", email, "--password-stdin"],
+            &env,
+            Some(&format!("{pw}\n")),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["role"], role);
+    }
+    drop(srv);
+    // A second start keeps the same logins.
+    let again = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    assert!(again.stdout_lines.iter().any(|l| l.trim() == format!("password: {pw}")));
+}
