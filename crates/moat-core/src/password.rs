@@ -48,6 +48,22 @@ impl Default for PasswordPolicy {
 }
 
 impl PasswordPolicy {
+    /// Bounds on a tenant's own policy: it may be stricter than the default, or relax the
+    /// character classes, but never go below 8 characters or above what login accepts.
+    pub fn validate(&self) -> Result<(), MoatError> {
+        let bad = |m: &str| Err(MoatError::invalid("invalid_policy", m.to_owned()));
+        if !(8..=128).contains(&self.min_chars) {
+            return bad("min_chars must be between 8 and 128");
+        }
+        if self.max_chars < self.min_chars || self.max_chars > 256 {
+            return bad("max_chars must be between min_chars and 256");
+        }
+        if self.history > 24 {
+            return bad("history must be at most 24");
+        }
+        Ok(())
+    }
+
     /// Checks a new password. The message lists every unmet rule and never echoes the password.
     pub fn check(&self, password: &str, email_local_part: Option<&str>) -> Result<(), MoatError> {
         let n = password.chars().count();
@@ -180,6 +196,22 @@ mod tests {
         for pw in ["Tr1cky-Gazelle", "Blue-Harbor-Anvil-7", "xK9!mQ2#vL"] {
             assert!(!is_common(pw), "{pw} should be fine");
         }
+    }
+
+    #[test]
+    fn policy_bounds() {
+        assert!(PasswordPolicy::default().validate().is_ok());
+        for bad in [
+            PasswordPolicy { min_chars: 6, ..Default::default() },
+            PasswordPolicy { max_chars: 7, ..Default::default() },
+            PasswordPolicy { max_chars: 1000, ..Default::default() },
+            PasswordPolicy { history: 100, ..Default::default() },
+        ] {
+            assert_eq!(bad.validate().map_err(|e| e.code), Err("invalid_policy"), "{bad:?}");
+        }
+        let strict = PasswordPolicy { min_chars: 14, ..Default::default() };
+        assert!(strict.check("Tr1cky-Gazelle", None).is_ok());
+        assert!(strict.check("Tr1cky-Gazel!", None).is_err());
     }
 
     #[test]

@@ -180,3 +180,56 @@ pub async fn create_super_admin(dir: &DataDir, email: &str, password: &str, now:
     stores.audit.append(&event, now * 1000).await?;
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_core::ids::{Email, SessionId, TenantId, UserId};
+    use moat_core::principal::Scope;
+    use moat_core::token::AccessGrant;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn grant() -> AccessGrant {
+        AccessGrant {
+            scope: Scope::Tenant(TenantId::new()),
+            user_id: UserId::new(),
+            email: Email::parse("a@acme.example").expect("email"),
+            role: Role::Viewer,
+            session_id: SessionId::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_old_tokens_until_they_expire() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path().join("d"));
+        assert_eq!(init(&dir, NOW).await.expect("init"), InitOutcome::Created);
+        assert_eq!(init(&dir, NOW).await.expect("init"), InitOutcome::AlreadyInitialised);
+        let cfg = load_config(&dir).expect("config");
+        let before = load_keyset(&dir, &cfg, NOW).expect("keys");
+        let (old_token, _) = before.issue(&grant(), NOW).expect("issue");
+
+        let new_kid = rotate_signing_key(&dir, NOW + 60).expect("rotate");
+        let after = load_keyset(&dir, &cfg, NOW + 60).expect("keys");
+        assert_eq!(after.jwks().keys.len(), 2);
+        assert!(after.verify(&old_token, NOW + 60).is_ok(), "old tokens still verify");
+        let (new_token, _) = after.issue(&grant(), NOW + 60).expect("issue");
+        assert_eq!(jsonwebtoken::decode_header(&new_token).expect("header").kid, Some(new_kid));
+
+        // Past the access-token lifetime plus leeway the retired key is no longer loaded.
+        let later = load_keyset(&dir, &cfg, NOW + 60 + ACCESS_TTL_S + 31).expect("keys");
+        assert_eq!(later.jwks().keys.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn super_admin_bootstrap_validates() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::new(tmp.path().join("d"));
+        assert_eq!(create_super_admin(&dir, "a@b.example", "Tr1cky-Gazelle", NOW).await.map_err(|e| e.code), Err("not_initialised"));
+        init(&dir, NOW).await.expect("init");
+        assert_eq!(create_super_admin(&dir, "a@b.example", "password", NOW).await.map_err(|e| e.code), Err("weak_password"));
+        assert!(create_super_admin(&dir, "a@b.example", "Tr1cky-Gazelle", NOW).await.is_ok());
+        assert_eq!(create_super_admin(&dir, "A@B.example", "Tr1cky-Gazelle", NOW).await.map_err(|e| e.code), Err("user_exists"));
+    }
+}

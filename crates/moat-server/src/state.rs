@@ -23,7 +23,6 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub ip_limiter: Arc<dyn FailureLimiter>,
     pub lockout: LockoutPolicy,
-    pub password_policy: PasswordPolicy,
 }
 
 impl AppState {
@@ -37,16 +36,16 @@ impl AppState {
         let keys = crate::bootstrap::load_keyset(dir, &config, clock.now_s())?;
         let lockout = LockoutPolicy { threshold: config.auth.lockout_threshold, stage_durations_s: config.auth.lockout_stages_s.clone() };
         let ip_limiter = Arc::new(MemoryLimiter::new(config.auth.ip_failure_limit, config.auth.ip_failure_window_s));
-        Ok(Self {
-            config,
-            stores,
-            keys: Arc::new(keys),
-            authorizer: Arc::new(RoleAuthorizer),
-            clock,
-            ip_limiter,
-            lockout,
-            password_policy: PasswordPolicy::default(),
-        })
+        Ok(Self { config, stores, keys: Arc::new(keys), authorizer: Arc::new(RoleAuthorizer), clock, ip_limiter, lockout })
+    }
+
+    /// The tenant's password policy (its own, else the default); platform accounts use the
+    /// default.
+    pub async fn password_policy(&self, tenant: Option<moat_core::ids::TenantId>) -> Result<PasswordPolicy> {
+        match tenant {
+            Some(t) => Ok(self.stores.meta.password_policy(t).await?.unwrap_or_default()),
+            None => Ok(PasswordPolicy::default()),
+        }
     }
 
     /// Appends an audit record stamped with the client. If the trail cannot be written the

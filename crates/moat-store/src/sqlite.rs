@@ -11,6 +11,7 @@ use moat_core::audit::{AuditEvent, ChainedFields, GENESIS_HASH, chain_hash};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
+use moat_core::password::PasswordPolicy;
 use moat_core::permission::Permission;
 use moat_core::role::Role;
 use moat_core::{MoatError, Result};
@@ -20,7 +21,10 @@ use sqlx::{Row, SqlitePool};
 use crate::*;
 
 /// Migrations, applied in order, each once, inside a transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
+    (2, "tenant_password_policy", include_str!("../migrations/sqlite/0002_tenant_password_policy.sql")),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -270,6 +274,30 @@ impl MetaStore for SqliteStore {
             .bind(status.as_str())
             .bind(now)
             .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn password_policy(&self, tenant: TenantId) -> Result<Option<PasswordPolicy>> {
+        let v: Option<Option<String>> = sqlx::query_scalar("SELECT password_policy FROM tenants WHERE id = ?")
+            .bind(tenant.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        match v.flatten() {
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|_| corrupt("password policy")),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_password_policy(&self, tenant: TenantId, policy: &PasswordPolicy, now: UnixSeconds) -> Result<bool> {
+        let json = serde_json::to_string(policy).map_err(|_| MoatError::internal("encode_policy"))?;
+        let r = sqlx::query("UPDATE tenants SET password_policy = ?, updated_at = ? WHERE id = ?")
+            .bind(json)
+            .bind(now)
+            .bind(tenant.to_string())
             .execute(&self.pool)
             .await
             .map_err(db_err)?;

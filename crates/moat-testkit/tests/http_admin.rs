@@ -273,3 +273,55 @@ async fn meta_endpoints_and_openapi_match_the_router() {
     let r = s.send(Method::DELETE, "/v1/users", None, None, None).await;
     assert_eq!((r.status, r.code()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
 }
+
+#[tokio::test]
+async fn each_tenant_has_its_own_password_policy() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    let other = s.tenant_with_admin("globex").await;
+    assert_eq!(s.get("/v1/policies/password", &admin).await.body["min_chars"], 8);
+    let r = s.send(Method::PUT, "/v1/policies/password", Some(&admin), Some(json!({"min_chars": 16, "history": 10})), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["require_special"], true, "unspecified fields keep the default");
+    let r = s.post("/v1/users", &admin, json!({"email": "x@acme.example", "password": PASSWORD, "role": "viewer"})).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"));
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("16"));
+    assert_eq!(
+        s.post("/v1/users", &admin, json!({"email": "x@acme.example", "password": "Tr1cky-Gazelle-Herd", "role": "viewer"})).await.status,
+        StatusCode::CREATED
+    );
+    // globex is unaffected.
+    assert_eq!(
+        s.post("/v1/users", &other, json!({"email": "x@globex.example", "password": PASSWORD, "role": "viewer"})).await.status,
+        StatusCode::CREATED
+    );
+    // Bounds, unknown fields, and who may touch it.
+    assert_eq!(
+        s.send(Method::PUT, "/v1/policies/password", Some(&admin), Some(json!({"min_chars": 4})), None).await.code(),
+        "invalid_policy"
+    );
+    assert_eq!(s.send(Method::PUT, "/v1/policies/password", Some(&admin), Some(json!({"min_len": 4})), None).await.code(), "invalid_body");
+    let (_, viewer) = s.user(&other, "globex", "v@globex.example", "viewer").await;
+    assert_eq!(s.get("/v1/policies/password", &viewer).await.status, StatusCode::FORBIDDEN);
+    let rec = s.audit_of(Some("acme")).await.into_iter().find(|e| e.action == "policy.password_update").unwrap();
+    assert_eq!(rec.details["to"]["min_chars"], 16);
+    assert_eq!(rec.details["from"]["min_chars"], 8);
+}
+
+/// Membership is per tenant: one e-mail, an Admin in one tenant and a Viewer in another.
+#[tokio::test]
+async fn one_email_different_roles_per_tenant() {
+    let s = TestServer::start().await;
+    let acme = s.tenant_with_admin("acme").await;
+    let globex = s.tenant_with_admin("globex").await;
+    s.user(&acme, "acme", "pat@corp.example", "admin").await;
+    s.user(&globex, "globex", "pat@corp.example", "viewer").await;
+    let in_acme = s.login(Some("acme"), "pat@corp.example", PASSWORD).await;
+    let in_globex = s.login(Some("globex"), "pat@corp.example", PASSWORD).await;
+    assert_eq!(s.get("/v1/auth/whoami", &in_acme).await.body["role"], "admin");
+    assert_eq!(s.get("/v1/auth/whoami", &in_globex).await.body["role"], "viewer");
+    assert_eq!(s.get("/v1/users", &in_acme).await.status, StatusCode::OK);
+    assert_eq!(s.get("/v1/users", &in_globex).await.status, StatusCode::FORBIDDEN);
+    // The acme admin token gives nothing in globex.
+    assert_eq!(s.get("/v1/users?tenant=globex", &in_acme).await.status, StatusCode::NOT_FOUND);
+}

@@ -10,6 +10,7 @@ use moat_core::MoatError;
 use moat_core::apikey;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::ids::{ApiKeyId, Email, Slug, TenantId, UserId};
+use moat_core::password::PasswordPolicy;
 use moat_core::permission::Permission;
 use moat_core::principal::Principal;
 use moat_core::role::Role;
@@ -69,7 +70,7 @@ pub async fn create_tenant(
     let admin = match &req.admin {
         Some(a) => {
             let email = Email::parse(&a.email)?;
-            st.password_policy.check(&a.password, email.as_str().split('@').next())?;
+            st.password_policy(None).await?.check(&a.password, email.as_str().split('@').next())?;
             let password_hash = hash_blocking(a.password.clone()).await?;
             Some(NewUser { id: UserId::new(), tenant_id: Some(id), email, role: Role::Admin, password_hash, now })
         }
@@ -171,7 +172,7 @@ pub async fn create_user(
     let tenant = auth.tenant;
     let email = Email::parse(&req.email)?;
     let role = grantable(&auth.principal, &req.role)?;
-    st.password_policy.check(&req.password, email.as_str().split('@').next())?;
+    st.password_policy(tenant).await?.check(&req.password, email.as_str().split('@').next())?;
     let now = st.clock.now_s();
     let password_hash = hash_blocking(req.password.clone()).await?;
     let u = st.stores.meta.create_user(&NewUser { id: UserId::new(), tenant_id: tenant, email, role, password_hash, now }).await?;
@@ -390,4 +391,27 @@ pub async fn revoke_key(
     }
     st.record(&auth.client, admin_event(auth.tenant, &auth.principal, "key.revoke", format!("api_key:{id}"))).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- policies
+
+pub async fn get_password_policy(State(st): State<Arc<AppState>>, auth: Authorized<act::PolicyRead>) -> ApiResult<Json<PasswordPolicy>> {
+    Ok(Json(st.password_policy(auth.tenant).await?))
+}
+
+/// Replaces the tenant's password policy. Fields left out keep the default; existing passwords
+/// are not re-checked (the policy applies at the next change).
+pub async fn set_password_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::PolicyUpdate>,
+    JsonBody(policy): JsonBody<PasswordPolicy>,
+) -> ApiResult<Json<PasswordPolicy>> {
+    policy.validate()?;
+    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
+    let before = st.password_policy(Some(tenant)).await?;
+    st.stores.meta.set_password_policy(tenant, &policy, st.clock.now_s()).await?;
+    let e = admin_event(Some(tenant), &auth.principal, "policy.password_update", "policy:password".into())
+        .details(serde_json::json!({"from": before, "to": policy}));
+    st.record(&auth.client, e).await?;
+    Ok(Json(policy))
 }

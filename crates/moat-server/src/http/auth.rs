@@ -356,14 +356,16 @@ pub async fn change_password(
 
 async fn set_new_password(st: &AppState, p: &Principal, new_password: &str) -> Result<(), MoatError> {
     let local = p.email().as_str().split('@').next();
-    st.password_policy.check(new_password, local)?;
-    let history = st.stores.meta.password_history(p.user_id(), st.password_policy.history).await?;
+    let policy = st.password_policy(p.tenant_id()).await?;
+    policy.check(new_password, local)?;
+    // The current password always counts, whatever the history setting.
+    let history = st.stores.meta.password_history(p.user_id(), policy.history.max(1)).await?;
     let pw = new_password.to_owned();
     let reused = tokio::task::spawn_blocking(move || history.iter().any(|h| verify_password(&pw, h))).await.unwrap_or(true);
     if reused {
         return Err(MoatError::invalid(
             "password_reused",
-            format!("new_password was used recently; the last {} passwords cannot be reused", st.password_policy.history),
+            format!("new_password was used recently; the last {} passwords cannot be reused", policy.history.max(1)),
         ));
     }
     let hash = hash_blocking(new_password.to_owned()).await?;

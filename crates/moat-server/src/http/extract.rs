@@ -196,6 +196,8 @@ pub mod act {
         KeyRevoke => "key":"revoke" @ Own;
         AuditRead => "audit":"read" @ Tenant;
         AuditVerify => "audit":"verify" @ Tenant;
+        PolicyRead => "policy":"read" @ Tenant;
+        PolicyUpdate => "policy":"update" @ Tenant;
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,7 @@ use error::ApiError;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.json_body_limit_bytes;
+    let timeout_ms = state.config.limits.request_timeout_ms;
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
@@ -47,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/users/{id}/role", put(admin::set_user_role))
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/policies/password", get(admin::get_password_policy).put(admin::set_password_policy))
         .route("/audit/events", get(audit::events))
         .route("/audit/verify", get(audit::verify))
         .route("/openapi.json", get(meta::openapi));
@@ -58,7 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(middleware::from_fn(move |req, next| deadline(Duration::from_millis(timeout_ms), req, next)))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .layer(SetResponseHeaderLayer::overriding(HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff")))
         .layer(TraceLayer::new_for_http())
@@ -69,8 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Whole-request deadline (`limits.request_timeout_ms`).
-async fn deadline(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let limit = Duration::from_millis(st.config.limits.request_timeout_ms);
+async fn deadline(limit: Duration, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError(MoatError::unavailable("request_timeout", format!("the request took longer than {} ms", limit.as_millis())))
@@ -101,4 +102,32 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn the_deadline_answers_503_with_a_code() {
+        let app: Router = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .layer(middleware::from_fn(|req, next| deadline(Duration::from_millis(100), req, next)));
+        let resp = app.clone().oneshot(axum::http::Request::get("/slow").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "request_timeout");
+        let resp = app.oneshot(axum::http::Request::get("/fast").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), axum::http::StatusCode::OK);
+    }
 }
