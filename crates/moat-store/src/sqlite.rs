@@ -109,6 +109,23 @@ impl SqliteStore {
     }
 }
 
+const LOCKOUT_SELECT: &str = "SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?";
+
+/// A lockout row, or the fresh state when there is none.
+fn lockout_from_row(row: Option<SqliteRow>) -> LockoutState {
+    row.map_or_else(LockoutState::default, |r| LockoutState {
+        failures: r.get::<i64, _>("failures") as u32,
+        stage: r.get::<i64, _>("stage") as u32,
+        locked_until: r.get("locked_until"),
+        admin_locked: r.get::<i64, _>("admin_locked") != 0,
+    })
+}
+
+/// A nullable tenant-id column (`NULL` = platform).
+fn opt_tenant(v: Option<String>, what: &str) -> Result<Option<TenantId>> {
+    v.map(|t| TenantId::parse(&t).ok_or_else(|| corrupt(what))).transpose()
+}
+
 fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord> {
     let id: String = r.get("id");
     let status: String = r.get("status");
@@ -129,10 +146,7 @@ fn user_from_row(r: &SqliteRow) -> Result<UserRecord> {
     let status: String = r.get("status");
     Ok(UserRecord {
         id: UserId::parse(&id).ok_or_else(|| corrupt("user id"))?,
-        tenant_id: match tenant {
-            Some(t) => Some(TenantId::parse(&t).ok_or_else(|| corrupt("user tenant"))?),
-            None => None,
-        },
+        tenant_id: opt_tenant(tenant, "user tenant")?,
         email: Email::parse(&email).map_err(|_| corrupt("user email"))?,
         role: Role::parse(&role).map_err(|_| corrupt("user role"))?,
         status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
@@ -409,18 +423,8 @@ impl MetaStore for SqliteStore {
     }
 
     async fn lockout_state(&self, scope_key: &str, email: &str) -> Result<LockoutState> {
-        let row = sqlx::query("SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?")
-            .bind(scope_key)
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(row.map_or_else(LockoutState::default, |r| LockoutState {
-            failures: r.get::<i64, _>("failures") as u32,
-            stage: r.get::<i64, _>("stage") as u32,
-            locked_until: r.get("locked_until"),
-            admin_locked: r.get::<i64, _>("admin_locked") != 0,
-        }))
+        let row = sqlx::query(LOCKOUT_SELECT).bind(scope_key).bind(email).fetch_optional(&self.pool).await.map_err(db_err)?;
+        Ok(lockout_from_row(row))
     }
 
     async fn record_login_failure(
@@ -432,18 +436,8 @@ impl MetaStore for SqliteStore {
     ) -> Result<(FailureOutcome, LockoutState)> {
         // IMMEDIATE takes the write lock up front: concurrent failures are counted one by one.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let row = sqlx::query("SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?")
-            .bind(scope_key)
-            .bind(email)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let mut s = row.map_or_else(LockoutState::default, |r| LockoutState {
-            failures: r.get::<i64, _>("failures") as u32,
-            stage: r.get::<i64, _>("stage") as u32,
-            locked_until: r.get("locked_until"),
-            admin_locked: r.get::<i64, _>("admin_locked") != 0,
-        });
+        let row = sqlx::query(LOCKOUT_SELECT).bind(scope_key).bind(email).fetch_optional(&mut *tx).await.map_err(db_err)?;
+        let mut s = lockout_from_row(row);
         let outcome = policy.record_failure(&mut s, now);
         sqlx::query(
             "INSERT INTO login_lockout (scope_key, email, failures, stage, locked_until, admin_locked, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -528,10 +522,7 @@ impl MetaStore for SqliteStore {
         let revoked_at: Option<i64> = r.get("revoked_at");
         Ok(Some(StoredKey {
             id: ApiKeyId::parse(&id).ok_or_else(|| corrupt("key id"))?,
-            tenant_id: match tenant {
-                Some(t) => Some(TenantId::parse(&t).ok_or_else(|| corrupt("key tenant"))?),
-                None => None,
-            },
+            tenant_id: opt_tenant(tenant, "key tenant")?,
             user_id: UserId::parse(&user).ok_or_else(|| corrupt("key user"))?,
             email: Email::parse(&email).map_err(|_| corrupt("key email"))?,
             role: Role::parse(&role).map_err(|_| corrupt("key role"))?,
@@ -664,10 +655,7 @@ impl SessionStore for SqliteStore {
         let sid: String = r.get("session_id");
         let session = SessionId::parse(&sid).ok_or_else(|| corrupt("session id"))?;
         let tenant: Option<String> = r.get("tenant_id");
-        let tenant_id = match tenant {
-            Some(t) => Some(TenantId::parse(&t).ok_or_else(|| corrupt("session tenant"))?),
-            None => None,
-        };
+        let tenant_id = opt_tenant(tenant, "session tenant")?;
         let user: String = r.get("user_id");
         let user_id = UserId::parse(&user).ok_or_else(|| corrupt("session user"))?;
         let used: Option<i64> = r.get("used_at");
