@@ -95,6 +95,35 @@ pub enum Command {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Run a read-only SQL query through the governed path.
+    Query {
+        sql: String,
+        /// table (default), csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// The tenant's tables.
+    Table {
+        #[command(subcommand)]
+        cmd: TableCmd,
+    },
+    /// Label a column by hand (Admin); a manual label always wins over the scanner.
+    Classify {
+        table: String,
+        column: String,
+        /// PUBLIC, INTERNAL, CONFIDENTIAL or RESTRICTED.
+        #[arg(long)]
+        classification: String,
+        /// direct, quasi, derived or none.
+        #[arg(long)]
+        pii: Option<String>,
+        /// e.g. email, ssn, person_name, phone, credit_card.
+        #[arg(long)]
+        entity: Option<String>,
+        /// hash16, last_four, redact, email_partial, full or omit.
+        #[arg(long)]
+        mask: Option<String>,
+    },
     /// The tenant's audit trail (Admin, Auditor).
     Audit {
         #[command(subcommand)]
@@ -192,6 +221,31 @@ pub enum KeyCmd {
     },
     Revoke {
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TableCmd {
+    /// Import a CSV file (header row) as a table, replacing an existing one atomically.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        product: Option<String>,
+        /// Type override COLUMN:TYPE (text, int, double, bool, date, timestamp); repeatable.
+        #[arg(long = "type")]
+        types: Vec<String>,
+    },
+    List,
+    /// Columns and their classification.
+    Show {
+        table: String,
+    },
+    Delete {
+        table: String,
     },
 }
 

@@ -161,6 +161,73 @@ impl Client {
         ok_json(resp).await
     }
 
+    async fn bearer(&mut self) -> Result<String, CliError> {
+        if let Some(k) = std::env::var("MOAT_API_KEY").ok().filter(|k| !k.is_empty()) {
+            return Ok(k);
+        }
+        let s = self.session.as_ref().ok_or_else(not_logged_in)?;
+        if s.expires_at - 30 <= now_s() {
+            self.refresh().await?;
+        }
+        self.session.as_ref().map(|s| s.access_token.clone()).ok_or_else(not_logged_in)
+    }
+
+    /// A call whose answer is text (CSV results).
+    pub async fn call_text(&mut self, method: Method, path: &str, body: Value, accept: &str) -> Result<String, CliError> {
+        let token = self.bearer().await?;
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .header(reqwest::header::ACCEPT, accept)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            return resp.text().await.map_err(|e| CliError::runtime("bad_response", e.to_string()));
+        }
+        ok_json(resp).await.map(|_| String::new())
+    }
+
+    /// Streams a CSV file as a table upload, with a progress bar on a terminal.
+    pub async fn upload_csv(&mut self, path: &str, file: &std::path::Path, progress: bool) -> Result<Value, CliError> {
+        use futures::StreamExt;
+        let token = self.bearer().await?;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| CliError::usage("file_not_found", format!("cannot open {}: {e}", file.display())))?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let b = indicatif::ProgressBar::new(len);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let b2 = bar.clone();
+        let stream = tokio_util::io::ReaderStream::new(f).inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                b2.inc(c.len() as u64);
+            }
+        });
+        let resp = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "text/csv")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        bar.finish_and_clear();
+        ok_json(resp).await
+    }
+
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
     }

@@ -132,6 +132,24 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::User { cmd } => user(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
         Command::Key { cmd } => key(Client::new(cli.server, None)?, cmd, json_out).await,
         Command::Audit { cmd } => audit(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
+        Command::Query { sql, format } => {
+            query(Client::new(cli.server, cli.in_tenant)?, &sql, if json_out { "json" } else { &format }).await
+        }
+        Command::Table { cmd } => table(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
+        Command::Classify { table, column, classification, pii, entity, mask } => {
+            let mut c = Client::new(cli.server, cli.in_tenant)?;
+            let body = json!({"classification": classification, "pii": pii, "entity": entity, "mask": mask});
+            let v = c.call(Method::PUT, &format!("/v1/tables/{}/columns/{}", urlencode(&table), urlencode(&column)), Some(body)).await?;
+            emit(json_out, &v, |v| {
+                println!(
+                    "{table}.{column}: {} (pii {}, source {})",
+                    v["classification"].as_str().unwrap_or(""),
+                    v["pii"].as_str().unwrap_or(""),
+                    v["source"].as_str().unwrap_or("")
+                )
+            });
+            Ok(())
+        }
     }
 }
 
@@ -373,4 +391,99 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+async fn query(mut c: Client, sql: &str, format: &str) -> CliResult {
+    match format {
+        "table" | "json" | "csv" => {}
+        other => return Err(CliError::usage("invalid_format", format!("--format {other:?}: use table, csv or json"))),
+    }
+    if format == "csv" {
+        let text = c.call_text(Method::POST, "/v1/query", json!({"sql": sql}), "text/csv").await?;
+        print!("{text}");
+        return Ok(());
+    }
+    let v = c.call(Method::POST, "/v1/query", Some(json!({"sql": sql}))).await?;
+    if format == "json" {
+        output::print_json(&v);
+        return Ok(());
+    }
+    let names: Vec<String> =
+        v["columns"].as_array().map_or(&[][..], Vec::as_slice).iter().map(|c| c["name"].as_str().unwrap_or("").to_owned()).collect();
+    let rows: Vec<Value> = v["rows"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|r| Value::Object(names.iter().cloned().zip(r.as_array().cloned().unwrap_or_default()).collect()))
+        .collect();
+    let cols: Vec<&str> = names.iter().map(String::as_str).collect();
+    output::table_raw(&rows, &cols);
+    let masked: Vec<String> = v["columns"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|c| c["masking"] != "none")
+        .map(|c| format!("{} ({})", c["name"].as_str().unwrap_or(""), c["masking"].as_str().unwrap_or("")))
+        .collect();
+    eprintln!(
+        "{} row(s){}{}",
+        v["row_count"],
+        if v["truncated"] == true { " (truncated at the row limit)" } else { "" },
+        if masked.is_empty() { String::new() } else { format!("; masked: {}", masked.join(", ")) }
+    );
+    Ok(())
+}
+
+async fn table(mut c: Client, cmd: TableCmd, json_out: bool) -> CliResult {
+    match cmd {
+        TableCmd::Import { file, table, domain, product, types } => {
+            let mut params = Vec::new();
+            if let Some(d) = domain {
+                params.push(format!("domain={}", urlencode(&d)));
+            }
+            if let Some(p) = product {
+                params.push(format!("product={}", urlencode(&p)));
+            }
+            if !types.is_empty() {
+                params.push(format!("types={}", urlencode(&types.join(","))));
+            }
+            let path = format!("/v1/tables/{}{}{}", urlencode(&table), if params.is_empty() { "" } else { "?" }, params.join("&"));
+            let v = c.upload_csv(&path, &file, !json_out).await?;
+            emit(json_out, &v, |v| {
+                println!(
+                    "table {} version {}: {} rows, {} bytes",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version"],
+                    v["row_count"],
+                    v["bytes"]
+                );
+                for r in v["renamed"].as_array().map_or(&[][..], Vec::as_slice) {
+                    println!("  column {:?} stored as {}", r["from"].as_str().unwrap_or(""), r["to"].as_str().unwrap_or(""));
+                }
+            });
+        }
+        TableCmd::List => {
+            let v = c.call(Method::GET, "/v1/tables", None).await?;
+            emit(json_out, &v, |v| {
+                output::table(
+                    v["tables"].as_array().map_or(&[], Vec::as_slice),
+                    &["name", "domain", "product", "version", "row_count", "updated_at"],
+                )
+            });
+        }
+        TableCmd::Show { table } => {
+            let v = c.call(Method::GET, &format!("/v1/tables/{}", urlencode(&table)), None).await?;
+            emit(json_out, &v, |v| {
+                output::table(
+                    v["columns"].as_array().map_or(&[], Vec::as_slice),
+                    &["name", "type", "classification", "pii", "entity", "source", "mask"],
+                )
+            });
+        }
+        TableCmd::Delete { table } => {
+            c.call(Method::DELETE, &format!("/v1/tables/{}", urlencode(&table)), None).await?;
+            emit(json_out, &json!({"deleted": table}), |_| println!("table {table} deleted"));
+        }
+    }
+    Ok(())
 }

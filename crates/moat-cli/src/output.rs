@@ -35,6 +35,17 @@ pub fn table(rows: &[Value], columns: &[&str]) {
     println!("{t}");
 }
 
+/// A table with the column names as given (query results: no time formatting).
+pub fn table_raw(rows: &[Value], columns: &[&str]) {
+    let mut t = Table::new();
+    t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(columns.iter().map(|c| c.to_string()));
+    for r in rows {
+        t.add_row(columns.iter().map(|c| cell(&r[*c])));
+    }
+    println!("{t}");
+}
+
 /// Key/value pairs of one object.
 pub fn record(v: &Value, keys: &[&str]) {
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);

@@ -15,7 +15,59 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub query: QueryConfig,
+    pub ingest: IngestConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Longest SQL text accepted.
+    pub max_sql_bytes: usize,
+    /// Deepest parser nesting accepted.
+    pub max_depth: usize,
+    /// Rows returned at most; more sets `truncated`.
+    pub max_rows: usize,
+    /// Result size held at most.
+    pub max_result_bytes: usize,
+    pub timeout_ms: u64,
+    /// Memory all of a tenant's running queries may hold together.
+    pub memory_per_tenant_bytes: usize,
+    pub max_concurrent_per_tenant: usize,
+    /// Parallelism of one query.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            max_sql_bytes: 64 * 1024,
+            max_depth: 64,
+            max_rows: 100_000,
+            max_result_bytes: 256 * 1024 * 1024,
+            timeout_ms: 30_000,
+            memory_per_tenant_bytes: 1024 * 1024 * 1024,
+            max_concurrent_per_tenant: 8,
+            target_partitions: std::thread::available_parallelism().map_or(2, usize::from).min(16),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest table upload.
+    pub body_limit_bytes: u64,
+    pub max_columns: usize,
+    /// Where table data lives (relative paths are inside the data dir).
+    pub data_dir: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { body_limit_bytes: 10 * 1024 * 1024 * 1024, max_columns: 1_000, data_dir: "data".into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +259,18 @@ impl Config {
         if self.limits.request_timeout_ms < 100 {
             return Err(config_error("limits.request_timeout_ms: must be at least 100"));
         }
+        let q = &self.query;
+        if q.max_sql_bytes < 64 || q.max_depth < 8 || q.max_rows == 0 || q.max_result_bytes < 1024 {
+            return Err(config_error(
+                "query.max_sql_bytes: query limits must be positive (sql >= 64 bytes, depth >= 8, rows >= 1, result >= 1 KiB)",
+            ));
+        }
+        if q.timeout_ms < 100 || q.memory_per_tenant_bytes < 1024 * 1024 || q.max_concurrent_per_tenant == 0 || q.target_partitions == 0 {
+            return Err(config_error("query.timeout_ms: timeout >= 100 ms, memory >= 1 MiB, concurrency and partitions >= 1"));
+        }
+        if self.ingest.body_limit_bytes < 1024 || self.ingest.max_columns == 0 || self.ingest.data_dir.is_empty() {
+            return Err(config_error("ingest.body_limit_bytes: at least 1 KiB, max_columns at least 1, data_dir not empty"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error("log.format: must be \"text\" or \"json\""));
         }
@@ -217,6 +281,12 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Where table data lives.
+    pub fn table_data_dir(&self, data_dir: &Path) -> PathBuf {
+        let p = Path::new(&self.ingest.data_dir);
+        if p.is_absolute() { p.to_path_buf() } else { data_dir.join(p) }
     }
 
     /// The store URL with a relative SQLite path resolved inside `data_dir`.
@@ -257,6 +327,21 @@ ip_failure_window_s = {ipw}
 json_body_limit_bytes = {body}
 request_timeout_ms = {timeout}
 
+[query]
+max_sql_bytes = {q_sql}
+max_depth = {q_depth}
+max_rows = {q_rows}
+max_result_bytes = {q_bytes}
+timeout_ms = {q_timeout}
+memory_per_tenant_bytes = {q_mem}
+max_concurrent_per_tenant = {q_conc}
+# target_partitions = number of cores (at most 16) unless set
+
+[ingest]
+body_limit_bytes = {i_body}
+max_columns = {i_cols}
+data_dir = "{i_dir}"   # relative paths are inside the data dir
+
 [log]
 level = "{level}"
 format = "{format}"   # text | json
@@ -274,6 +359,16 @@ format = "{format}"   # text | json
         ipw = d.auth.ip_failure_window_s,
         body = d.limits.json_body_limit_bytes,
         timeout = d.limits.request_timeout_ms,
+        q_sql = d.query.max_sql_bytes,
+        q_depth = d.query.max_depth,
+        q_rows = d.query.max_rows,
+        q_bytes = d.query.max_result_bytes,
+        q_timeout = d.query.timeout_ms,
+        q_mem = d.query.memory_per_tenant_bytes,
+        q_conc = d.query.max_concurrent_per_tenant,
+        i_body = d.ingest.body_limit_bytes,
+        i_cols = d.ingest.max_columns,
+        i_dir = d.ingest.data_dir,
         level = d.log.level,
         format = d.log.format,
     )

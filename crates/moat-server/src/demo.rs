@@ -103,7 +103,95 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
             }
         }
     }
+    let root = cfg.table_data_dir(&dir.root);
+    for (i, (slug, _)) in DEMO_TENANTS.iter().enumerate() {
+        let tenant = stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::internal("demo_tenant_missing"))?;
+        if stores.meta.table(tenant.id, "customers").await?.is_none() {
+            seed_customers(&stores, &root, tenant.id, 0x5eed_0000 + i as u64, now).await?;
+        }
+    }
     Ok(DemoCredentials { password, super_admin: DEMO_SUPER_ADMIN.into(), tenants: listing() })
+}
+
+/// Labels of the demo table. Until the PII scanner lands these are set by hand, through the same
+/// store call a manual `moat classify` uses.
+pub const CUSTOMER_LABELS: &[(&str, &str, &str, Option<&str>)] = &[
+    ("id", "PUBLIC", "none", None),
+    ("name", "CONFIDENTIAL", "direct", Some("person_name")),
+    ("email", "CONFIDENTIAL", "direct", Some("email")),
+    ("phone", "CONFIDENTIAL", "direct", Some("phone")),
+    ("ssn", "RESTRICTED", "direct", Some("ssn")),
+    ("zip", "CONFIDENTIAL", "quasi", Some("zip")),
+    ("birth_date", "CONFIDENTIAL", "quasi", Some("birth_date")),
+    ("credit_score", "CONFIDENTIAL", "derived", Some("credit_score")),
+    ("plan", "INTERNAL", "none", None),
+    ("signup_date", "INTERNAL", "none", None),
+];
+
+/// 1,000 deterministic synthetic customers (`customers(id, name, email, phone, ssn, zip,
+/// birth_date, credit_score, plan, signup_date)`); `seed` makes each tenant's rows different.
+pub fn customers_csv(seed: u64) -> String {
+    const FIRST: &[&str] = &[
+        "Ava", "Ben", "Chloe", "Daniel", "Emma", "Felix", "Grace", "Hugo", "Isla", "Jack", "Kira", "Liam", "Maya", "Noah", "Olivia",
+        "Paul", "Quinn", "Rosa", "Sam", "Tara",
+    ];
+    const LAST: &[&str] = &[
+        "Adams", "Baker", "Clark", "Diaz", "Evans", "Fischer", "Garcia", "Hughes", "Ito", "Jones", "Khan", "Lopez", "Moreau", "Nakamura",
+        "Olsen", "Patel", "Rossi", "Smith", "Tanaka", "Weber",
+    ];
+    const PLANS: &[&str] = &["free", "pro", "team", "enterprise"];
+    const DOMAINS: &[&str] = &["example.com", "mail.example", "corp.example", "inbox.example"];
+    let mut x = seed | 1;
+    let mut next = move || {
+        // xorshift64*: deterministic, no dependency.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut out = String::from("id,name,email,phone,ssn,zip,birth_date,credit_score,plan,signup_date\n");
+    for id in 1..=1000u64 {
+        let (f, l) = (FIRST[(next() % 20) as usize], LAST[(next() % 20) as usize]);
+        let area = 100 + next() % 565; // never 000, 666 or 9xx
+        let (group, serial) = (1 + next() % 99, 1 + next() % 9999);
+        let zip = next() % 100_000;
+        let (by, bm, bd) = (1950 + next() % 55, 1 + next() % 12, 1 + next() % 28);
+        let (sy, sm, sd) = (2018 + next() % 8, 1 + next() % 12, 1 + next() % 28);
+        out.push_str(&format!(
+            "{id},{f} {l},{}.{}{}@{},+1-555-{:03}-{:04},{area:03}-{group:02}-{serial:04},{zip:05},{by}-{bm:02}-{bd:02},{},{},{sy}-{sm:02}-{sd:02}\n",
+            f.to_lowercase(),
+            l.to_lowercase(),
+            id,
+            DOMAINS[(next() % 4) as usize],
+            next() % 1000,
+            next() % 10_000,
+            300 + next() % 551,
+            PLANS[(next() % 4) as usize],
+        ));
+    }
+    out
+}
+
+async fn seed_customers(stores: &moat_store::Stores, root: &std::path::Path, tenant: TenantId, seed: u64, now: UnixSeconds) -> Result<()> {
+    use crate::tables::{ImportRequest, commit_version, import_csv};
+    let csv = customers_csv(seed);
+    let req = ImportRequest { tenant, table: "customers", domain: "sales", product: "crm", type_overrides: Default::default(), now };
+    let (dir, report) = import_csv(root, &req, csv.as_bytes(), &Default::default())?;
+    commit_version(stores, &req, &dir, &report).await?;
+    for (col, label, pii, entity) in CUSTOMER_LABELS {
+        let l = moat_store::ColumnLabel {
+            classification: (*label).into(),
+            pii: Some((*pii).into()),
+            entity: entity.map(str::to_owned),
+            mask: None,
+        };
+        stores.meta.set_column_label(tenant, "customers", col, &l).await?;
+    }
+    let e = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::system("demo"), Outcome::Success)
+        .resource("table:customers")
+        .details(serde_json::json!({"rows": report.rows, "version": 1}));
+    stores.audit.append(&e, now * 1000).await?;
+    Ok(())
 }
 
 /// The demo logins, tenant by tenant.

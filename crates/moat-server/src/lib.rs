@@ -8,4 +8,5 @@ pub mod http;
 pub mod limiter;
 pub mod openapi;
 pub mod state;
+pub mod tables;
 pub mod telemetry;

@@ -39,6 +39,50 @@ pub async fn run_all(s: &Stores) {
     refresh_rotation_and_reuse(s).await;
     api_keys(s).await;
     audit_chain(s).await;
+    catalog(s).await;
+}
+
+pub async fn catalog(s: &Stores) {
+    let (a, b) = (tenant(s).await, tenant(s).await);
+    let v1 = NewTableVersion {
+        tenant_id: a.id,
+        name: "customers".into(),
+        domain: "sales".into(),
+        product: "crm".into(),
+        location: "/data/a/v1".into(),
+        row_count: 10,
+        bytes: 100,
+        columns: vec![
+            ColumnRecord::unclassified("id", "Int64"),
+            ColumnRecord::unclassified("ssn", "Utf8"),
+            ColumnRecord::unclassified("zip", "Int64"),
+        ],
+        now: NOW,
+    };
+    let (t, prev) = s.meta.put_table(&v1).await.unwrap();
+    assert_eq!((t.version, prev), (1, None));
+    let label = ColumnLabel { classification: "RESTRICTED".into(), pii: Some("direct".into()), entity: Some("ssn".into()), mask: None };
+    assert_eq!(s.meta.set_column_label(a.id, "customers", "ssn", &label).await.unwrap().unwrap().source, "manual");
+    assert!(s.meta.set_column_label(b.id, "customers", "ssn", &label).await.unwrap().is_none(), "not through another tenant");
+    assert!(s.meta.set_column_label(a.id, "customers", "nope", &label).await.unwrap().is_none());
+    // Re-upload: a manual label survives even a type change; other labels only an unchanged type.
+    let mut v2 = v1.clone();
+    v2.location = "/data/a/v2".into();
+    v2.columns = vec![
+        ColumnRecord::unclassified("id", "Int64"),
+        ColumnRecord::unclassified("ssn", "Int64"),
+        ColumnRecord::unclassified("zip", "Utf8"),
+    ];
+    let (t2, prev) = s.meta.put_table(&v2).await.unwrap();
+    assert_eq!((t2.version, prev.as_deref()), (2, Some("/data/a/v1")));
+    let ssn = t2.columns.iter().find(|c| c.name == "ssn").unwrap();
+    assert_eq!((ssn.classification.as_deref(), ssn.data_type.as_str()), (Some("RESTRICTED"), "Int64"));
+    assert_eq!(s.meta.list_tables(a.id).await.unwrap().len(), 1);
+    assert!(s.meta.list_tables(b.id).await.unwrap().is_empty());
+    assert!(s.meta.table(b.id, "customers").await.unwrap().is_none());
+    assert!(s.meta.delete_table(b.id, "customers").await.unwrap().is_none());
+    assert_eq!(s.meta.delete_table(a.id, "customers").await.unwrap().unwrap().location, "/data/a/v2");
+    assert!(s.meta.table(a.id, "customers").await.unwrap().is_none());
 }
 
 pub async fn tenants_and_atomic_first_admin(s: &Stores) {

@@ -75,6 +75,18 @@ pub trait MetaStore: Send + Sync {
     async fn list_api_keys(&self, tenant: Option<TenantId>, user: Option<UserId>) -> Result<Vec<ApiKeyRecord>>;
     async fn revoke_api_key(&self, tenant: Option<TenantId>, id: ApiKeyId, user: Option<UserId>, now: UnixSeconds) -> Result<bool>;
 
+    // --- catalog (tenant-scoped) ---
+    /// Creates the table or makes `v` its current version, in one transaction. Labels of columns
+    /// that keep their name and type carry over (a manual label is never lost to a re-upload).
+    /// Returns the new record and the previous version's location, if any.
+    async fn put_table(&self, v: &NewTableVersion) -> Result<(TableRecord, Option<String>)>;
+    async fn list_tables(&self, tenant: TenantId) -> Result<Vec<TableRecord>>;
+    async fn table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>>;
+    /// Removes the table from the catalog; returns it (for its files) if it existed.
+    async fn delete_table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>>;
+    /// Sets a manual label; `Ok(None)` if the table or column does not exist.
+    async fn set_column_label(&self, tenant: TenantId, table: &str, column: &str, label: &ColumnLabel) -> Result<Option<ColumnRecord>>;
+
     /// Liveness of the store, for `/readyz`.
     async fn ping(&self) -> Result<()>;
 }

@@ -182,3 +182,76 @@ pub struct ChainReport {
     /// First bad sequence number and what is wrong with it.
     pub first_bad: Option<(i64, String)>,
 }
+
+/// One column of a catalogued table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnRecord {
+    pub name: String,
+    /// Arrow type, as DataFusion prints it (`Int64`, `Utf8`, …).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// `None` = unclassified (treated as RESTRICTED).
+    pub classification: Option<String>,
+    pub pii: String,
+    pub entity: Option<String>,
+    pub confidence: Option<f64>,
+    /// `scanner`, `manual` or `default`.
+    pub source: String,
+    pub mask: Option<String>,
+}
+
+impl ColumnRecord {
+    /// A column nobody has classified yet.
+    pub fn unclassified(name: &str, data_type: &str) -> Self {
+        Self {
+            name: name.into(),
+            data_type: data_type.into(),
+            classification: None,
+            pii: "none".into(),
+            entity: None,
+            confidence: None,
+            source: "default".into(),
+            mask: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub domain: String,
+    pub product: String,
+    pub version: i64,
+    #[serde(skip)]
+    pub location: String,
+    pub row_count: i64,
+    pub bytes: i64,
+    pub created_at: UnixSeconds,
+    pub updated_at: UnixSeconds,
+    pub columns: Vec<ColumnRecord>,
+}
+
+/// A new version of a table (create or replace).
+#[derive(Debug, Clone)]
+pub struct NewTableVersion {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub domain: String,
+    pub product: String,
+    pub location: String,
+    pub row_count: i64,
+    pub bytes: i64,
+    pub columns: Vec<ColumnRecord>,
+    pub now: UnixSeconds,
+}
+
+/// A manual label for one column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnLabel {
+    pub classification: String,
+    pub pii: Option<String>,
+    pub entity: Option<String>,
+    pub mask: Option<String>,
+}

@@ -24,6 +24,7 @@ use crate::*;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
     (2, "tenant_password_policy", include_str!("../migrations/sqlite/0002_tenant_password_policy.sql")),
+    (3, "catalog", include_str!("../migrations/sqlite/0003_catalog.sql")),
 ];
 
 pub struct SqliteStore {
@@ -124,6 +125,45 @@ fn lockout_from_row(row: Option<SqliteRow>) -> LockoutState {
 /// A nullable tenant-id column (`NULL` = platform).
 fn opt_tenant(v: Option<String>, what: &str) -> Result<Option<TenantId>> {
     v.map(|t| TenantId::parse(&t).ok_or_else(|| corrupt(what))).transpose()
+}
+
+async fn load_columns(conn: &mut sqlx::SqliteConnection, table_id: &str) -> Result<Vec<ColumnRecord>> {
+    let rows = sqlx::query("SELECT * FROM catalog_columns WHERE table_id = ? ORDER BY ordinal")
+        .bind(table_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(rows
+        .iter()
+        .map(|r| ColumnRecord {
+            name: r.get("name"),
+            data_type: r.get("data_type"),
+            classification: r.get("classification"),
+            pii: r.get("pii"),
+            entity: r.get("entity"),
+            confidence: r.get("confidence"),
+            source: r.get("source"),
+            mask: r.get("mask"),
+        })
+        .collect())
+}
+
+fn table_from_row(r: &SqliteRow, columns: Vec<ColumnRecord>) -> Result<TableRecord> {
+    let tenant: String = r.get("tenant_id");
+    Ok(TableRecord {
+        id: r.get("id"),
+        tenant_id: TenantId::parse(&tenant).ok_or_else(|| corrupt("table tenant"))?,
+        name: r.get("name"),
+        domain: r.get("domain"),
+        product: r.get("product"),
+        version: r.get("version"),
+        location: r.get("location"),
+        row_count: r.get("row_count"),
+        bytes: r.get("bytes"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        columns,
+    })
 }
 
 fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord> {
@@ -573,6 +613,168 @@ impl MetaStore for SqliteStore {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn put_table(&self, v: &NewTableVersion) -> Result<(TableRecord, Option<String>)> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let existing = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
+            .bind(v.tenant_id.to_string())
+            .bind(&v.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let (id, version, created_at, previous, old_columns) = match &existing {
+            Some(r) => {
+                let id: String = r.get("id");
+                let cols = load_columns(&mut tx, &id).await?;
+                (id, r.get::<i64, _>("version") + 1, r.get::<i64, _>("created_at"), Some(r.get::<String, _>("location")), cols)
+            }
+            None => (uuid::Uuid::now_v7().to_string(), 1, v.now, None, Vec::new()),
+        };
+        // Labels carry over by column name: a manual label always, any other if the type is
+        // unchanged (the scanner re-proposes for changed columns).
+        let columns: Vec<ColumnRecord> = v
+            .columns
+            .iter()
+            .map(|c| match old_columns.iter().find(|o| o.name == c.name) {
+                Some(o) if o.source == "manual" || o.data_type == c.data_type => {
+                    ColumnRecord { name: c.name.clone(), data_type: c.data_type.clone(), ..o.clone() }
+                }
+                _ => c.clone(),
+            })
+            .collect();
+        if existing.is_some() {
+            sqlx::query("UPDATE catalog_tables SET domain = ?, product = ?, version = ?, location = ?, row_count = ?, bytes = ?, updated_at = ? WHERE id = ?")
+                .bind(&v.domain)
+                .bind(&v.product)
+                .bind(version)
+                .bind(&v.location)
+                .bind(v.row_count)
+                .bind(v.bytes)
+                .bind(v.now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            sqlx::query("DELETE FROM catalog_columns WHERE table_id = ?").bind(&id).execute(&mut *tx).await.map_err(db_err)?;
+        } else {
+            sqlx::query(
+                "INSERT INTO catalog_tables (id, tenant_id, name, domain, product, version, location, row_count, bytes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(v.tenant_id.to_string())
+            .bind(&v.name)
+            .bind(&v.domain)
+            .bind(&v.product)
+            .bind(version)
+            .bind(&v.location)
+            .bind(v.row_count)
+            .bind(v.bytes)
+            .bind(v.now)
+            .bind(v.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for (i, c) in columns.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO catalog_columns (table_id, ordinal, name, data_type, classification, pii, entity, confidence, source, mask) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(i as i64)
+            .bind(&c.name)
+            .bind(&c.data_type)
+            .bind(&c.classification)
+            .bind(&c.pii)
+            .bind(&c.entity)
+            .bind(c.confidence)
+            .bind(&c.source)
+            .bind(&c.mask)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        let rec = TableRecord {
+            id,
+            tenant_id: v.tenant_id,
+            name: v.name.clone(),
+            domain: v.domain.clone(),
+            product: v.product.clone(),
+            version,
+            location: v.location.clone(),
+            row_count: v.row_count,
+            bytes: v.bytes,
+            created_at,
+            updated_at: v.now,
+            columns,
+        };
+        Ok((rec, previous))
+    }
+
+    async fn list_tables(&self, tenant: TenantId) -> Result<Vec<TableRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? ORDER BY name")
+            .bind(tenant.to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.get("id");
+            let cols = load_columns(&mut conn, &id).await?;
+            out.push(table_from_row(r, cols)?);
+        }
+        Ok(out)
+    }
+
+    async fn table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let row = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
+            .bind(tenant.to_string())
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let id: String = r.get("id");
+        let cols = load_columns(&mut conn, &id).await?;
+        Ok(Some(table_from_row(&r, cols)?))
+    }
+
+    async fn delete_table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>> {
+        let Some(t) = self.table(tenant, name).await? else { return Ok(None) };
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        sqlx::query("DELETE FROM catalog_columns WHERE table_id = ?").bind(&t.id).execute(&mut *tx).await.map_err(db_err)?;
+        let r = sqlx::query("DELETE FROM catalog_tables WHERE id = ? AND tenant_id = ?")
+            .bind(&t.id)
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((r.rows_affected() == 1).then_some(t))
+    }
+
+    async fn set_column_label(&self, tenant: TenantId, table: &str, column: &str, label: &ColumnLabel) -> Result<Option<ColumnRecord>> {
+        let r = sqlx::query(
+            "UPDATE catalog_columns SET classification = ?, pii = COALESCE(?, pii), entity = COALESCE(?, entity), mask = ?, source = 'manual', confidence = NULL
+             WHERE name = ? AND table_id = (SELECT id FROM catalog_tables WHERE tenant_id = ? AND name = ?)",
+        )
+        .bind(&label.classification)
+        .bind(&label.pii)
+        .bind(&label.entity)
+        .bind(&label.mask)
+        .bind(column)
+        .bind(tenant.to_string())
+        .bind(table)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        Ok(self.table(tenant, table).await?.and_then(|t| t.columns.into_iter().find(|c| c.name == column)))
     }
 
     async fn ping(&self) -> Result<()> {

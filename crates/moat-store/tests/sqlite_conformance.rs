@@ -33,5 +33,5 @@ async fn reopening_applies_migrations_once() {
     let (dir, _s, _) = file_store().await;
     let again = SqliteStore::open(&dir.path().join("moat.db")).await.expect("reopen");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(again.pool()).await.expect("count");
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }

@@ -113,6 +113,29 @@ impl TestServer {
         self.send(Method::POST, path, Some(auth), Some(body), None).await
     }
 
+    /// Uploads CSV as a table.
+    pub async fn put_csv(&self, path: &str, auth: &str, csv: impl Into<reqwest::Body>) -> Resp {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(auth)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Resp { status, body, headers }
+    }
+
+    /// Runs SQL through `POST /v1/query`.
+    pub async fn query(&self, auth: &str, sql: &str) -> Resp {
+        self.post("/v1/query", auth, json!({"sql": sql})).await
+    }
+
     pub async fn login_raw(&self, tenant: Option<&str>, email: &str, password: &str) -> Resp {
         self.send(Method::POST, "/v1/auth/login", None, Some(json!({"tenant": tenant, "email": email, "password": password})), None).await
     }

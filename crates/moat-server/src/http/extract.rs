@@ -196,6 +196,11 @@ pub mod act {
         KeyRevoke => "key":"revoke" @ Own;
         AuditRead => "audit":"read" @ Tenant;
         AuditVerify => "audit":"verify" @ Tenant;
+        TableRead => "table":"read" @ Tenant;
+        TableWrite => "table":"write" @ Tenant;
+        TableDelete => "table":"delete" @ Tenant;
+        TableClassify => "table":"classify" @ Tenant;
+        QueryExecute => "query":"execute" @ Tenant;
         PolicyRead => "policy":"read" @ Tenant;
         PolicyUpdate => "policy":"update" @ Tenant;
     }

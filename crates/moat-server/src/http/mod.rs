@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod data;
 pub mod error;
 pub mod extract;
 mod meta;
@@ -48,6 +49,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/users/{id}/role", put(admin::set_user_role))
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/tables", get(data::list_tables))
+        .route("/tables/{table}", get(data::get_table).put(data::put_table).delete(data::delete_table))
+        .route("/tables/{table}/columns/{column}", put(data::classify_column))
+        .route("/query", post(data::query))
         .route("/policies/password", get(admin::get_password_policy).put(admin::set_password_policy))
         .route("/audit/events", get(audit::events))
         .route("/audit/verify", get(audit::verify))

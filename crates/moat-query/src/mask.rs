@@ -1,0 +1,194 @@
+//! Mask functions (contract: "Classification and masking defaults") and their vectorised
+//! DataFusion UDFs. Every mask yields text; NULL stays NULL; values of other types are cast to
+//! text first. The UDFs are used only inside governed scans and are not registered for SQL.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result as DfResult, exec_err};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskRule {
+    /// SHA-256, first 16 hex characters: the same input gives the same output, so joins work.
+    Hash16,
+    /// Letters and digits hidden but the last four; separators kept (`***-**-6789`).
+    LastFour,
+    /// `[REDACTED]`.
+    Redact,
+    /// First character of the local part and the top-level domain (`j***@***.com`).
+    EmailPartial,
+    /// `****`.
+    Full,
+    /// The column is left out of the result.
+    Omit,
+}
+
+impl MaskRule {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hash16" | "hash" => Some(Self::Hash16),
+            "last_four" | "last4" => Some(Self::LastFour),
+            "redact" => Some(Self::Redact),
+            "email_partial" | "partial" => Some(Self::EmailPartial),
+            "full" => Some(Self::Full),
+            "omit" => Some(Self::Omit),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hash16 => "hash16",
+            Self::LastFour => "last_four",
+            Self::Redact => "redact",
+            Self::EmailPartial => "email_partial",
+            Self::Full => "full",
+            Self::Omit => "omit",
+        }
+    }
+
+    /// Masks one value into `out` (cleared first).
+    pub fn apply_into(self, v: &str, out: &mut String) {
+        out.clear();
+        match self {
+            Self::Hash16 => {
+                let d = Sha256::digest(v.as_bytes());
+                for b in &d[..8] {
+                    let _ = write!(out, "{b:02x}");
+                }
+            }
+            Self::LastFour => {
+                let alnum = v.chars().filter(|c| c.is_alphanumeric()).count();
+                // Four or fewer significant characters: showing "the last four" would show all.
+                let keep_from = if alnum > 4 { alnum - 4 } else { usize::MAX };
+                let mut seen = 0;
+                for c in v.chars() {
+                    if c.is_alphanumeric() {
+                        out.push(if seen >= keep_from { c } else { '*' });
+                        seen += 1;
+                    } else {
+                        out.push(c);
+                    }
+                }
+            }
+            Self::Redact => out.push_str("[REDACTED]"),
+            Self::EmailPartial => match v.rsplit_once('@') {
+                Some((local, domain)) if !local.is_empty() && domain.contains('.') => {
+                    out.extend(local.chars().next());
+                    out.push_str("***@***.");
+                    out.push_str(domain.rsplit('.').next().unwrap_or(""));
+                }
+                _ => out.push_str("****"),
+            },
+            Self::Full | Self::Omit => out.push_str("****"),
+        }
+    }
+
+    pub fn apply(self, v: &str) -> String {
+        let mut s = String::with_capacity(v.len().max(16));
+        self.apply_into(v, &mut s);
+        s
+    }
+
+    /// The DataFusion UDF applying this mask.
+    pub fn udf(self) -> Arc<ScalarUDF> {
+        Arc::new(ScalarUDF::new_from_impl(MaskUdf { rule: self, signature: Signature::any(1, Volatility::Immutable) }))
+    }
+}
+
+/// Applies a mask to a whole column.
+pub fn mask_array(rule: MaskRule, input: &ArrayRef) -> DfResult<ArrayRef> {
+    let text = if input.data_type() == &DataType::Utf8 { input.clone() } else { cast(input, &DataType::Utf8)? };
+    let Some(strings) = text.as_any().downcast_ref::<StringArray>() else {
+        return exec_err!("mask: expected text after cast");
+    };
+    let mut b = StringBuilder::with_capacity(strings.len(), strings.len() * 16);
+    let mut buf = String::with_capacity(64);
+    for v in strings.iter() {
+        match v {
+            Some(s) => {
+                rule.apply_into(s, &mut buf);
+                b.append_value(&buf);
+            }
+            None => b.append_null(),
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MaskUdf {
+    rule: MaskRule,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for MaskUdf {
+    fn name(&self) -> &str {
+        match self.rule {
+            MaskRule::Hash16 => "moat_mask_hash16",
+            MaskRule::LastFour => "moat_mask_last_four",
+            MaskRule::Redact => "moat_mask_redact",
+            MaskRule::EmailPartial => "moat_mask_email_partial",
+            MaskRule::Full | MaskRule::Omit => "moat_mask_full",
+        }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("mask takes one argument");
+        };
+        let array = arg.to_array(args.number_rows)?;
+        Ok(ColumnarValue::Array(mask_array(self.rule, &array)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_examples() {
+        assert_eq!(MaskRule::LastFour.apply("123-45-6789"), "***-**-6789");
+        assert_eq!(MaskRule::LastFour.apply("4242424242424242"), "************4242");
+        assert_eq!(MaskRule::LastFour.apply("1234"), "****", "short values are hidden whole");
+        assert_eq!(MaskRule::EmailPartial.apply("john.doe@company.com"), "j***@***.com");
+        assert_eq!(MaskRule::EmailPartial.apply("not an email"), "****");
+        assert_eq!(MaskRule::Redact.apply("+1 555 0100"), "[REDACTED]");
+        assert_eq!(MaskRule::Full.apply("anything"), "****");
+        let h = MaskRule::Hash16.apply("Jane Doe");
+        assert_eq!(h.len(), 16);
+        assert_eq!(h, MaskRule::Hash16.apply("Jane Doe"), "deterministic: joins work");
+        assert_ne!(h, MaskRule::Hash16.apply("Jane Doe "));
+        assert_eq!(&h, &hex::encode(Sha256::digest(b"Jane Doe"))[..16]);
+    }
+
+    #[test]
+    fn arrays_keep_nulls_and_cast() {
+        use datafusion::arrow::array::Int64Array;
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![Some(123456), None, Some(7)]));
+        let m = mask_array(MaskRule::LastFour, &a).expect("mask");
+        let m = m.as_any().downcast_ref::<StringArray>().expect("text");
+        assert_eq!(m.value(0), "**3456");
+        assert!(m.is_null(1));
+        assert_eq!(m.value(2), "*");
+    }
+
+    #[test]
+    fn names_roundtrip() {
+        for r in [MaskRule::Hash16, MaskRule::LastFour, MaskRule::Redact, MaskRule::EmailPartial, MaskRule::Full, MaskRule::Omit] {
+            assert_eq!(MaskRule::parse(r.as_str()), Some(r));
+        }
+    }
+}

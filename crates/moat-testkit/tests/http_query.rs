@@ -1,0 +1,282 @@
+//! The governed query path over HTTP: ingest, catalog, classification, three roles' views,
+//! tenants with the same table names, limits, and the audit record of every query.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use moat_testkit::reqwest::{Method, StatusCode};
+use moat_testkit::serde_json::{Value, json};
+use moat_testkit::{Resp, TestServer};
+
+const CSV_A: &str =
+    "id,name,email,ssn,plan,revenue\n1,Ann Canary,ann@acme-secret.com,123-45-6789,pro,100\n2,Bob Stone,bob@acme.com,987-65-4321,free,5\n";
+const CSV_B: &str = "id,name,email,ssn,plan,revenue\n1,Globex Spy,spy@globex-secret.com,999-99-9999,ent,7\n";
+
+async fn label(s: &TestServer, admin: &str, col: &str, classification: &str, pii: &str, entity: Option<&str>) {
+    let r = s
+        .send(
+            Method::PUT,
+            &format!("/v1/tables/customers/columns/{col}"),
+            Some(admin),
+            Some(json!({"classification": classification, "pii": pii, "entity": entity})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+async fn labelled(s: &TestServer, admin: &str) {
+    label(s, admin, "id", "PUBLIC", "none", None).await;
+    label(s, admin, "name", "CONFIDENTIAL", "direct", Some("person_name")).await;
+    label(s, admin, "email", "CONFIDENTIAL", "direct", Some("email")).await;
+    label(s, admin, "ssn", "RESTRICTED", "direct", Some("ssn")).await;
+    label(s, admin, "plan", "INTERNAL", "none", None).await;
+    label(s, admin, "revenue", "CONFIDENTIAL", "none", None).await;
+}
+
+fn col<'a>(r: &'a Resp, name: &str) -> &'a Value {
+    r.body["columns"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn ingest_catalog_and_atomic_replace() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    let r = s.put_csv("/v1/tables/customers?domain=sales&product=crm", &admin, CSV_A).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!((r.body["version"].as_i64(), r.body["row_count"].as_i64()), (Some(1), Some(2)));
+    let list = s.get("/v1/tables", &admin).await;
+    let t = &list.body["tables"][0];
+    assert_eq!((t["name"].as_str(), t["domain"].as_str(), t["product"].as_str()), (Some("customers"), Some("sales"), Some("crm")));
+    let ssn = t["columns"].as_array().unwrap().iter().find(|c| c["name"] == "ssn").unwrap();
+    assert_eq!(
+        (ssn["classification"].as_str(), ssn["source"].as_str(), ssn["type"].as_str()),
+        (Some("RESTRICTED"), Some("default"), Some("Utf8")),
+        "unclassified = RESTRICTED"
+    );
+    // A broken replacement leaves version 1 in place.
+    let bad = s.put_csv("/v1/tables/customers", &admin, "id,name\n1,x\n2\n").await;
+    assert_eq!((bad.status, bad.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_csv"));
+    assert!(bad.body["error"]["message"].as_str().unwrap().contains("line"), "{:?}", bad.body);
+    let q = s.query(&admin, "SELECT count(*) AS n FROM customers").await;
+    assert_eq!(q.body["rows"][0][0], 2);
+    // A good replacement is version 2; a manual label survives it.
+    label(&s, &admin, "ssn", "RESTRICTED", "direct", Some("ssn")).await;
+    let r = s.put_csv("/v1/tables/customers", &admin, format!("{CSV_A}3,Cy Doe,cy@acme.com,111-22-3333,pro,9\n")).await;
+    assert_eq!((r.status, r.body["version"].as_i64()), (StatusCode::OK, Some(2)));
+    assert_eq!(s.query(&admin, "SELECT count(*) FROM customers").await.body["rows"][0][0], 3);
+    let t = s.get("/v1/tables/customers", &admin).await;
+    let ssn = t.body["columns"].as_array().unwrap().iter().find(|c| c["name"] == "ssn").unwrap();
+    assert_eq!(ssn["source"], "manual");
+    // Bad input.
+    for (path, body, code) in [
+        ("/v1/tables/Bad-Name", CSV_A, "invalid_name"),
+        ("/v1/tables/information_schema", CSV_A, "invalid_name"),
+        ("/v1/tables/t?domain=..%2Fetc", CSV_A, "invalid_name"),
+        ("/v1/tables/t", "", "empty_csv"),
+        ("/v1/tables/t", "a,b\n", "no_rows"),
+        ("/v1/tables/t", "a,a\n1,2\n", "invalid_header"),
+        ("/v1/tables/t?types=a:money", "a\n1\n", "invalid_type"),
+    ] {
+        let r = s.put_csv(path, &admin, body).await;
+        assert_eq!(r.code(), code, "{path} {body:?}: {:?}", r.body);
+    }
+    let r = s.send(Method::PUT, "/v1/tables/t", Some(&admin), Some(json!({"a": 1})), None).await;
+    assert_eq!(r.code(), "unsupported_media_type");
+    assert_eq!(s.get("/v1/tables/t", &admin).await.status, StatusCode::NOT_FOUND, "failed uploads leave nothing");
+    assert_eq!(s.send(Method::DELETE, "/v1/tables/customers", Some(&admin), None, None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(s.query(&admin, "SELECT * FROM customers").await.code(), "query_error");
+}
+
+#[tokio::test]
+async fn upload_limit_is_413() {
+    let s = TestServer::start_with(|c| c.ingest.body_limit_bytes = 4096).await;
+    let admin = s.tenant_with_admin("acme").await;
+    let mut big = String::from("id,v\n");
+    for i in 0..2000 {
+        big.push_str(&format!("{i},value-{i}\n"));
+    }
+    let r = s.put_csv("/v1/tables/big", &admin, big).await;
+    assert_eq!((r.status, r.code()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    assert_eq!(s.get("/v1/tables/big", &admin).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn who_may_write_classify_and_query() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
+    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let (_, auditor) = s.user(&admin, "acme", "a@acme.example", "auditor").await;
+    assert_eq!(s.put_csv("/v1/tables/mine", &editor, CSV_A).await.status, StatusCode::CREATED, "Editor+ writes");
+    assert_eq!(s.put_csv("/v1/tables/mine", &viewer, CSV_A).await.status, StatusCode::FORBIDDEN);
+    let r = s.send(Method::PUT, "/v1/tables/customers/columns/ssn", Some(&editor), Some(json!({"classification": "PUBLIC"})), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "only Admins classify");
+    assert_eq!(s.query(&auditor, "SELECT 1").await.status, StatusCode::FORBIDDEN, "auditors read no data");
+    assert_eq!(s.get("/v1/tables", &auditor).await.status, StatusCode::FORBIDDEN);
+    for (body, code) in [
+        (json!({"classification": "SECRET"}), "invalid_classification"),
+        (json!({"classification": "PUBLIC", "pii": "maybe"}), "invalid_pii"),
+        (json!({"classification": "PUBLIC", "mask": "blur"}), "invalid_mask"),
+    ] {
+        assert_eq!(s.send(Method::PUT, "/v1/tables/customers/columns/ssn", Some(&admin), Some(body), None).await.code(), code);
+    }
+    assert_eq!(
+        s.send(Method::PUT, "/v1/tables/customers/columns/nope", Some(&admin), Some(json!({"classification": "PUBLIC"})), None)
+            .await
+            .code(),
+        "column_not_found"
+    );
+    let r = s
+        .send(
+            Method::PUT,
+            "/v1/tables/customers/columns/ssn",
+            Some(&admin),
+            Some(json!({"classification": "RESTRICTED", "pii": "direct", "entity": "ssn"})),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.body["source"].as_str()), (StatusCode::OK, Some("manual")));
+    let rec = s.audit_of(Some("acme")).await.into_iter().find(|e| e.action == "classification.change").unwrap();
+    assert_eq!(
+        (rec.details["from"]["classification"].as_str(), rec.details["to"]["classification"].as_str()),
+        (Some("RESTRICTED"), Some("RESTRICTED"))
+    );
+    assert_eq!((rec.details["from"]["source"].as_str(), rec.details["to"]["source"].as_str()), (Some("default"), Some("manual")));
+}
+
+#[tokio::test]
+async fn three_roles_see_three_views_and_nothing_leaks() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
+    labelled(&s, &admin).await;
+    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let sql = "SELECT * FROM customers ORDER BY id";
+    let a = s.query(&admin, sql).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.body["rows"][0], json!([1, "Ann Canary", "ann@acme-secret.com", "123-45-6789", "pro", 100]));
+    let e = s.query(&editor, sql).await;
+    assert_eq!(e.body["rows"][0], json!([1, "Ann Canary", "ann@acme-secret.com", "****", "pro", 100]));
+    let v = s.query(&viewer, sql).await;
+    let names: Vec<&str> = v.body["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["id", "name", "email", "ssn", "plan"], "revenue omitted");
+    assert_eq!(v.body["rows"][0][2], "a***@***.com");
+    assert_eq!(v.body["rows"][0][3], "****");
+    assert_eq!(col(&v, "ssn")["classification"], "RESTRICTED");
+    assert_eq!(col(&v, "ssn")["masking"], "full");
+    assert_eq!(col(&v, "plan")["masking"], "none");
+    let text = v.body.to_string();
+    for secret in ["Ann Canary", "ann@acme-secret.com", "123-45-6789", "6789"] {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+    for probe in [
+        "SELECT id FROM customers WHERE ssn = '123-45-6789'",
+        "SELECT id FROM customers WHERE name = 'Ann Canary'",
+        "SELECT id FROM customers WHERE email LIKE 'ann@%'",
+    ] {
+        let r = s.query(&viewer, probe).await;
+        assert_eq!(r.body["row_count"], 0, "{probe}");
+    }
+    let err = s.query(&viewer, "SELECT CAST(ssn AS INT) FROM customers").await;
+    assert!(!err.body.to_string().contains("6789"), "{:?}", err.body);
+    assert_eq!(s.query(&viewer, "EXPLAIN SELECT * FROM customers").await.code(), "explain_not_allowed");
+    // CSV and Arrow answers carry the same governed data.
+    let csv = s
+        .http
+        .post(format!("{}/v1/query", s.base))
+        .bearer_auth(&viewer)
+        .header("accept", "text/csv")
+        .json(&json!({"sql": sql}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    assert!(csv.headers().get("x-moat-columns").is_some());
+    let body = csv.text().await.unwrap();
+    assert!(body.starts_with("id,name,email,ssn,plan\n") && !body.contains("6789"), "{body}");
+    let arrow = s
+        .http
+        .post(format!("{}/v1/query", s.base))
+        .bearer_auth(&viewer)
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&json!({"sql": sql}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(arrow.headers()["x-moat-row-count"], "2");
+    assert!(arrow.bytes().await.unwrap().len() > 100);
+}
+
+#[tokio::test]
+async fn tenants_with_the_same_tables_never_meet() {
+    let s = TestServer::start().await;
+    let a = s.tenant_with_admin("acme").await;
+    let b = s.tenant_with_admin("globex").await;
+    s.put_csv("/v1/tables/customers", &a, CSV_A).await;
+    s.put_csv("/v1/tables/customers", &b, CSV_B).await;
+    s.put_csv("/v1/tables/orders", &a, "order_id,amount\n1,5\n").await;
+    for sql in [
+        "SELECT * FROM customers",
+        "SELECT * FROM moat.public.customers",
+        "SELECT name FROM customers UNION SELECT email FROM customers",
+        "SELECT table_name FROM information_schema.tables",
+    ] {
+        let r = s.query(&b, sql).await;
+        let text = r.body.to_string();
+        assert!(!text.contains("acme") && !text.contains("Ann") && !text.contains("orders"), "{sql}: {text}");
+    }
+    let r = s.query(&b, "SELECT * FROM orders").await;
+    assert_eq!(r.code(), "query_error");
+    assert!(!r.body.to_string().contains("amount"));
+    let r = s.post("/v1/query?tenant=globex", &a, json!({"sql": "SELECT 1"})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // The Super Admin reads a tenant only by naming it, and it is audited there.
+    let sa = s.super_admin().await;
+    assert_eq!(s.query(&sa, "SELECT 1").await.code(), "tenant_required");
+    let r = s.post("/v1/query?tenant=globex", &sa, json!({"sql": "SELECT email FROM customers"})).await;
+    assert_eq!(r.body["rows"][0][0], "spy@globex-secret.com");
+    let rec = s.audit_of(Some("globex")).await.into_iter().rev().find(|e| e.action == "query.execute").unwrap();
+    assert_eq!(rec.actor["super_admin"], true);
+}
+
+#[tokio::test]
+async fn every_query_is_audited_refused_ones_too() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
+    labelled(&s, &admin).await;
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    s.query(&viewer, "SELECT id, ssn FROM customers").await;
+    assert_eq!(s.query(&viewer, "DELETE FROM customers").await.code(), "statement_not_allowed");
+    assert_eq!(s.query(&viewer, "SELECT nope FROM customers").await.code(), "query_error");
+    assert_eq!(s.query(&viewer, "").await.code(), "empty_query");
+    let recs: Vec<_> = s.audit_of(Some("acme")).await.into_iter().filter(|e| e.action == "query.execute").collect();
+    assert_eq!(recs.len(), 4);
+    let ok = &recs[0];
+    assert_eq!(ok.outcome, "success");
+    assert_eq!(ok.details["sql"], "SELECT id, ssn FROM customers");
+    assert_eq!(ok.details["tables"], json!(["customers"]));
+    assert_eq!(ok.details["columns_masked"], json!(["customers.ssn"]));
+    assert_eq!(ok.details["rows"], 2);
+    assert!(ok.details["duration_ms"].is_u64() && ok.details["query_id"].is_string());
+    assert_eq!((recs[1].outcome.as_str(), recs[1].details["error"].as_str()), ("denied", Some("statement_not_allowed")));
+    assert_eq!((recs[2].outcome.as_str(), recs[2].details["error"].as_str()), ("failure", Some("query_error")));
+    assert!(!s.audit_of(Some("acme")).await.iter().any(|e| e.details.to_string().contains("123-45-6789")), "no data values in the trail");
+}
+
+#[tokio::test]
+async fn query_limits_answer_with_codes() {
+    let s = TestServer::start_with(|c| {
+        c.query.max_rows = 1;
+        c.query.max_sql_bytes = 200;
+    })
+    .await;
+    let admin = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
+    let r = s.query(&admin, "SELECT id FROM customers").await;
+    assert_eq!((r.body["row_count"].as_u64(), r.body["truncated"].as_bool()), (Some(1), Some(true)));
+    let long = format!("SELECT id FROM customers WHERE name <> '{}'", "x".repeat(300));
+    assert_eq!(s.query(&admin, &long).await.code(), "query_too_long");
+    assert_eq!(s.query(&admin, "SELECT 1; SELECT 2").await.code(), "multiple_statements");
+}
