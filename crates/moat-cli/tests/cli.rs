@@ -231,6 +231,29 @@ fn demo_prints_working_logins() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["role"], role);
     }
+    // Three roles, three views of the same demo table.
+    let mut views = Vec::new();
+    for email in ["admin@acme.example", "analyst@acme.example", "viewer@acme.example"] {
+        let o = moat(&["login", "--server", &srv.url, "--tenant", "acme", "--email", email, "--password-stdin"], &env, Some(&format!("{pw}\n")));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let o = moat(&["--json", "query", "SELECT id, name, email, ssn, credit_score, plan FROM customers ORDER BY id LIMIT 3"], &env, None);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["row_count"], 3);
+        views.push(v["rows"].clone());
+        let o = moat(&["query", "SELECT count(*) AS n FROM customers"], &env, None);
+        assert!(text(&o.stdout).contains("1000"), "{}", text(&o.stdout));
+    }
+    let ssn = |v: &serde_json::Value| v[0][3].as_str().unwrap().to_owned();
+    assert!(ssn(&views[0]).chars().filter(|c| c.is_ascii_digit()).count() == 9, "admin sees raw: {}", views[0]);
+    assert_eq!(ssn(&views[1]), "****", "analyst: RESTRICTED is masked");
+    assert_eq!(views[0][0][2], views[1][0][2], "analyst sees emails");
+    assert!(views[2][0][2].as_str().unwrap().contains("***@***."), "viewer: partial email {}", views[2]);
+    assert_ne!(views[0], views[1]);
+    assert_ne!(views[1], views[2]);
+    let o = moat(&["--json", "table", "list"], &env, None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tables"][0]["row_count"], 1000);
     drop(srv);
     // A second start keeps the same logins.
     let again = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0"]);
