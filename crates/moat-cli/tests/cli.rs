@@ -234,9 +234,14 @@ fn demo_prints_working_logins() {
     // Three roles, three views of the same demo table.
     let mut views = Vec::new();
     for email in ["admin@acme.example", "analyst@acme.example", "viewer@acme.example"] {
-        let o = moat(&["login", "--server", &srv.url, "--tenant", "acme", "--email", email, "--password-stdin"], &env, Some(&format!("{pw}\n")));
+        let o = moat(
+            &["login", "--server", &srv.url, "--tenant", "acme", "--email", email, "--password-stdin"],
+            &env,
+            Some(&format!("{pw}\n")),
+        );
         assert!(o.status.success(), "{}", text(&o.stderr));
-        let o = moat(&["--json", "query", "SELECT id, name, email, ssn, credit_score, plan FROM customers ORDER BY id LIMIT 3"], &env, None);
+        let o =
+            moat(&["--json", "query", "SELECT id, name, email, ssn, credit_score, plan FROM customers ORDER BY id LIMIT 3"], &env, None);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["row_count"], 3);
