@@ -19,7 +19,7 @@ use moat_core::ids::TenantId;
 use moat_core::permission::Permission;
 use moat_core::principal::Principal;
 use moat_core::{ErrorKind, MoatError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::governed::GovernedTable;
@@ -28,16 +28,24 @@ use crate::policy::{ColumnMeta, MaskDecision, MaskingPolicy, decide};
 use crate::restrict::{self, QueryKind};
 use crate::scrub::scrub;
 
-/// Limits every query runs under; each has a config key in the server.
-#[derive(Debug, Clone)]
+/// Limits every query runs under. This is also the server's `[query]` config section, so each
+/// limit has a config key (`MOAT_QUERY__<FIELD>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EngineLimits {
+    /// Longest SQL text accepted.
     pub max_sql_bytes: usize,
+    /// Deepest parser nesting accepted.
     pub max_depth: usize,
+    /// Rows returned at most; more sets `truncated`.
     pub max_rows: usize,
+    /// Result size held at most.
     pub max_result_bytes: usize,
     pub timeout_ms: u64,
+    /// Memory all of a tenant's running queries may hold together.
     pub memory_per_tenant_bytes: usize,
     pub max_concurrent_per_tenant: usize,
+    /// Parallelism of one query (default: the cores, at most 16).
     pub target_partitions: usize,
 }
 
@@ -47,11 +55,11 @@ impl Default for EngineLimits {
             max_sql_bytes: 64 * 1024,
             max_depth: 64,
             max_rows: 100_000,
-            max_result_bytes: 64 * 1024 * 1024,
+            max_result_bytes: 256 * 1024 * 1024,
             timeout_ms: 30_000,
             memory_per_tenant_bytes: 1024 * 1024 * 1024,
             max_concurrent_per_tenant: 8,
-            target_partitions: 2,
+            target_partitions: std::thread::available_parallelism().map_or(2, usize::from).min(16),
         }
     }
 }

@@ -15,43 +15,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
-    pub query: QueryConfig,
+    /// Query limits (the engine's own type: one definition, one set of defaults).
+    pub query: moat_query::EngineLimits,
     pub ingest: IngestConfig,
     pub log: LogConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {
-    /// Longest SQL text accepted.
-    pub max_sql_bytes: usize,
-    /// Deepest parser nesting accepted.
-    pub max_depth: usize,
-    /// Rows returned at most; more sets `truncated`.
-    pub max_rows: usize,
-    /// Result size held at most.
-    pub max_result_bytes: usize,
-    pub timeout_ms: u64,
-    /// Memory all of a tenant's running queries may hold together.
-    pub memory_per_tenant_bytes: usize,
-    pub max_concurrent_per_tenant: usize,
-    /// Parallelism of one query.
-    pub target_partitions: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        Self {
-            max_sql_bytes: 64 * 1024,
-            max_depth: 64,
-            max_rows: 100_000,
-            max_result_bytes: 256 * 1024 * 1024,
-            timeout_ms: 30_000,
-            memory_per_tenant_bytes: 1024 * 1024 * 1024,
-            max_concurrent_per_tenant: 8,
-            target_partitions: std::thread::available_parallelism().map_or(2, usize::from).min(16),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

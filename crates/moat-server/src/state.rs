@@ -39,17 +39,7 @@ impl AppState {
         let keys = crate::bootstrap::load_keyset(dir, &config, clock.now_s())?;
         let lockout = LockoutPolicy { threshold: config.auth.lockout_threshold, stage_durations_s: config.auth.lockout_stages_s.clone() };
         let ip_limiter = Arc::new(MemoryLimiter::new(config.auth.ip_failure_limit, config.auth.ip_failure_window_s));
-        let q = &config.query;
-        let engine = Arc::new(moat_query::Engine::new(moat_query::EngineLimits {
-            max_sql_bytes: q.max_sql_bytes,
-            max_depth: q.max_depth,
-            max_rows: q.max_rows,
-            max_result_bytes: q.max_result_bytes,
-            timeout_ms: q.timeout_ms,
-            memory_per_tenant_bytes: q.memory_per_tenant_bytes,
-            max_concurrent_per_tenant: q.max_concurrent_per_tenant,
-            target_partitions: q.target_partitions,
-        }));
+        let engine = Arc::new(moat_query::Engine::new(config.query.clone()));
         let table_root = config.table_data_dir(&dir.root);
         Ok(Self {
             config,

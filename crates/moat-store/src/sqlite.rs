@@ -37,6 +37,14 @@ fn db_err(e: sqlx::Error) -> MoatError {
     MoatError::internal("store_error")
 }
 
+/// A unique-constraint violation is the caller's duplicate (409); anything else is ours.
+fn conflict_or_db(e: sqlx::Error, code: &'static str, message: impl FnOnce() -> String) -> MoatError {
+    match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => MoatError::conflict(code, message()),
+        other => db_err(other),
+    }
+}
+
 fn platform_key(t: Option<TenantId>) -> String {
     t.map_or_else(|| "platform".to_owned(), |t| t.to_string())
 }
@@ -263,13 +271,7 @@ async fn insert_user(conn: &mut sqlx::SqliteConnection, u: &NewUser) -> Result<U
     .bind(u.now)
     .execute(&mut *conn)
     .await;
-    match res {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-            return Err(MoatError::conflict("user_exists", format!("a user with email {} already exists", u.email)));
-        }
-        Err(e) => return Err(db_err(e)),
-    }
+    res.map_err(|e| conflict_or_db(e, "user_exists", || format!("a user with email {} already exists", u.email)))?;
     Ok(UserRecord {
         id: u.id,
         tenant_id: u.tenant_id,
@@ -293,13 +295,7 @@ impl MetaStore for SqliteStore {
             .bind(t.now)
             .execute(&mut *tx)
             .await;
-        match res {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                return Err(MoatError::conflict("tenant_exists", format!("tenant {} already exists", t.slug)));
-            }
-            Err(e) => return Err(db_err(e)),
-        }
+        res.map_err(|e| conflict_or_db(e, "tenant_exists", || format!("tenant {} already exists", t.slug)))?;
         if let Some(admin) = first_admin {
             insert_user(&mut tx, admin).await?;
         }
