@@ -62,9 +62,42 @@ impl ColumnMeta {
 
 /// A tenant's masking policy: another mask per (role, label).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MaskingPolicy {
     /// Key `"<role>:<LABEL>"`, e.g. `"viewer:CONFIDENTIAL"`.
     pub rules: BTreeMap<String, MaskRule>,
+}
+
+impl MaskingPolicy {
+    pub const MAX_RULES: usize = 64;
+
+    /// Keys must be `<tenant role>:<LABEL>` (e.g. `viewer:CONFIDENTIAL`). A rule can only choose
+    /// another mask for a label above the role's clearance: it never unmasks.
+    pub fn validate(&self) -> Result<(), moat_core::MoatError> {
+        let bad = |m: String| Err(moat_core::MoatError::invalid("invalid_policy", m));
+        if self.rules.len() > Self::MAX_RULES {
+            return bad(format!("at most {} rules", Self::MAX_RULES));
+        }
+        for key in self.rules.keys() {
+            let Some((role, label)) = key.split_once(':') else {
+                return bad(format!("rule {key:?} must be <role>:<LABEL>, e.g. viewer:CONFIDENTIAL"));
+            };
+            let role =
+                Role::parse(role).map_err(|e| moat_core::MoatError::invalid("invalid_policy", format!("rule {key:?}: {}", e.message)))?;
+            if role == Role::SuperAdmin {
+                return bad(format!("rule {key:?}: super_admin is not a tenant role"));
+            }
+            match Classification::parse(label) {
+                Some(l) if l.as_str() == label => {
+                    if l <= role.default_clearance() {
+                        return bad(format!("rule {key:?}: {role} reads {l} raw; a rule applies only above the role's clearance"));
+                    }
+                }
+                _ => return bad(format!("rule {key:?}: label must be INTERNAL, CONFIDENTIAL or RESTRICTED")),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The outcome for one column and one caller.
@@ -153,6 +186,28 @@ mod tests {
         assert_eq!(decide(Role::Editor, Confidential, &c, &p), MaskDecision::Mask(MaskRule::Full));
         assert_eq!(decide(Role::Admin, Restricted, &c, &p), MaskDecision::Raw);
         assert_eq!(decide(Role::Auditor, Public, &c, &p), MaskDecision::Mask(MaskRule::Full));
+    }
+
+    #[test]
+    fn policy_validation() {
+        let with = |k: &str| {
+            let mut p = MaskingPolicy::default();
+            p.rules.insert(k.into(), MaskRule::Full);
+            p.validate().map_err(|e| e.code)
+        };
+        assert_eq!(with("viewer:CONFIDENTIAL"), Ok(()));
+        assert_eq!(with("editor:RESTRICTED"), Ok(()));
+        for bad in [
+            "viewer",
+            "viewer:confidential",
+            "root:RESTRICTED",
+            "super_admin:RESTRICTED",
+            "admin:RESTRICTED",
+            "viewer:INTERNAL",
+            "viewer:SECRET",
+        ] {
+            assert_eq!(with(bad), Err("invalid_policy"), "{bad}");
+        }
     }
 
     #[test]

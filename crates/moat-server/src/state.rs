@@ -15,6 +15,10 @@ use crate::config::{Config, DataDir};
 use crate::http::extract::ClientInfo;
 use crate::limiter::{FailureLimiter, MemoryLimiter};
 
+/// Tenant setting keys.
+pub const PASSWORD_POLICY: &str = "password_policy";
+pub const MASKING_POLICY: &str = "masking_policy";
+
 pub struct AppState {
     pub config: Config,
     pub stores: Stores,
@@ -58,9 +62,34 @@ impl AppState {
     /// default.
     pub async fn password_policy(&self, tenant: Option<moat_core::ids::TenantId>) -> Result<PasswordPolicy> {
         match tenant {
-            Some(t) => Ok(self.stores.meta.password_policy(t).await?.unwrap_or_default()),
+            Some(t) => self.setting(t, PASSWORD_POLICY).await,
             None => Ok(PasswordPolicy::default()),
         }
+    }
+
+    /// The tenant's masking policy (no rules unless an Admin set some).
+    pub async fn masking_policy(&self, tenant: moat_core::ids::TenantId) -> Result<moat_query::policy::MaskingPolicy> {
+        self.setting(tenant, MASKING_POLICY).await
+    }
+
+    /// A typed tenant setting, or its default. A stored value that no longer parses is an
+    /// error, not a silent default: a weaker policy must never appear by accident.
+    pub async fn setting<T: serde::de::DeserializeOwned + Default>(&self, tenant: moat_core::ids::TenantId, key: &str) -> Result<T> {
+        match self.stores.meta.tenant_setting(tenant, key).await? {
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                tracing::error!(key, error = %e, "stored tenant setting does not parse");
+                MoatError::internal("corrupt_setting")
+            }),
+            None => Ok(T::default()),
+        }
+    }
+
+    pub async fn set_setting<T: serde::Serialize>(&self, tenant: moat_core::ids::TenantId, key: &str, value: &T) -> Result<()> {
+        let json = serde_json::to_string(value).map_err(|_| MoatError::internal("encode_setting"))?;
+        if !self.stores.meta.set_tenant_setting(tenant, key, &json, self.clock.now_s()).await? {
+            return Err(MoatError::not_found("tenant_not_found", "no such tenant"));
+        }
+        Ok(())
     }
 
     /// Appends an audit record stamped with the client. If the trail cannot be written the

@@ -102,10 +102,12 @@ pub async fn tenants_and_atomic_first_admin(s: &Stores) {
     admin.email = Email::parse("dup-admin@platform.example").unwrap();
     assert!(s.meta.create_tenant(&t2, Some(&admin)).await.is_err());
     assert!(s.meta.tenant_by_slug(t2.slug.as_str()).await.unwrap().is_none(), "rolled back");
-    assert_eq!(s.meta.password_policy(t.id).await.unwrap(), None);
-    let strict = moat_core::password::PasswordPolicy { min_chars: 14, history: 10, ..Default::default() };
-    assert!(s.meta.set_password_policy(t.id, &strict, NOW).await.unwrap());
-    assert_eq!(s.meta.password_policy(t.id).await.unwrap(), Some(strict));
+    assert_eq!(s.meta.tenant_setting(t.id, "password_policy").await.unwrap(), None);
+    assert!(s.meta.set_tenant_setting(t.id, "password_policy", r#"{"min_chars":14}"#, NOW).await.unwrap());
+    assert!(s.meta.set_tenant_setting(t.id, "password_policy", r#"{"min_chars":16}"#, NOW + 1).await.unwrap());
+    assert_eq!(s.meta.tenant_setting(t.id, "password_policy").await.unwrap().as_deref(), Some(r#"{"min_chars":16}"#));
+    assert_eq!(s.meta.tenant_setting(t.id, "masking_policy").await.unwrap(), None);
+    assert!(!s.meta.set_tenant_setting(TenantId::new(), "password_policy", "{}", NOW).await.unwrap(), "no such tenant");
     assert!(s.meta.set_tenant_status(t.id, TenantStatus::Suspended, NOW).await.unwrap());
     assert_eq!(s.meta.tenant_by_id(t.id).await.unwrap().unwrap().status, TenantStatus::Suspended);
 }

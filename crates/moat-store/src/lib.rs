@@ -23,7 +23,6 @@ use moat_core::audit::AuditEvent;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
-use moat_core::password::PasswordPolicy;
 use moat_core::role::Role;
 
 pub use records::*;
@@ -38,9 +37,10 @@ pub trait MetaStore: Send + Sync {
     async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>>;
     async fn list_tenants(&self) -> Result<Vec<TenantRecord>>;
     async fn set_tenant_status(&self, id: TenantId, status: TenantStatus, now: UnixSeconds) -> Result<bool>;
-    /// The tenant's own password policy; `None` = the default.
-    async fn password_policy(&self, tenant: TenantId) -> Result<Option<PasswordPolicy>>;
-    async fn set_password_policy(&self, tenant: TenantId, policy: &PasswordPolicy, now: UnixSeconds) -> Result<bool>;
+    /// A tenant setting (a JSON document by key, e.g. `password_policy`); `None` = the default.
+    async fn tenant_setting(&self, tenant: TenantId, key: &str) -> Result<Option<String>>;
+    /// Stores a setting; `false` if the tenant does not exist.
+    async fn set_tenant_setting(&self, tenant: TenantId, key: &str, value: &str, now: UnixSeconds) -> Result<bool>;
 
     // --- users (tenant-scoped; `None` = platform accounts) ---
     async fn create_user(&self, u: &NewUser) -> Result<UserRecord>;

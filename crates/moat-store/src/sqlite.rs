@@ -11,7 +11,6 @@ use moat_core::audit::{AuditEvent, ChainedFields, GENESIS_HASH, chain_hash};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
-use moat_core::password::PasswordPolicy;
 use moat_core::permission::Permission;
 use moat_core::role::Role;
 use moat_core::{MoatError, Result};
@@ -25,6 +24,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../migrations/sqlite/0001_foundation.sql")),
     (2, "tenant_password_policy", include_str!("../migrations/sqlite/0002_tenant_password_policy.sql")),
     (3, "catalog", include_str!("../migrations/sqlite/0003_catalog.sql")),
+    (4, "tenant_settings", include_str!("../migrations/sqlite/0004_tenant_settings.sql")),
 ];
 
 pub struct SqliteStore {
@@ -330,27 +330,27 @@ impl MetaStore for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn password_policy(&self, tenant: TenantId) -> Result<Option<PasswordPolicy>> {
-        let v: Option<Option<String>> = sqlx::query_scalar("SELECT password_policy FROM tenants WHERE id = ?")
+    async fn tenant_setting(&self, tenant: TenantId, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM tenant_settings WHERE tenant_id = ? AND key = ?")
             .bind(tenant.to_string())
+            .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .map_err(db_err)?;
-        match v.flatten() {
-            Some(json) => serde_json::from_str(&json).map(Some).map_err(|_| corrupt("password policy")),
-            None => Ok(None),
-        }
+            .map_err(db_err)
     }
 
-    async fn set_password_policy(&self, tenant: TenantId, policy: &PasswordPolicy, now: UnixSeconds) -> Result<bool> {
-        let json = serde_json::to_string(policy).map_err(|_| MoatError::internal("encode_policy"))?;
-        let r = sqlx::query("UPDATE tenants SET password_policy = ?, updated_at = ? WHERE id = ?")
-            .bind(json)
-            .bind(now)
-            .bind(tenant.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+    async fn set_tenant_setting(&self, tenant: TenantId, key: &str, value: &str, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO tenant_settings (tenant_id, key, value, updated_at) SELECT id, ?, ?, ? FROM tenants WHERE id = ?
+             ON CONFLICT (tenant_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .bind(tenant.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
     }
 

@@ -280,3 +280,45 @@ async fn query_limits_answer_with_codes() {
     assert_eq!(s.query(&admin, &long).await.code(), "query_too_long");
     assert_eq!(s.query(&admin, "SELECT 1; SELECT 2").await.code(), "multiple_statements");
 }
+
+#[tokio::test]
+async fn a_tenant_masking_policy_changes_masks_never_unmasks() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
+    labelled(&s, &admin).await;
+    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    assert_eq!(s.get("/v1/policies/masking", &admin).await.body, json!({"rules": {}}));
+    let r = s.send(Method::PUT, "/v1/policies/masking", Some(&admin), Some(json!({"rules": {"viewer:CONFIDENTIAL": "full"}})), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let v = s.query(&viewer, "SELECT name, email FROM customers ORDER BY id").await;
+    assert_eq!(v.body["rows"][0], json!(["****", "****"]));
+    assert_eq!(col(&v, "email")["masking"], "full");
+    let e = s.query(&editor, "SELECT email FROM customers ORDER BY id").await;
+    assert_eq!(e.body["rows"][0][0], "ann@acme-secret.com", "other roles unaffected");
+    // A rule can never unmask: rules at or below a role's clearance are refused.
+    for (rules, code) in [
+        (json!({"viewer:INTERNAL": "full"}), "invalid_policy"),
+        (json!({"admin:RESTRICTED": "full"}), "invalid_policy"),
+        (json!({"viewer": "full"}), "invalid_policy"),
+    ] {
+        assert_eq!(
+            s.send(Method::PUT, "/v1/policies/masking", Some(&admin), Some(json!({"rules": rules})), None).await.code(),
+            code,
+            "{rules}"
+        );
+    }
+    assert_eq!(
+        s.send(Method::PUT, "/v1/policies/masking", Some(&admin), Some(json!({"rules": {"viewer:CONFIDENTIAL": "raw"}})), None)
+            .await
+            .code(),
+        "invalid_body"
+    );
+    assert_eq!(
+        s.send(Method::PUT, "/v1/policies/masking", Some(&editor), Some(json!({"rules": {}})), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let rec = s.audit_of(Some("acme")).await.into_iter().find(|e| e.action == "policy.masking_update").unwrap();
+    assert_eq!(rec.details["to"]["rules"]["viewer:CONFIDENTIAL"], "full");
+}

@@ -14,6 +14,7 @@ use moat_core::password::PasswordPolicy;
 use moat_core::permission::Permission;
 use moat_core::principal::Principal;
 use moat_core::role::Role;
+use moat_query::policy::MaskingPolicy;
 use moat_store::{ApiKeyRecord, NewApiKey, NewTenant, NewUser, TenantRecord, TenantStatus, UserRecord, UserStatus};
 use serde::{Deserialize, Serialize};
 
@@ -409,8 +410,30 @@ pub async fn set_password_policy(
     policy.validate()?;
     let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
     let before = st.password_policy(Some(tenant)).await?;
-    st.stores.meta.set_password_policy(tenant, &policy, st.clock.now_s()).await?;
+    st.set_setting(tenant, crate::state::PASSWORD_POLICY, &policy).await?;
     let e = admin_event(Some(tenant), &auth.principal, "policy.password_update", "policy:password".into())
+        .details(serde_json::json!({"from": before, "to": policy}));
+    st.record(&auth.client, e).await?;
+    Ok(Json(policy))
+}
+
+pub async fn get_masking_policy(State(st): State<Arc<AppState>>, auth: Authorized<act::PolicyRead>) -> ApiResult<Json<MaskingPolicy>> {
+    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
+    Ok(Json(st.masking_policy(tenant).await?))
+}
+
+/// Replaces the tenant's masking policy: another mask per (role, label). Rules only apply above
+/// a role's clearance, so a policy can change how data is masked, never unmask it.
+pub async fn set_masking_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::PolicyUpdate>,
+    JsonBody(policy): JsonBody<MaskingPolicy>,
+) -> ApiResult<Json<MaskingPolicy>> {
+    policy.validate()?;
+    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
+    let before = st.masking_policy(tenant).await?;
+    st.set_setting(tenant, crate::state::MASKING_POLICY, &policy).await?;
+    let e = admin_event(Some(tenant), &auth.principal, "policy.masking_update", "policy:masking".into())
         .details(serde_json::json!({"from": before, "to": policy}));
     st.record(&auth.client, e).await?;
     Ok(Json(policy))

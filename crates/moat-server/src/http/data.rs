@@ -24,7 +24,7 @@ use moat_core::{ErrorKind, MoatError};
 use moat_query::engine::OutputColumn;
 use moat_query::ingest::IngestLimits;
 use moat_query::mask::MaskRule;
-use moat_query::policy::{MaskingPolicy, PiiCategory};
+use moat_query::policy::PiiCategory;
 use moat_store::{ColumnLabel, ColumnRecord, TableRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -365,7 +365,8 @@ pub async fn query(
     let query_id = uuid::Uuid::now_v7().to_string();
     let started = Instant::now();
     let sources: Vec<_> = st.stores.meta.list_tables(tenant).await?.iter().map(tables::source_of).collect();
-    let result = st.engine.execute(&auth.principal, tenant, &sources, &MaskingPolicy::default(), &req.sql).await;
+    let policy = st.masking_policy(tenant).await?;
+    let result = st.engine.execute(&auth.principal, tenant, &sources, &policy, &req.sql).await;
     let duration_ms = started.elapsed().as_millis() as u64;
     let (outcome, details) = match &result {
         Ok(o) => (

@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tables/{table}/columns/{column}", put(data::classify_column))
         .route("/query", post(data::query))
         .route("/policies/password", get(admin::get_password_policy).put(admin::set_password_policy))
+        .route("/policies/masking", get(admin::get_masking_policy).put(admin::set_masking_policy))
         .route("/audit/events", get(audit::events))
         .route("/audit/verify", get(audit::verify))
         .route("/openapi.json", get(meta::openapi));
