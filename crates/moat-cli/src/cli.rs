@@ -226,7 +226,7 @@ pub enum KeyCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TableCmd {
-    /// Import a CSV file (header row) as a table, replacing an existing one atomically.
+    /// Import a CSV (header row) or Parquet file as a table, replacing an existing one atomically.
     Import {
         file: PathBuf,
         #[arg(long)]

@@ -190,13 +190,19 @@ impl Client {
         ok_json(resp).await.map(|_| String::new())
     }
 
-    /// Streams a CSV file as a table upload, with a progress bar on a terminal.
-    pub async fn upload_csv(&mut self, path: &str, file: &std::path::Path, progress: bool) -> Result<Value, CliError> {
+    /// Streams a CSV or Parquet file (told apart by Parquet's `PAR1` magic) as a table upload,
+    /// with a progress bar on a terminal.
+    pub async fn upload_table(&mut self, path: &str, file: &std::path::Path, progress: bool) -> Result<Value, CliError> {
         use futures::StreamExt;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let token = self.bearer().await?;
-        let f = tokio::fs::File::open(file)
+        let mut f = tokio::fs::File::open(file)
             .await
             .map_err(|e| CliError::usage("file_not_found", format!("cannot open {}: {e}", file.display())))?;
+        let mut magic = [0u8; 4];
+        let parquet = f.read_exact(&mut magic).await.is_ok() && &magic == b"PAR1";
+        f.rewind().await.map_err(|e| CliError::usage("file_not_found", format!("cannot read {}: {e}", file.display())))?;
+        let content_type = if parquet { "application/vnd.apache.parquet" } else { "text/csv" };
         let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
         let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             let b = indicatif::ProgressBar::new(len);
@@ -219,7 +225,7 @@ impl Client {
             .http
             .put(self.url(path))
             .bearer_auth(token)
-            .header(reqwest::header::CONTENT_TYPE, "text/csv")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await

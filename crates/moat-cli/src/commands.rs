@@ -448,7 +448,7 @@ async fn table(mut c: Client, cmd: TableCmd, json_out: bool) -> CliResult {
                 params.push(format!("types={}", urlencode(&types.join(","))));
             }
             let path = format!("/v1/tables/{}{}{}", urlencode(&table), if params.is_empty() { "" } else { "?" }, params.join("&"));
-            let v = c.upload_csv(&path, &file, !json_out).await?;
+            let v = c.upload_table(&path, &file, !json_out).await?;
             emit(json_out, &v, |v| {
                 println!(
                     "table {} version {}: {} rows, {} bytes",

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -20,13 +22,15 @@ use moat_core::permission::Permission;
 use moat_core::principal::Principal;
 use moat_core::{ErrorKind, MoatError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::governed::GovernedTable;
 use crate::lineage::lineage;
 use crate::policy::{ColumnMeta, MaskDecision, MaskingPolicy, decide};
+use crate::pool::{QUERY_LIMIT_MARK, QueryPool};
 use crate::restrict::{self, QueryKind};
 use crate::scrub::scrub;
+use crate::storage::TableStorage;
 
 /// Limits every query runs under. This is also the server's `[query]` config section, so each
 /// limit has a config key (`MOAT_QUERY__<FIELD>`).
@@ -44,6 +48,11 @@ pub struct EngineLimits {
     pub timeout_ms: u64,
     /// Memory all of a tenant's running queries may hold together.
     pub memory_per_tenant_bytes: usize,
+    /// Memory one query may hold (within its tenant's).
+    pub memory_per_query_bytes: usize,
+    /// Sorts, aggregates and joins that outgrow their memory spill to disk, up to this much per
+    /// tenant (0: no spilling; such queries fail with `query_memory_limit`).
+    pub spill_per_tenant_bytes: u64,
     pub max_concurrent_per_tenant: usize,
     /// Parallelism of one query (default: the cores, at most 16).
     pub target_partitions: usize,
@@ -58,6 +67,8 @@ impl Default for EngineLimits {
             max_result_bytes: 256 * 1024 * 1024,
             timeout_ms: 30_000,
             memory_per_tenant_bytes: 1024 * 1024 * 1024,
+            memory_per_query_bytes: 512 * 1024 * 1024,
+            spill_per_tenant_bytes: 16 * 1024 * 1024 * 1024,
             max_concurrent_per_tenant: 8,
             target_partitions: std::thread::available_parallelism().map_or(2, usize::from).min(16),
         }
@@ -68,8 +79,8 @@ impl Default for EngineLimits {
 #[derive(Debug, Clone)]
 pub struct TableSource {
     pub name: String,
-    /// Directory holding the current version's Parquet files.
-    pub location: PathBuf,
+    /// Object-store prefix of the current version's Parquet files (see [`TableStorage`]).
+    pub location: String,
     /// The raw schema; `columns` is aligned with its fields.
     pub schema: SchemaRef,
     pub columns: Vec<ColumnMeta>,
@@ -90,6 +101,7 @@ pub struct OutputColumn {
 #[derive(Debug)]
 pub struct QueryOutput {
     pub columns: Vec<OutputColumn>,
+    pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub row_count: usize,
     pub truncated: bool,
@@ -104,18 +116,22 @@ pub struct QueryOutput {
 struct TenantSlot {
     pool: Arc<dyn MemoryPool>,
     running: Arc<Semaphore>,
+    /// Spill files of the tenant's queries, under one size cap.
+    disk: Arc<DiskManager>,
 }
 
 pub struct Engine {
     limits: EngineLimits,
+    storage: TableStorage,
+    /// Where spill files go (a directory per tenant below it); `None`: no spilling.
+    spill_dir: Option<PathBuf>,
     tenants: Mutex<HashMap<TenantId, Arc<TenantSlot>>>,
 }
 
 fn df_error(e: DataFusionError) -> MoatError {
     match e {
-        DataFusionError::ResourcesExhausted(_) => {
-            MoatError::invalid("query_memory_limit", "the query needs more memory than the tenant's limit; narrow it or aggregate")
-        }
+        DataFusionError::ResourcesExhausted(m) if m.contains(QUERY_LIMIT_MARK) => query_memory_error(true),
+        DataFusionError::ResourcesExhausted(_) => query_memory_error(false),
         DataFusionError::SQL(e, _) => MoatError::bad_request("syntax_error", scrub(&e.to_string())),
         DataFusionError::Plan(m) => MoatError::bad_request("query_error", scrub(&m)),
         DataFusionError::SchemaError(e, _) => MoatError::bad_request("query_error", scrub(&e.to_string())),
@@ -142,29 +158,66 @@ fn df_error(e: DataFusionError) -> MoatError {
     }
 }
 
+fn query_memory_error(own_cap: bool) -> MoatError {
+    let msg = if own_cap {
+        "the query needs more memory than one query may hold (query.memory_per_query_bytes); narrow it or aggregate"
+    } else {
+        "the tenant's running queries hold all of its memory (query.memory_per_tenant_bytes); narrow the query or try again shortly"
+    };
+    MoatError::invalid("query_memory_limit", msg)
+}
+
+fn timeout_error(limits: &EngineLimits) -> MoatError {
+    MoatError::unavailable("query_timeout", format!("the query ran longer than {} ms and was stopped", limits.timeout_ms))
+}
+
 impl Engine {
-    pub fn new(limits: EngineLimits) -> Self {
-        Self { limits, tenants: Mutex::new(HashMap::new()) }
+    /// `spill_dir`: where queries that outgrow memory may spill (`None`: they fail instead).
+    pub fn new(limits: EngineLimits, storage: TableStorage, spill_dir: Option<PathBuf>) -> Self {
+        Self { limits, storage, spill_dir, tenants: Mutex::new(HashMap::new()) }
     }
 
     pub fn limits(&self) -> &EngineLimits {
         &self.limits
     }
 
-    fn slot(&self, tenant: TenantId) -> Arc<TenantSlot> {
+    pub fn storage(&self) -> &TableStorage {
+        &self.storage
+    }
+
+    fn slot(&self, tenant: TenantId) -> Result<Arc<TenantSlot>, MoatError> {
         let mut t = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        t.entry(tenant)
-            .or_insert_with(|| {
-                Arc::new(TenantSlot {
-                    pool: Arc::new(GreedyMemoryPool::new(self.limits.memory_per_tenant_bytes)),
-                    running: Arc::new(Semaphore::new(self.limits.max_concurrent_per_tenant)),
-                })
-            })
-            .clone()
+        if let Some(s) = t.get(&tenant) {
+            return Ok(s.clone());
+        }
+        let mode = match &self.spill_dir {
+            Some(dir) if self.limits.spill_per_tenant_bytes > 0 => {
+                let dir = dir.join(tenant.to_string());
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    tracing::error!(path = %dir.display(), error = %e, "cannot create the spill directory");
+                    MoatError::internal("storage_error")
+                })?;
+                DiskManagerMode::Directories(vec![dir])
+            }
+            _ => DiskManagerMode::Disabled,
+        };
+        let disk = DiskManagerBuilder::default()
+            .with_mode(mode)
+            .with_max_temp_directory_size(self.limits.spill_per_tenant_bytes)
+            .build()
+            .map_err(df_error)?;
+        let slot = Arc::new(TenantSlot {
+            pool: Arc::new(GreedyMemoryPool::new(self.limits.memory_per_tenant_bytes)),
+            running: Arc::new(Semaphore::new(self.limits.max_concurrent_per_tenant)),
+            disk: Arc::new(disk),
+        });
+        t.insert(tenant, slot.clone());
+        Ok(slot)
     }
 
     /// Runs `sql` for `principal` over `tables` (which must be the principal's tenant's tables:
-    /// the caller resolves them from the tenant of the credential).
+    /// the caller resolves them from the tenant of the credential) and collects the result
+    /// within the row and byte limits.
     pub async fn execute(
         &self,
         principal: &Principal,
@@ -173,27 +226,42 @@ impl Engine {
         policy: &MaskingPolicy,
         sql: &str,
     ) -> Result<QueryOutput, MoatError> {
+        self.start(principal, tenant, tables, policy, sql).await?.collect().await
+    }
+
+    /// Plans `sql` and starts it; the result is pulled batch by batch from the returned stream
+    /// (which holds the tenant's concurrency slot until dropped and stops at the deadline).
+    pub async fn start(
+        &self,
+        principal: &Principal,
+        tenant: TenantId,
+        tables: &[TableSource],
+        policy: &MaskingPolicy,
+        sql: &str,
+    ) -> Result<QueryStream, MoatError> {
         let may_explain = principal.has_permission(&Permission::new("query", "explain"));
         let kind = restrict::check(sql, self.limits.max_sql_bytes, self.limits.max_depth, may_explain)?;
-        let slot = self.slot(tenant);
-        let _permit = slot.running.clone().try_acquire_owned().map_err(|_| {
+        let slot = self.slot(tenant)?;
+        let permit = slot.running.clone().try_acquire_owned().map_err(|_| {
             MoatError::new(
                 ErrorKind::TooManyRequests { retry_after_s: Some(1) },
                 "too_many_queries",
                 format!("the tenant already runs {} queries; try again shortly", self.limits.max_concurrent_per_tenant),
             )
         })?;
-        let limit = Duration::from_millis(self.limits.timeout_ms);
-        match tokio::time::timeout(limit, self.run(principal, &slot, tables, policy, sql, kind)).await {
-            Ok(r) => r,
-            Err(_) => Err(MoatError::unavailable(
-                "query_timeout",
-                format!("the query ran longer than {} ms and was stopped", self.limits.timeout_ms),
-            )),
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
+        match tokio::time::timeout_at(deadline, self.plan(principal, &slot, tables, policy, sql, kind)).await {
+            Ok(Ok(mut q)) => {
+                q.deadline = deadline;
+                q._permit = Some(permit);
+                Ok(q)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timeout_error(&self.limits)),
         }
     }
 
-    async fn run(
+    async fn plan(
         &self,
         principal: &Principal,
         slot: &TenantSlot,
@@ -201,7 +269,7 @@ impl Engine {
         policy: &MaskingPolicy,
         sql: &str,
         kind: QueryKind,
-    ) -> Result<QueryOutput, MoatError> {
+    ) -> Result<QueryStream, MoatError> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("moat", "public")
@@ -209,8 +277,10 @@ impl Engine {
             .with_target_partitions(self.limits.target_partitions.max(1));
         config.options_mut().sql_parser.recursion_limit =
             datafusion::config::ConfigNonZeroUsize::try_new(self.limits.max_depth.max(1)).map_err(df_error)?;
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(slot.pool.clone()).build_arc().map_err(df_error)?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let pool = Arc::new(QueryPool::new(slot.pool.clone(), self.limits.memory_per_query_bytes));
+        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(pool.clone()).with_object_store_registry(self.storage.registry());
+        runtime.disk_manager = Some(slot.disk.clone());
+        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc().map_err(df_error)?);
 
         // Decisions per table and column; the session knows only these tables.
         let mut decisions: HashMap<(String, String), (Classification, MaskDecision)> = HashMap::new();
@@ -220,7 +290,7 @@ impl Engine {
             for (c, d) in t.columns.iter().zip(&per_column) {
                 decisions.insert((t.name.clone(), c.name.clone()), (c.label(), *d));
             }
-            let url = ListingTableUrl::parse(format!("{}/", t.location.display())).map_err(df_error)?;
+            let url = self.storage.listing_url(&t.location).map_err(df_error)?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let listing = ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(t.schema.clone()))
                 .map_err(df_error)?;
@@ -265,47 +335,155 @@ impl Engine {
             })
             .collect();
 
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await.map_err(df_error)?;
+        Ok(QueryStream {
+            columns,
+            schema,
+            tables_read: tables_read.into_iter().collect(),
+            columns_masked: columns_masked.into_iter().collect(),
+            columns_read: columns_read.into_iter().collect(),
+            kind,
+            inner: stream,
+            pool,
+            limits: self.limits.clone(),
+            rows: 0,
+            bytes: 0,
+            truncated: false,
+            done: false,
+            deadline: tokio::time::Instant::now(),
+            exec: Duration::ZERO,
+            _permit: None,
+        })
+    }
+}
+
+/// A running query. Batches come out within the row and byte limits (`truncated` tells whether
+/// more existed) and before the deadline.
+pub struct QueryStream {
+    pub columns: Vec<OutputColumn>,
+    /// The result's Arrow schema (aligned with `columns`).
+    pub schema: SchemaRef,
+    pub tables_read: Vec<String>,
+    pub columns_masked: Vec<String>,
+    pub columns_read: Vec<String>,
+    pub kind: QueryKind,
+    inner: SendableRecordBatchStream,
+    pool: Arc<QueryPool>,
+    limits: EngineLimits,
+    rows: usize,
+    bytes: usize,
+    truncated: bool,
+    done: bool,
+    deadline: tokio::time::Instant,
+    /// Time spent producing batches so far.
+    exec: Duration,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl QueryStream {
+    /// Time spent executing (producing batches) so far.
+    pub fn exec_time(&self) -> Duration {
+        self.exec
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    async fn pull(&mut self) -> Option<Result<RecordBatch, MoatError>> {
         let started = Instant::now();
-        let mut stream = df.execute_stream().await.map_err(df_error)?;
-        let (mut batches, mut rows, mut bytes, mut truncated) = (Vec::new(), 0usize, 0usize, false);
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(df_error)?;
-            let room = self.limits.max_rows - rows;
+        let next = match tokio::time::timeout_at(self.deadline, self.inner.next()).await {
+            Ok(next) => next.map(|b| {
+                b.map_err(|e| match df_error(e) {
+                    e if e.code == "query_memory_limit" => query_memory_error(self.pool.capped()),
+                    e => e,
+                })
+            }),
+            Err(_) => Some(Err(timeout_error(&self.limits))),
+        };
+        self.exec += started.elapsed();
+        next
+    }
+
+    /// The next non-empty batch, or `None` at the end (or at a limit).
+    pub async fn next_batch(&mut self) -> Option<Result<RecordBatch, MoatError>> {
+        while !self.done {
+            let batch = match self.pull().await {
+                None => {
+                    self.done = true;
+                    return None;
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Some(Ok(b)) => b,
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let room = self.limits.max_rows - self.rows;
             let batch = if batch.num_rows() > room {
-                truncated = true;
+                self.truncated = true;
                 batch.slice(0, room)
             } else {
                 batch
             };
             let size = batch.get_array_memory_size();
-            if bytes + size > self.limits.max_result_bytes {
-                truncated = true;
-                break;
+            if self.bytes + size > self.limits.max_result_bytes {
+                self.truncated = true;
+                self.done = true;
+                return None;
             }
-            rows += batch.num_rows();
-            bytes += size;
-            if batch.num_rows() > 0 {
-                batches.push(batch);
-            }
-            if truncated || rows >= self.limits.max_rows {
-                // One more row would exceed the limit: stop reading and say so if more existed.
-                if !truncated {
-                    truncated = stream.next().await.is_some_and(|b| b.is_ok_and(|b| b.num_rows() > 0));
+            self.rows += batch.num_rows();
+            self.bytes += size;
+            if self.truncated || self.rows >= self.limits.max_rows {
+                // At the row limit: say whether more existed, then stop reading.
+                if !self.truncated {
+                    self.truncated = loop {
+                        match self.pull().await {
+                            Some(Ok(b)) if b.num_rows() == 0 => continue,
+                            Some(Ok(_)) => break true,
+                            _ => break false,
+                        }
+                    };
                 }
-                break;
+                self.done = true;
+            }
+            if batch.num_rows() > 0 {
+                return Some(Ok(batch));
             }
         }
-        tracing::debug!(rows, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "query executed");
+        None
+    }
+
+    /// The whole (limited) result in memory.
+    pub async fn collect(mut self) -> Result<QueryOutput, MoatError> {
+        let mut batches = Vec::new();
+        while let Some(b) = self.next_batch().await {
+            batches.push(b?);
+        }
+        tracing::debug!(rows = self.rows, bytes = self.bytes, exec_us = self.exec.as_micros() as u64, "query executed");
         Ok(QueryOutput {
-            columns,
+            columns: self.columns,
+            schema: self.schema,
             batches,
-            row_count: rows,
-            truncated,
-            tables_read: tables_read.into_iter().collect(),
-            columns_masked: columns_masked.into_iter().collect(),
-            columns_read: columns_read.into_iter().collect(),
-            bytes,
-            kind,
+            row_count: self.rows,
+            truncated: self.truncated,
+            tables_read: self.tables_read,
+            columns_masked: self.columns_masked,
+            columns_read: self.columns_read,
+            bytes: self.bytes,
+            kind: self.kind,
         })
     }
 }

@@ -1,20 +1,21 @@
-//! CSV → Parquet, streaming: a bounded sample decides the schema (with explicit overrides), then
-//! the rest flows through in record batches, so memory stays bounded whatever the file size.
-//! Column names are normalised to SQL-friendly lower_snake_case. Any problem is an error naming
-//! the row, column or rule; the caller writes into a fresh version directory and discards it on
-//! error, so the previous version stays intact.
+//! CSV or Parquet in, Parquet out, streaming: for CSV a bounded sample decides the schema (with
+//! explicit overrides); then the rest flows through in record batches, so memory stays bounded
+//! whatever the file size. Column names are normalised to SQL-friendly lower_snake_case. Any
+//! problem is an error naming the row, column or rule; the caller writes into a fresh version and
+//! discards it on error, so the previous version stays intact.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Read};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::sync::Arc;
 
 use arrow_csv::ReaderBuilder;
 use arrow_csv::reader::Format;
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use moat_core::MoatError;
@@ -85,14 +86,58 @@ fn csv_error(e: impl std::fmt::Display) -> MoatError {
     bad("invalid_csv", crate::scrub::scrub(msg))
 }
 
-/// Converts CSV (with a header row) from `input` into one Parquet file at `out`.
-/// `overrides` maps a column (as normalised) to a type name.
-pub fn csv_to_parquet(
-    input: impl Read,
-    out: &Path,
+/// A table about to be written: its final schema, the columns renamed on the way, and its
+/// batches (pulled one at a time, so memory stays bounded).
+pub struct Prepared<'a> {
+    pub schema: SchemaRef,
+    pub renamed: Vec<(String, String)>,
+    batches: Box<dyn Iterator<Item = Result<RecordBatch, MoatError>> + Send + 'a>,
+}
+
+/// (as uploaded, as stored) for every renamed column.
+pub type Renamed = Vec<(String, String)>;
+
+/// Normalised, unique column names; `renamed` lists (original, stored) for every change.
+fn normalize_header<'n>(
+    names: impl Iterator<Item = &'n str>,
     overrides: &BTreeMap<String, String>,
     limits: &IngestLimits,
-) -> Result<IngestReport, MoatError> {
+) -> Result<(Vec<String>, Renamed), MoatError> {
+    let names: Vec<&str> = names.collect();
+    if names.len() > limits.max_columns {
+        return Err(bad("too_many_columns", format!("{} columns; the limit is {}", names.len(), limits.max_columns)));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(names.len());
+    let mut renamed = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let n = normalize_column(name).ok_or_else(|| bad("invalid_header", format!("column {} has an empty name", i + 1)))?;
+        if !seen.insert(n.clone()) {
+            return Err(bad("invalid_header", format!("column {} ({name:?}) duplicates an earlier column name", i + 1)));
+        }
+        if n != *name {
+            renamed.push(((*name).to_owned(), n.clone()));
+        }
+        out.push(n);
+    }
+    if let Some(col) = overrides.keys().find(|c| !out.contains(c)) {
+        return Err(bad("unknown_column", format!("type override names column {col:?}, which the header does not have")));
+    }
+    Ok((out, renamed))
+}
+
+fn override_type(column: &str, t: &str) -> Result<DataType, MoatError> {
+    parse_type(t).ok_or_else(|| {
+        bad("invalid_type", format!("unknown type {t:?} for column {column:?}; use text, int, double, bool, date or timestamp"))
+    })
+}
+
+/// Reads CSV with a header row. `overrides` maps a column (as normalised) to a type name.
+pub fn read_csv<'a>(
+    input: impl Read + Send + 'a,
+    overrides: &BTreeMap<String, String>,
+    limits: &IngestLimits,
+) -> Result<Prepared<'a>, MoatError> {
     let mut input = BufReader::new(input);
     // A sample of whole lines.
     let mut sample = Vec::with_capacity(limits.sample_bytes.min(1 << 20));
@@ -112,27 +157,7 @@ pub fn csv_to_parquet(
     }
 
     let (inferred, _) = Format::default().with_header(true).infer_schema(Cursor::new(&sample), Some(10_000)).map_err(csv_error)?;
-    if inferred.fields().len() > limits.max_columns {
-        return Err(bad("too_many_columns", format!("{} columns; the limit is {}", inferred.fields().len(), limits.max_columns)));
-    }
-    let mut seen = HashSet::new();
-    let mut names = Vec::with_capacity(inferred.fields().len());
-    let mut renamed = Vec::new();
-    for (i, f) in inferred.fields().iter().enumerate() {
-        let n = normalize_column(f.name()).ok_or_else(|| bad("invalid_header", format!("column {} has an empty name", i + 1)))?;
-        if !seen.insert(n.clone()) {
-            return Err(bad("invalid_header", format!("column {} ({:?}) duplicates an earlier column name", i + 1, f.name())));
-        }
-        if &n != f.name() {
-            renamed.push((f.name().clone(), n.clone()));
-        }
-        names.push(n);
-    }
-    for col in overrides.keys() {
-        if !names.contains(col) {
-            return Err(bad("unknown_column", format!("type override names column {col:?}, which the header does not have")));
-        }
-    }
+    let (names, renamed) = normalize_header(inferred.fields().iter().map(|f| f.name().as_str()), overrides, limits)?;
 
     // Numbers written with leading zeros (ZIP codes, account numbers) are codes: keep them text.
     let text_schema =
@@ -157,9 +182,7 @@ pub fn csv_to_parquet(
     let mut fields = Vec::with_capacity(names.len());
     for (i, f) in inferred.fields().iter().enumerate() {
         let ty = match overrides.get(&names[i]) {
-            Some(t) => parse_type(t).ok_or_else(|| {
-                bad("invalid_type", format!("unknown type {t:?} for column {:?}; use text, int, double, bool, date or timestamp", names[i]))
-            })?,
+            Some(t) => override_type(&names[i], t)?,
             None if leading_zero[i] && matches!(f.data_type(), DataType::Int64 | DataType::Float64) => DataType::Utf8,
             None => f.data_type().clone(),
         };
@@ -172,22 +195,122 @@ pub fn csv_to_parquet(
         .with_batch_size(limits.batch_rows)
         .build(Cursor::new(sample).chain(input))
         .map_err(csv_error)?;
-    let file = File::create(out).map_err(|e| bad("write_failed", format!("cannot create the data file: {e}")))?;
+    Ok(Prepared { schema, renamed, batches: Box::new(reader.map(|b| b.map_err(csv_error))) })
+}
+
+/// The type a Parquet column is stored as, or `None` when moat cannot serve it.
+fn storable(t: &DataType) -> Option<DataType> {
+    use DataType::*;
+    Some(match t {
+        Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Float32 | Float64 | Date32 | Utf8 | Binary => t.clone(),
+        Decimal128(..) | Decimal256(..) | Timestamp(..) | Time32(_) | Time64(_) => t.clone(),
+        Float16 => Float32,
+        Date64 => Date32,
+        Null | LargeUtf8 | Utf8View => Utf8,
+        LargeBinary | BinaryView | FixedSizeBinary(_) => Binary,
+        Dictionary(_, v) => return storable(v),
+        _ => return None,
+    })
+}
+
+fn parquet_error(e: impl std::fmt::Display) -> MoatError {
+    bad("invalid_parquet", format!("the body is not a readable Parquet file: {}", crate::scrub::scrub(&e.to_string())))
+}
+
+/// Reads a Parquet file (spooled to disk: Parquet keeps its index at the end). Nested columns
+/// are refused; others are stored as the nearest type moat serves, or as overridden.
+pub fn read_parquet(file: File, overrides: &BTreeMap<String, String>, limits: &IngestLimits) -> Result<Prepared<'static>, MoatError> {
+    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(bad("empty_parquet", "the body is empty; send a Parquet file"));
+    }
+    let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ParquetRecordBatchReaderBuilder::try_new(file)))
+        .map_err(|_| parquet_error("malformed metadata"))?
+        .map_err(parquet_error)?;
+    let source = builder.schema().clone();
+    let (names, renamed) = normalize_header(source.fields().iter().map(|f| f.name().as_str()), overrides, limits)?;
+    if builder.metadata().file_metadata().num_rows() == 0 {
+        return Err(bad("no_rows", "the Parquet file has a schema but no rows"));
+    }
+    let mut fields = Vec::with_capacity(names.len());
+    for (f, name) in source.fields().iter().zip(&names) {
+        let ty = match overrides.get(name) {
+            Some(t) => override_type(name, t)?,
+            None => storable(f.data_type()).ok_or_else(|| {
+                bad("unsupported_type", format!("column {name:?} has type {}, which moat cannot serve; flatten it first", f.data_type()))
+            })?,
+        };
+        fields.push(Field::new(name, ty, true));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let reader = builder.with_batch_size(limits.batch_rows).build().map_err(parquet_error)?;
+    let out = schema.clone();
+    let options = CastOptions { safe: false, ..Default::default() };
+    let mut reader = reader.fuse();
+    let batches = std::iter::from_fn(move || {
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next()))
+            .unwrap_or_else(|_| Some(Err(datafusion::arrow::error::ArrowError::ParquetError("malformed data page".into()))))?;
+        Some(next.map_err(parquet_error).and_then(|b| {
+            let mut columns = Vec::with_capacity(b.num_columns());
+            for (c, f) in b.columns().iter().zip(out.fields()) {
+                if c.data_type() == f.data_type() {
+                    columns.push(c.clone());
+                } else {
+                    columns.push(cast_with_options(c, f.data_type(), &options).map_err(|_| {
+                        bad("type_mismatch", format!("column {:?}: a value does not fit type {}", f.name(), f.data_type()))
+                    })?);
+                }
+            }
+            RecordBatch::try_new(out.clone(), columns).map_err(parquet_error)
+        }))
+    });
+    Ok(Prepared { schema, renamed, batches: Box::new(batches) })
+}
+
+/// Counts what passes through.
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the batches as one Parquet file into `out`; returns the report and `out` (to be
+/// completed by the caller).
+pub fn write_parquet<W: Write + Send>(p: Prepared<'_>, out: W, limits: &IngestLimits) -> Result<(IngestReport, W), MoatError> {
     let props =
         WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(limits.row_group_rows)).build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| bad("write_failed", e.to_string()))?;
+    let write_err = |e: datafusion::parquet::errors::ParquetError| bad("write_failed", e.to_string());
+    let mut writer = ArrowWriter::try_new(Counting { inner: out, n: 0 }, p.schema.clone(), Some(props)).map_err(write_err)?;
     let mut rows = 0u64;
-    for batch in reader {
-        let batch = batch.map_err(csv_error)?;
+    for batch in p.batches {
+        let batch = batch?;
         rows += batch.num_rows() as u64;
-        writer.write(&batch).map_err(|e| bad("write_failed", e.to_string()))?;
+        writer.write(&batch).map_err(write_err)?;
     }
     if rows == 0 {
-        return Err(bad("no_rows", "the CSV has a header but no data rows"));
+        return Err(bad("no_rows", "the table has a header but no data rows"));
     }
-    writer.close().map_err(|e| bad("write_failed", e.to_string()))?;
-    let bytes_written = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(IngestReport { schema, rows, bytes_written, renamed })
+    let counting = writer.into_inner().map_err(write_err)?;
+    Ok((IngestReport { schema: p.schema, rows, bytes_written: counting.n, renamed: p.renamed }, counting.inner))
+}
+
+/// CSV in, Parquet out: [`read_csv`] then [`write_parquet`].
+pub fn csv_to_parquet<W: Write + Send>(
+    input: impl Read + Send,
+    out: W,
+    overrides: &BTreeMap<String, String>,
+    limits: &IngestLimits,
+) -> Result<(IngestReport, W), MoatError> {
+    write_parquet(read_csv(input, overrides, limits)?, out, limits)
 }
 
 #[cfg(test)]
@@ -195,8 +318,11 @@ mod tests {
     use super::*;
 
     fn run(csv: &str) -> Result<IngestReport, MoatError> {
-        let dir = tempfile::tempdir().expect("tmp");
-        csv_to_parquet(csv.as_bytes(), &dir.path().join("t.parquet"), &BTreeMap::new(), &IngestLimits::default())
+        run_with(csv.as_bytes(), &BTreeMap::new())
+    }
+
+    fn run_with(csv: &[u8], o: &BTreeMap<String, String>) -> Result<IngestReport, MoatError> {
+        csv_to_parquet(csv, Vec::new(), o, &IngestLimits::default()).map(|(r, _)| r)
     }
 
     #[test]
@@ -213,6 +339,7 @@ mod tests {
             ]
         );
         assert_eq!(r.rows, 2);
+        assert!(r.bytes_written > 0);
         assert!(r.renamed.contains(&("Customer Name".into(), "customer_name".into())));
     }
 
@@ -229,30 +356,29 @@ mod tests {
         assert_eq!(run("a,b\n1,\u{0}\n").map(|r| r.rows).ok(), Some(1));
         let mut bytes = b"a,b\n1,".to_vec();
         bytes.extend_from_slice(&[0xff, 0xfe, b'\n']);
-        let dir = tempfile::tempdir().expect("tmp");
-        let r = csv_to_parquet(bytes.as_slice(), &dir.path().join("t.parquet"), &BTreeMap::new(), &IngestLimits::default());
-        assert_eq!(r.err().map(|e| e.code), Some("invalid_csv"));
+        assert_eq!(run_with(&bytes, &BTreeMap::new()).err().map(|e| e.code), Some("invalid_csv"));
+        let limits = IngestLimits { max_columns: 2, ..Default::default() };
+        let e = csv_to_parquet("a,b,c\n1,2,3\n".as_bytes(), Vec::new(), &BTreeMap::new(), &limits).expect_err("too wide");
+        assert_eq!(e.code, "too_many_columns");
     }
 
     #[test]
     fn overrides_apply_and_are_checked() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let out = dir.path().join("t.parquet");
         let mut o = BTreeMap::new();
         o.insert("id".to_owned(), "text".to_owned());
-        let r = csv_to_parquet("id,n\n1,2\n".as_bytes(), &out, &o, &IngestLimits::default()).expect("ok");
+        let r = run_with(b"id,n\n1,2\n", &o).expect("ok");
         assert_eq!(r.schema.field(0).data_type(), &DataType::Utf8);
         o.insert("n".to_owned(), "int".to_owned());
         o.insert("id".to_owned(), "int".to_owned());
-        let e = csv_to_parquet("id,n\nx,2\n".as_bytes(), &out, &o, &IngestLimits::default()).expect_err("does not fit");
+        let e = run_with(b"id,n\nx,2\n", &o).expect_err("does not fit");
         assert_eq!(e.code, "invalid_csv");
         assert!(!e.message.contains("Row data"), "{}", e.message);
         o.clear();
         o.insert("nope".to_owned(), "int".to_owned());
-        assert_eq!(csv_to_parquet("id\n1\n".as_bytes(), &out, &o, &IngestLimits::default()).err().map(|e| e.code), Some("unknown_column"));
+        assert_eq!(run_with(b"id\n1\n", &o).err().map(|e| e.code), Some("unknown_column"));
         o.clear();
         o.insert("id".to_owned(), "money".to_owned());
-        assert_eq!(csv_to_parquet("id\n1\n".as_bytes(), &out, &o, &IngestLimits::default()).err().map(|e| e.code), Some("invalid_type"));
+        assert_eq!(run_with(b"id\n1\n", &o).err().map(|e| e.code), Some("invalid_type"));
     }
 
     #[test]
@@ -261,9 +387,96 @@ mod tests {
         for i in 0..50_000 {
             csv.push_str(&format!("{i},user{i}@example.com\n"));
         }
-        let dir = tempfile::tempdir().expect("tmp");
         let limits = IngestLimits { sample_bytes: 4096, ..Default::default() };
-        let r = csv_to_parquet(csv.as_bytes(), &dir.path().join("t.parquet"), &BTreeMap::new(), &limits).expect("ingest");
+        let (r, _) = csv_to_parquet(csv.as_bytes(), Vec::new(), &BTreeMap::new(), &limits).expect("ingest");
         assert_eq!(r.rows, 50_000);
+    }
+
+    /// A Parquet file written by another tool, as bytes in a temp file.
+    fn parquet_file(batch: &RecordBatch) -> File {
+        let mut f = tempfile::tempfile().expect("tmp");
+        let mut w = ArrowWriter::try_new(&mut f, batch.schema(), None).expect("writer");
+        w.write(batch).expect("write");
+        w.close().expect("close");
+        f
+    }
+
+    fn read_back(bytes: Vec<u8>) -> Vec<RecordBatch> {
+        let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).expect("parquet").build().expect("reader");
+        r.collect::<Result<Vec<_>, _>>().expect("batches")
+    }
+
+    #[test]
+    fn parquet_types_are_stored_as_served_types() {
+        use datafusion::arrow::array::{
+            Date64Array, DictionaryArray, Float16Array, Int32Array, LargeStringArray, StringViewArray, TimestampMillisecondArray,
+        };
+        use datafusion::arrow::datatypes::Int8Type;
+        let dict: DictionaryArray<Int8Type> = vec!["a", "b", "a"].into_iter().collect();
+        let batch = RecordBatch::try_from_iter(vec![
+            ("Id", Arc::new(Int32Array::from(vec![1, 2, 3])) as _),
+            ("Big Text", Arc::new(LargeStringArray::from(vec!["x", "y", "z"])) as _),
+            ("view", Arc::new(StringViewArray::from(vec!["p", "q", "r"])) as _),
+            ("plan", Arc::new(dict) as _),
+            ("h", Arc::new(Float16Array::from(vec![half::f16::from_f32(1.5); 3])) as _),
+            ("d", Arc::new(Date64Array::from(vec![86_400_000; 3])) as _),
+            ("ts", Arc::new(TimestampMillisecondArray::from(vec![1_000; 3]).with_timezone("UTC")) as _),
+        ])
+        .expect("batch");
+        let p = read_parquet(parquet_file(&batch), &BTreeMap::new(), &IngestLimits::default()).expect("read");
+        let types: Vec<String> = p.schema.fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
+        let (r, bytes) = write_parquet(p, Vec::new(), &IngestLimits::default()).expect("write");
+        assert_eq!(r.rows, 3);
+        assert_eq!(r.renamed, vec![("Id".to_owned(), "id".to_owned()), ("Big Text".to_owned(), "big_text".to_owned())]);
+        assert_eq!(types[..6], ["id:Int32", "big_text:Utf8", "view:Utf8", "plan:Utf8", "h:Float32", "d:Date32"]);
+        let back = read_back(bytes);
+        assert_eq!(back[0].column(3).as_any().downcast_ref::<StringArray>().expect("text").value(2), "a");
+        // Every stored type survives the catalog's text form.
+        for f in r.schema.fields() {
+            let text = f.data_type().to_string();
+            assert_eq!(text.parse::<DataType>().ok().as_ref(), Some(f.data_type()), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_parquet_is_named() {
+        use datafusion::arrow::array::{Int64Array, ListArray, StringArray};
+        use datafusion::arrow::datatypes::Int32Type;
+        let limits = IngestLimits::default();
+        let code = |f: File, o: &BTreeMap<String, String>| read_parquet(f, o, &limits).err().map(|e| e.code);
+        let empty = tempfile::tempfile().expect("tmp");
+        assert_eq!(code(empty, &BTreeMap::new()), Some("empty_parquet"));
+        let mut garbage = tempfile::tempfile().expect("tmp");
+        garbage.write_all(b"id,name\n1,not parquet at all\n").expect("write");
+        assert_eq!(code(garbage, &BTreeMap::new()), Some("invalid_parquet"));
+        // A real file cut short.
+        let batch = RecordBatch::try_from_iter(vec![("id", Arc::new(Int64Array::from(vec![1, 2])) as _)]).expect("batch");
+        let mut whole = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut whole, batch.schema(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+        let mut cut = tempfile::tempfile().expect("tmp");
+        cut.write_all(&whole[..whole.len() / 2]).expect("write");
+        assert_eq!(code(cut, &BTreeMap::new()), Some("invalid_parquet"));
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1)]), None]);
+        let nested = RecordBatch::try_from_iter(vec![("tags", Arc::new(list) as _)]).expect("batch");
+        let e = read_parquet(parquet_file(&nested), &BTreeMap::new(), &limits).err().expect("nested");
+        assert_eq!(e.code, "unsupported_type");
+        assert!(e.message.contains("\"tags\""), "{}", e.message);
+        let dup = RecordBatch::try_from_iter(vec![
+            ("A", Arc::new(Int64Array::from(vec![1])) as _),
+            ("a", Arc::new(Int64Array::from(vec![1])) as _),
+        ])
+        .expect("batch");
+        assert_eq!(code(parquet_file(&dup), &BTreeMap::new()), Some("invalid_header"));
+        let text = RecordBatch::try_from_iter(vec![("n", Arc::new(StringArray::from(vec!["1", "secret-value"])) as _)]).expect("batch");
+        let mut o = BTreeMap::new();
+        o.insert("n".to_owned(), "int".to_owned());
+        let p = read_parquet(parquet_file(&text), &o, &limits).expect("schema is fine");
+        let e = write_parquet(p, Vec::new(), &limits).expect_err("value does not fit");
+        assert_eq!(e.code, "type_mismatch");
+        assert!(!e.message.contains("secret-value"), "{}", e.message);
+        let none = RecordBatch::new_empty(batch.schema());
+        assert_eq!(code(parquet_file(&none), &BTreeMap::new()), Some("no_rows"));
     }
 }

@@ -14,8 +14,11 @@ pub mod ingest;
 pub mod lineage;
 pub mod mask;
 pub mod policy;
+pub mod pool;
 pub mod restrict;
 pub mod scrub;
+pub mod storage;
 
-pub use engine::{Engine, EngineLimits, QueryOutput, TableSource};
+pub use engine::{Engine, EngineLimits, QueryOutput, QueryStream, TableSource};
 pub use policy::{ColumnMeta, MaskDecision, PiiCategory};
+pub use storage::TableStorage;

@@ -2,13 +2,12 @@
 //! DataFusion UDFs. Every mask yields text; NULL stays NULL; values of other types are cast to
 //! text first. The UDFs are used only inside governed scans and are not registered for SQL.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Result as DfResult, exec_err};
+use datafusion::common::{HashMap, Result as DfResult, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -58,15 +57,23 @@ impl MaskRule {
     pub fn apply_into(self, v: &str, out: &mut String) {
         out.clear();
         match self {
-            Self::Hash16 => {
-                let d = Sha256::digest(v.as_bytes());
-                for b in &d[..8] {
-                    let _ = write!(out, "{b:02x}");
-                }
+            Self::Hash16 => out.push_str(hash16(v).as_str()),
+            Self::LastFour if v.is_ascii() => {
+                let alnum = v.bytes().filter(u8::is_ascii_alphanumeric).count();
+                // Four or fewer significant characters: showing "the last four" would show all.
+                let keep_from = if alnum > 4 { alnum - 4 } else { usize::MAX };
+                let mut seen = 0;
+                out.extend(v.bytes().map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        seen += 1;
+                        if seen > keep_from { b as char } else { '*' }
+                    } else {
+                        b as char
+                    }
+                }));
             }
             Self::LastFour => {
                 let alnum = v.chars().filter(|c| c.is_alphanumeric()).count();
-                // Four or fewer significant characters: showing "the last four" would show all.
                 let keep_from = if alnum > 4 { alnum - 4 } else { usize::MAX };
                 let mut seen = 0;
                 for c in v.chars() {
@@ -78,16 +85,16 @@ impl MaskRule {
                     }
                 }
             }
-            Self::Redact => out.push_str("[REDACTED]"),
+            Self::Redact => out.push_str(REDACTED),
             Self::EmailPartial => match v.rsplit_once('@') {
                 Some((local, domain)) if !local.is_empty() && domain.contains('.') => {
                     out.extend(local.chars().next());
                     out.push_str("***@***.");
                     out.push_str(domain.rsplit('.').next().unwrap_or(""));
                 }
-                _ => out.push_str("****"),
+                _ => out.push_str(FULL),
             },
-            Self::Full | Self::Omit => out.push_str("****"),
+            Self::Full | Self::Omit => out.push_str(FULL),
         }
     }
 
@@ -103,24 +110,104 @@ impl MaskRule {
     }
 }
 
-/// Applies a mask to a whole column.
-pub fn mask_array(rule: MaskRule, input: &ArrayRef) -> DfResult<ArrayRef> {
-    let text = if input.data_type() == &DataType::Utf8 { input.clone() } else { cast(input, &DataType::Utf8)? };
-    let Some(strings) = text.as_any().downcast_ref::<StringArray>() else {
-        return exec_err!("mask: expected text after cast");
-    };
-    let mut b = StringBuilder::with_capacity(strings.len(), strings.len() * 16);
-    let mut buf = String::with_capacity(64);
-    for v in strings.iter() {
-        match v {
-            Some(s) => {
-                rule.apply_into(s, &mut buf);
-                b.append_value(&buf);
+const FULL: &str = "****";
+const REDACTED: &str = "[REDACTED]";
+
+/// 16 lower-case hex characters: the first 8 bytes of SHA-256.
+pub struct Hex16([u8; 16]);
+
+impl Hex16 {
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("0000000000000000")
+    }
+}
+
+pub fn hash16(v: &str) -> Hex16 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let d = Sha256::digest(v.as_bytes());
+    let mut out = [0u8; 16];
+    for (i, b) in d[..8].iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    Hex16(out)
+}
+
+/// Masks every value of a text array into a new text array (NULL stays NULL).
+fn mask_strings<'a>(rule: MaskRule, values: impl ExactSizeIterator<Item = Option<&'a str>>, bytes_hint: usize) -> ArrayRef {
+    let n = values.len();
+    let mut b = StringBuilder::with_capacity(n, bytes_hint);
+    match rule {
+        MaskRule::Hash16 => {
+            // Repeated values (names) are hashed once per batch.
+            let mut memo: HashMap<&str, Hex16> = HashMap::default();
+            for v in values {
+                match v {
+                    Some(s) => b.append_value(memo.entry(s).or_insert_with(|| hash16(s)).as_str()),
+                    None => b.append_null(),
+                }
             }
-            None => b.append_null(),
+        }
+        _ => {
+            let mut buf = String::with_capacity(64);
+            for v in values {
+                match v {
+                    Some(s) => {
+                        rule.apply_into(s, &mut buf);
+                        b.append_value(&buf);
+                    }
+                    None => b.append_null(),
+                }
+            }
         }
     }
-    Ok(Arc::new(b.finish()))
+    Arc::new(b.finish())
+}
+
+/// Applies a mask to a whole column.
+pub fn mask_array(rule: MaskRule, input: &ArrayRef) -> DfResult<ArrayRef> {
+    let n = input.len();
+    match rule {
+        // Constant masks: only the NULLs of the input matter; no cast, no per-value work.
+        MaskRule::Full | MaskRule::Omit | MaskRule::Redact => {
+            let text = if rule == MaskRule::Redact { REDACTED } else { FULL };
+            let nulls = input.logical_nulls();
+            let mut b = StringBuilder::with_capacity(n, n * text.len());
+            for i in 0..n {
+                if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
+                    b.append_null();
+                } else {
+                    b.append_value(text);
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        _ => {
+            let hint = |bytes: usize| if rule == MaskRule::Hash16 { n * 16 } else { bytes };
+            match input.data_type() {
+                DataType::Utf8 => {
+                    let a = input.as_string::<i32>();
+                    Ok(mask_strings(rule, a.iter(), hint(a.values().len())))
+                }
+                DataType::LargeUtf8 => {
+                    let a = input.as_string::<i64>();
+                    Ok(mask_strings(rule, a.iter(), hint(a.values().len())))
+                }
+                DataType::Utf8View => {
+                    let a = input.as_string_view();
+                    Ok(mask_strings(rule, a.iter(), hint(n * 16)))
+                }
+                _ => {
+                    let text = cast(input, &DataType::Utf8)?;
+                    let Some(a) = text.as_any().downcast_ref::<StringArray>() else {
+                        return exec_err!("mask: expected text after cast");
+                    };
+                    Ok(mask_strings(rule, a.iter(), hint(a.values().len())))
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -183,6 +270,30 @@ mod tests {
         assert_eq!(m.value(0), "**3456");
         assert!(m.is_null(1));
         assert_eq!(m.value(2), "*");
+    }
+
+    #[test]
+    fn every_text_layout_masks_alike() {
+        use datafusion::arrow::array::{Int64Array, LargeStringArray, StringViewArray};
+        let values =
+            vec![Some("Ann Canary"), None, Some("123-45-6789"), Some("ann@acme.com"), Some("Ann Canary"), Some("Zoë Ünïcode 1234567")];
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(values.clone())),
+            Arc::new(LargeStringArray::from(values.clone())),
+            Arc::new(StringViewArray::from(values.clone())),
+        ];
+        for rule in [MaskRule::Hash16, MaskRule::LastFour, MaskRule::Redact, MaskRule::EmailPartial, MaskRule::Full] {
+            let expected: Vec<Option<String>> = values.iter().map(|v| v.map(|s| rule.apply(s))).collect();
+            for a in &arrays {
+                let m = mask_array(rule, a).expect("mask");
+                let got: Vec<Option<String>> = m.as_string::<i32>().iter().map(|v| v.map(str::to_owned)).collect();
+                assert_eq!(got, expected, "{rule:?} over {}", a.data_type());
+            }
+        }
+        assert_eq!(MaskRule::LastFour.apply("Zoë Ünïcode 1234567"), "*** ******* ***4567");
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(5), None]));
+        let m = mask_array(MaskRule::Redact, &n).expect("mask");
+        assert_eq!((m.as_string::<i32>().value(0), m.is_null(1)), ("[REDACTED]", true));
     }
 
     #[test]

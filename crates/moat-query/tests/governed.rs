@@ -3,118 +3,20 @@
 //! length, substr, CASE, ORDER/GROUP BY, CAST errors, joins, EXPLAIN, information_schema).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-use std::path::Path;
+mod common;
 
+use common::*;
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use moat_core::classification::Classification::{self, *};
-use moat_core::ids::{Email, TenantId, UserId};
-use moat_core::principal::{Principal, Scope};
 use moat_core::role::Role;
-use moat_query::ingest::{IngestLimits, csv_to_parquet};
 use moat_query::mask::MaskRule;
-use moat_query::policy::{ColumnMeta, MaskingPolicy, PiiCategory};
-use moat_query::{Engine, EngineLimits, QueryOutput, TableSource};
-
-const RAW_SSN: &str = "123-45-6789";
-const RAW_EMAIL: &str = "canary.a@acme-secret.com";
-
-fn table(dir: &Path, name: &str, csv: &str, meta: &[(&str, Option<Classification>, PiiCategory, &str)]) -> TableSource {
-    let loc = dir.join(name);
-    std::fs::create_dir_all(&loc).unwrap();
-    let r = csv_to_parquet(csv.as_bytes(), &loc.join("part-0.parquet"), &BTreeMap::new(), &IngestLimits::default()).unwrap();
-    let columns = r
-        .schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let (_, label, pii, entity) = meta.iter().find(|m| m.0 == f.name()).copied().unwrap_or((f.name(), None, PiiCategory::None, ""));
-            ColumnMeta {
-                name: f.name().clone(),
-                classification: label,
-                pii,
-                entity: (!entity.is_empty()).then(|| entity.to_owned()),
-                mask_override: None,
-            }
-        })
-        .collect();
-    TableSource { name: name.into(), location: loc, schema: r.schema, columns }
-}
-
-const CUSTOMER_META: &[(&str, Option<Classification>, PiiCategory, &str)] = &[
-    ("id", Some(Public), PiiCategory::None, ""),
-    ("name", Some(Confidential), PiiCategory::Direct, "person_name"),
-    ("email", Some(Confidential), PiiCategory::Direct, "email"),
-    ("ssn", Some(Restricted), PiiCategory::Direct, "ssn"),
-    ("card", Some(Confidential), PiiCategory::Direct, "credit_card"),
-    ("plan", Some(Internal), PiiCategory::None, ""),
-    ("revenue", Some(Confidential), PiiCategory::None, ""),
-    // zip: unclassified on purpose (counts as RESTRICTED)
-];
-
-struct World {
-    _dir: tempfile::TempDir,
-    a: Vec<TableSource>,
-    b: Vec<TableSource>,
-    ta: TenantId,
-    tb: TenantId,
-}
-
-fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let a_csv = format!(
-        "id,name,email,ssn,card,plan,revenue,zip\n1,Ann Canary,{RAW_EMAIL},{RAW_SSN},4242424242424242,pro,1000,02139\n2,Bob Stone,bob@acme.com,987-65-4321,5555555555554444,free,20,94107\n3,Ann Canary,ann2@acme.com,111-22-3333,4000056655665556,pro,300,94107\n"
-    );
-    let b_csv = "id,name,email,ssn,card,plan,revenue,zip\n1,Globex Canary,spy@globex-secret.com,999-99-9999,4111111111111111,ent,5,10001\n";
-    let a_orders = "order_id,customer_name,amount\n10,Ann Canary,5\n11,Bob Stone,7\n";
-    let (ta, tb) = (TenantId::new(), TenantId::new());
-    let a = vec![
-        table(&dir.path().join("a"), "customers", &a_csv, CUSTOMER_META),
-        table(
-            &dir.path().join("a"),
-            "orders",
-            a_orders,
-            &[
-                ("order_id", Some(Public), PiiCategory::None, ""),
-                ("customer_name", Some(Confidential), PiiCategory::Direct, "person_name"),
-                ("amount", Some(Internal), PiiCategory::None, ""),
-            ],
-        ),
-    ];
-    let b = vec![table(&dir.path().join("b"), "customers", b_csv, CUSTOMER_META)];
-    World { _dir: dir, a, b, ta, tb }
-}
-
-fn who(t: TenantId, role: Role) -> Principal {
-    Principal::for_tests(Scope::Tenant(t), UserId::new(), Email::parse("x@acme.example").unwrap(), role)
-}
-
-async fn q(engine: &Engine, p: &Principal, t: TenantId, tables: &[TableSource], sql: &str) -> Result<QueryOutput, moat_core::MoatError> {
-    engine.execute(p, t, tables, &MaskingPolicy::default(), sql).await
-}
-
-/// All cells as strings, row-major.
-fn cells(o: &QueryOutput) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    let opts = FormatOptions::default().with_null("NULL");
-    for b in &o.batches {
-        let fmts: Vec<ArrayFormatter> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
-        for r in 0..b.num_rows() {
-            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
-        }
-    }
-    rows
-}
-
-fn flat(o: &QueryOutput) -> String {
-    format!("{:?}", cells(o))
-}
+use moat_query::policy::MaskingPolicy;
+use moat_query::{Engine, EngineLimits};
 
 #[tokio::test]
 async fn three_roles_three_views() {
-    let w = world();
-    let e = Engine::new(EngineLimits::default());
+    let w = world().await;
+    let e = w.engine(EngineLimits::default());
     let sql = "SELECT * FROM customers ORDER BY id";
     let admin = q(&e, &who(w.ta, Role::Admin), w.ta, &w.a, sql).await.unwrap();
     assert!(flat(&admin).contains(RAW_SSN) && flat(&admin).contains(RAW_EMAIL));
@@ -145,8 +47,8 @@ async fn three_roles_three_views() {
 
 #[tokio::test]
 async fn predicates_and_functions_only_see_masked_values() {
-    let w = world();
-    let e = Engine::new(EngineLimits::default());
+    let w = world().await;
+    let e = w.engine(EngineLimits::default());
     let v = who(w.ta, Role::Viewer);
     let one = |sql: String| {
         let (e, v, w) = (&e, &v, &w);
@@ -178,8 +80,8 @@ async fn predicates_and_functions_only_see_masked_values() {
 
 #[tokio::test]
 async fn hash_masks_join_across_tables() {
-    let w = world();
-    let e = Engine::new(EngineLimits::default());
+    let w = world().await;
+    let e = w.engine(EngineLimits::default());
     let v = who(w.ta, Role::Viewer);
     let o = q(
         &e,
@@ -197,8 +99,8 @@ async fn hash_masks_join_across_tables() {
 
 #[tokio::test]
 async fn tenants_never_see_each_other() {
-    let w = world();
-    let e = Engine::new(EngineLimits::default());
+    let w = world().await;
+    let e = w.engine(EngineLimits::default());
     let admin_b = who(w.tb, Role::Admin);
     for sql in [
         "SELECT * FROM customers",
@@ -229,8 +131,8 @@ async fn tenants_never_see_each_other() {
 
 #[tokio::test]
 async fn statements_and_explain_are_restricted() {
-    let w = world();
-    let e = Engine::new(EngineLimits::default());
+    let w = world().await;
+    let e = w.engine(EngineLimits::default());
     let v = who(w.ta, Role::Viewer);
     for sql in [
         "COPY customers TO '/tmp/x.csv'",
@@ -253,10 +155,12 @@ async fn no_raw_predicate_reaches_the_scan() {
     use datafusion::prelude::SessionContext;
     use moat_query::governed::GovernedTable;
     use moat_query::policy::{MaskDecision, decide};
-    let w = world();
+    let w = world().await;
     let t = &w.a[0];
-    let ctx = SessionContext::new();
-    let url = datafusion::datasource::listing::ListingTableUrl::parse(format!("{}/", t.location.display())).unwrap();
+    let rt =
+        datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_object_store_registry(w.storage.registry()).build_arc().unwrap();
+    let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), rt);
+    let url = w.storage.listing_url(&t.location).unwrap();
     let opts = datafusion::datasource::listing::ListingOptions::new(std::sync::Arc::new(
         datafusion::datasource::file_format::parquet::ParquetFormat::default(),
     ))
@@ -289,24 +193,24 @@ async fn no_raw_predicate_reaches_the_scan() {
 
 #[tokio::test]
 async fn limits_have_codes() {
-    let w = world();
+    let w = world().await;
     let v = who(w.ta, Role::Viewer);
-    let e = Engine::new(EngineLimits { max_rows: 2, ..Default::default() });
+    let e = w.engine(EngineLimits { max_rows: 2, ..Default::default() });
     let o = q(&e, &v, w.ta, &w.a, "SELECT id FROM customers").await.unwrap();
     assert_eq!((o.row_count, o.truncated), (2, true));
     let o = q(&e, &v, w.ta, &w.a, "SELECT id FROM customers LIMIT 2").await.unwrap();
     assert_eq!((o.row_count, o.truncated), (2, false));
-    let e = Engine::new(EngineLimits { timeout_ms: 200, ..Default::default() });
+    let e = w.engine(EngineLimits { timeout_ms: 200, ..Default::default() });
     let err = q(&e, &v, w.ta, &w.a, "SELECT count(*) FROM generate_series(1, 100000000000) a").await.unwrap_err();
     assert_eq!(err.code, "query_timeout");
-    let e = Engine::new(EngineLimits { max_sql_bytes: 20, ..Default::default() });
+    let e = w.engine(EngineLimits { max_sql_bytes: 20, ..Default::default() });
     assert_eq!(q(&e, &v, w.ta, &w.a, "SELECT id, name, email FROM customers").await.unwrap_err().code, "query_too_long");
-    let e = Engine::new(EngineLimits { memory_per_tenant_bytes: 256 * 1024, ..Default::default() });
+    let e = w.engine(EngineLimits { memory_per_tenant_bytes: 256 * 1024, ..Default::default() });
     let err = q(&e, &v, w.ta, &w.a, "SELECT v % 1000000 AS k, count(*) FROM generate_series(1, 3000000) t(v) GROUP BY 1 ORDER BY 2 DESC")
         .await
         .unwrap_err();
     assert_eq!(err.code, "query_memory_limit", "{}", err.message);
-    let e = std::sync::Arc::new(Engine::new(EngineLimits { max_concurrent_per_tenant: 1, timeout_ms: 3_000, ..Default::default() }));
+    let e = std::sync::Arc::new(w.engine(EngineLimits { max_concurrent_per_tenant: 1, timeout_ms: 3_000, ..Default::default() }));
     let slow = {
         let (e, v, a) = (e.clone(), v.clone(), w.a.clone());
         tokio::spawn(async move {
@@ -321,4 +225,40 @@ async fn limits_have_codes() {
         "other tenants are not blocked"
     );
     assert_eq!(slow.await.unwrap().unwrap_err().code, "query_timeout");
+}
+
+#[tokio::test]
+async fn one_query_cannot_take_its_tenant_budget_and_big_sorts_spill() {
+    let w = world().await;
+    let v = who(w.ta, Role::Viewer);
+    let agg = "SELECT v % 1000000 AS k, count(*) FROM generate_series(1, 3000000) t(v) GROUP BY 1 ORDER BY 2 DESC";
+    let e = w.engine(EngineLimits { memory_per_query_bytes: 256 * 1024, ..Default::default() });
+    let err = q(&e, &v, w.ta, &w.a, agg).await.unwrap_err();
+    assert_eq!(err.code, "query_memory_limit");
+    assert!(err.message.contains("memory_per_query_bytes"), "{}", err.message);
+
+    // A sort larger than a query's memory fails without a spill directory and spills with one.
+    let sort = "SELECT max(r) FROM (SELECT row_number() OVER (ORDER BY v DESC) AS r FROM generate_series(1, 4000000) t(v))";
+    let limits = EngineLimits { memory_per_query_bytes: 24 << 20, target_partitions: 1, ..Default::default() };
+    let err = q(&w.engine(limits.clone()), &v, w.ta, &w.a, sort).await.unwrap_err();
+    assert_eq!(err.code, "query_memory_limit", "{}", err.message);
+    let spill = tempfile::tempdir().unwrap();
+    let e = Engine::new(limits, w.storage.clone(), Some(spill.path().to_path_buf()));
+    assert_eq!(cells(&q(&e, &v, w.ta, &w.a, sort).await.unwrap()), [["4000000"]]);
+    let tenant_dir = spill.path().join(w.ta.to_string());
+    assert!(tenant_dir.is_dir(), "spill files go to the tenant's own directory");
+    let left: Vec<_> = walk(&tenant_dir);
+    assert!(left.is_empty(), "spill files are removed after the query: {left:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }

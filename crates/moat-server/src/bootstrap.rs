@@ -34,7 +34,7 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
     f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| io_err("write", path, e))
 }
 
-fn create_private_dir(path: &Path) -> Result<()> {
+pub fn create_private_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|e| io_err("create directory", path, e))?;
     #[cfg(unix)]
     {

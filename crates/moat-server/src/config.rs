@@ -235,6 +235,9 @@ impl Config {
         if q.timeout_ms < 100 || q.memory_per_tenant_bytes < 1024 * 1024 || q.max_concurrent_per_tenant == 0 || q.target_partitions == 0 {
             return Err(config_error("query.timeout_ms: timeout >= 100 ms, memory >= 1 MiB, concurrency and partitions >= 1"));
         }
+        if q.memory_per_query_bytes < 1024 * 1024 || q.memory_per_query_bytes > q.memory_per_tenant_bytes {
+            return Err(config_error("query.memory_per_query_bytes: must be at least 1 MiB and at most query.memory_per_tenant_bytes"));
+        }
         if self.ingest.body_limit_bytes < 1024 || self.ingest.max_columns == 0 || self.ingest.data_dir.is_empty() {
             return Err(config_error("ingest.body_limit_bytes: at least 1 KiB, max_columns at least 1, data_dir not empty"));
         }
@@ -301,6 +304,8 @@ max_rows = {q_rows}
 max_result_bytes = {q_bytes}
 timeout_ms = {q_timeout}
 memory_per_tenant_bytes = {q_mem}
+memory_per_query_bytes = {q_qmem}
+spill_per_tenant_bytes = {q_spill}   # 0 = never spill to disk
 max_concurrent_per_tenant = {q_conc}
 # target_partitions = number of cores (at most 16) unless set
 
@@ -332,6 +337,8 @@ format = "{format}"   # text | json
         q_bytes = d.query.max_result_bytes,
         q_timeout = d.query.timeout_ms,
         q_mem = d.query.memory_per_tenant_bytes,
+        q_qmem = d.query.memory_per_query_bytes,
+        q_spill = d.query.spill_per_tenant_bytes,
         q_conc = d.query.max_concurrent_per_tenant,
         i_body = d.ingest.body_limit_bytes,
         i_cols = d.ingest.max_columns,
@@ -353,6 +360,14 @@ impl DataDir {
     }
     pub fn config_file(&self) -> PathBuf {
         self.root.join("moat.toml")
+    }
+    /// Query spill files (a directory per tenant).
+    pub fn spill_dir(&self) -> PathBuf {
+        self.root.join("tmp").join("spill")
+    }
+    /// Uploads waiting to be converted (Parquet needs random access).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.root.join("tmp").join("ingest")
     }
     pub fn master_key(&self) -> PathBuf {
         self.root.join("master.key")

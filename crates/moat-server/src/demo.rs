@@ -103,11 +103,11 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
             }
         }
     }
-    let root = cfg.table_data_dir(&dir.root);
+    let tables = moat_query::TableStorage::local(&cfg.table_data_dir(&dir.root))?;
     for (i, (slug, _)) in DEMO_TENANTS.iter().enumerate() {
         let tenant = stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::internal("demo_tenant_missing"))?;
         if stores.meta.table(tenant.id, "customers").await?.is_none() {
-            seed_customers(&stores, &root, tenant.id, 0x5eed_0000 + i as u64, now).await?;
+            seed_customers(&stores, &tables, tenant.id, 0x5eed_0000 + i as u64, now).await?;
         }
     }
     Ok(DemoCredentials { password, super_admin: DEMO_SUPER_ADMIN.into(), tenants: listing() })
@@ -172,12 +172,26 @@ pub fn customers_csv(seed: u64) -> String {
     out
 }
 
-async fn seed_customers(stores: &moat_store::Stores, root: &std::path::Path, tenant: TenantId, seed: u64, now: UnixSeconds) -> Result<()> {
-    use crate::tables::{ImportRequest, commit_version, import_csv};
+async fn seed_customers(
+    stores: &moat_store::Stores,
+    tables: &moat_query::TableStorage,
+    tenant: TenantId,
+    seed: u64,
+    now: UnixSeconds,
+) -> Result<()> {
+    use crate::tables::{ImportRequest, Upload, commit_version, import_async};
     let csv = customers_csv(seed);
-    let req = ImportRequest { tenant, table: "customers", domain: "sales", product: "crm", type_overrides: Default::default(), now };
-    let (dir, report) = import_csv(root, &req, csv.as_bytes(), &Default::default())?;
-    commit_version(stores, &req, &dir, &report).await?;
+    let req = ImportRequest {
+        tenant,
+        table: "customers".into(),
+        domain: "sales".into(),
+        product: "crm".into(),
+        type_overrides: Default::default(),
+        now,
+    };
+    let upload = Upload::Csv(Box::new(std::io::Cursor::new(csv.into_bytes())));
+    let (prefix, report) = import_async(tables.clone(), req.clone(), upload, Default::default()).await?;
+    commit_version(stores, tables, &req, &prefix, &report).await?;
     for (col, label, pii, entity) in CUSTOMER_LABELS {
         let l = moat_store::ColumnLabel {
             classification: (*label).into(),

@@ -9,6 +9,7 @@ use moat_core::lockout::LockoutPolicy;
 use moat_core::password::PasswordPolicy;
 use moat_core::token::KeySet;
 use moat_core::{MoatError, Result};
+use moat_query::TableStorage;
 use moat_store::Stores;
 
 use crate::config::{Config, DataDir};
@@ -28,8 +29,10 @@ pub struct AppState {
     pub ip_limiter: Arc<dyn FailureLimiter>,
     pub lockout: LockoutPolicy,
     pub engine: Arc<moat_query::Engine>,
-    /// Root of the tenants' table files.
-    pub table_root: std::path::PathBuf,
+    /// The tenants' table files (an object store).
+    pub tables: TableStorage,
+    /// Where uploads wait while they are converted.
+    pub spool_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -43,8 +46,13 @@ impl AppState {
         let keys = crate::bootstrap::load_keyset(dir, &config, clock.now_s())?;
         let lockout = LockoutPolicy { threshold: config.auth.lockout_threshold, stage_durations_s: config.auth.lockout_stages_s.clone() };
         let ip_limiter = Arc::new(MemoryLimiter::new(config.auth.ip_failure_limit, config.auth.ip_failure_window_s));
-        let engine = Arc::new(moat_query::Engine::new(config.query.clone()));
-        let table_root = config.table_data_dir(&dir.root);
+        let tables = TableStorage::local(&config.table_data_dir(&dir.root))?;
+        // Spill files and spooled uploads are temporary files that delete themselves; the
+        // directories are private to the server's user.
+        for tmp in [dir.spill_dir(), dir.spool_dir()] {
+            crate::bootstrap::create_private_dir(&tmp)?;
+        }
+        let engine = Arc::new(moat_query::Engine::new(config.query.clone(), tables.clone(), Some(dir.spill_dir())));
         Ok(Self {
             config,
             stores,
@@ -54,7 +62,8 @@ impl AppState {
             ip_limiter,
             lockout,
             engine,
-            table_root,
+            tables,
+            spool_dir: dir.spool_dir(),
         })
     }
 

@@ -1,9 +1,8 @@
-//! Tables of a tenant: importing CSV into a new version (the one ingest path, used by the HTTP
-//! API and by `moat demo`), and turning catalog records into engine table sources.
+//! Tables of a tenant: importing CSV or Parquet into a new version (the one ingest path, used by
+//! the HTTP API and by `moat demo`), and turning catalog records into engine table sources.
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -12,9 +11,9 @@ use moat_core::classification::Classification;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::TenantId;
 use moat_core::{MoatError, Result};
-use moat_query::ingest::{IngestLimits, IngestReport, csv_to_parquet};
+use moat_query::ingest::{IngestLimits, IngestReport, read_csv, read_parquet, write_parquet};
 use moat_query::mask::MaskRule;
-use moat_query::{ColumnMeta, PiiCategory, TableSource};
+use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage};
 use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord};
 
 /// Names SQL tools reserve; a table may not take them.
@@ -36,53 +35,76 @@ pub fn check_identifier(kind: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where the table's files live: `{data}/{tenant_id}/{domain}/{product}/{table}/`.
-pub fn table_dir(root: &Path, tenant: TenantId, domain: &str, product: &str, table: &str) -> PathBuf {
-    root.join(tenant.to_string()).join(domain).join(product).join(table)
+/// The object-store prefix of a table: `{tenant_id}/{domain}/{product}/{table}`; each version
+/// lives below it in `v{time}-{uuid}/`.
+pub fn table_prefix(tenant: TenantId, domain: &str, product: &str, table: &str) -> String {
+    format!("{tenant}/{domain}/{product}/{table}")
 }
 
-pub struct ImportRequest<'a> {
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
     pub tenant: TenantId,
-    pub table: &'a str,
-    pub domain: &'a str,
-    pub product: &'a str,
+    pub table: String,
+    pub domain: String,
+    pub product: String,
     pub type_overrides: BTreeMap<String, String>,
     pub now: UnixSeconds,
 }
 
-fn io_err(what: &str, p: &Path, e: std::io::Error) -> MoatError {
-    tracing::error!(path = %p.display(), error = %e, "{what}");
-    MoatError::internal("storage_error")
+/// What is uploaded.
+pub enum Upload {
+    Csv(Box<dyn Read + Send>),
+    /// Parquet, spooled to a file (its index is at the end).
+    Parquet(std::fs::File),
 }
 
-/// Imports CSV as the table's new version. Blocking (run it off the async workers). On error
-/// the half-written version is removed and the previous version stays current.
-pub fn import_csv(root: &Path, req: &ImportRequest<'_>, input: impl Read, limits: &IngestLimits) -> Result<(PathBuf, IngestReport)> {
-    check_identifier("table", req.table)?;
-    check_identifier("domain", req.domain)?;
-    check_identifier("product", req.product)?;
-    let dir =
-        table_dir(root, req.tenant, req.domain, req.product, req.table).join(format!("v{}-{}", req.now, uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create table directory", &dir, e))?;
-    match csv_to_parquet(input, &dir.join("part-00000.parquet"), &req.type_overrides, limits) {
-        Ok(report) => Ok((dir, report)),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            Err(e)
-        }
-    }
+/// Imports an upload as the table's new version, written through the table store. Blocking:
+/// call it from `spawn_blocking`. On error nothing of the new version remains and the previous
+/// version stays current. Returns the new version's prefix.
+pub fn import(storage: &TableStorage, req: &ImportRequest, upload: Upload, limits: &IngestLimits) -> Result<(String, IngestReport)> {
+    check_identifier("table", &req.table)?;
+    check_identifier("domain", &req.domain)?;
+    check_identifier("product", &req.product)?;
+    let prefix =
+        format!("{}/v{}-{}", table_prefix(req.tenant, &req.domain, &req.product, &req.table), req.now, uuid::Uuid::now_v7().simple());
+    let prepared = match upload {
+        Upload::Csv(r) => read_csv(r, &req.type_overrides, limits)?,
+        Upload::Parquet(f) => read_parquet(f, &req.type_overrides, limits)?,
+    };
+    // On any error below the writer is dropped, which abandons the upload.
+    let (report, writer) = write_parquet(prepared, storage.writer(&format!("{prefix}/part-00000.parquet")), limits)?;
+    writer.finish()?;
+    Ok((prefix, report))
+}
+
+/// [`import`] on a blocking thread.
+pub async fn import_async(
+    storage: TableStorage,
+    req: ImportRequest,
+    upload: Upload,
+    limits: IngestLimits,
+) -> Result<(String, IngestReport)> {
+    tokio::task::spawn_blocking(move || import(&storage, &req, upload, &limits))
+        .await
+        .map_err(|_| MoatError::internal("ingest_task_failed"))?
 }
 
 /// Records an imported version in the catalog; removes the superseded version's files after a
 /// grace period (queries that already listed them finish first).
-pub async fn commit_version(stores: &Stores, req: &ImportRequest<'_>, dir: &Path, report: &IngestReport) -> Result<TableRecord> {
+pub async fn commit_version(
+    stores: &Stores,
+    storage: &TableStorage,
+    req: &ImportRequest,
+    prefix: &str,
+    report: &IngestReport,
+) -> Result<TableRecord> {
     let columns = report.schema.fields().iter().map(|f| ColumnRecord::unclassified(f.name(), &f.data_type().to_string())).collect();
     let v = NewTableVersion {
         tenant_id: req.tenant,
-        name: req.table.to_owned(),
-        domain: req.domain.to_owned(),
-        product: req.product.to_owned(),
-        location: dir.display().to_string(),
+        name: req.table.clone(),
+        domain: req.domain.clone(),
+        product: req.product.clone(),
+        location: prefix.to_owned(),
         row_count: report.rows as i64,
         bytes: report.bytes_written as i64,
         columns,
@@ -91,22 +113,22 @@ pub async fn commit_version(stores: &Stores, req: &ImportRequest<'_>, dir: &Path
     let (rec, previous) = match stores.meta.put_table(&v).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = storage.delete_prefix(prefix).await;
             return Err(e);
         }
     };
     if let Some(old) = previous.filter(|p| p.as_str() != v.location) {
-        retire_later(PathBuf::from(old));
+        retire_later(storage.clone(), old);
     }
     Ok(rec)
 }
 
-/// Deletes a superseded directory after 60 s.
-pub fn retire_later(dir: PathBuf) {
+/// Deletes a superseded version's files after 60 s.
+pub fn retire_later(storage: TableStorage, prefix: String) {
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-            tracing::warn!(path = %dir.display(), error = %e, "could not remove a superseded table version");
+        if let Err(e) = storage.delete_prefix(&prefix).await {
+            tracing::warn!(prefix, error = %e, "could not remove a superseded table version");
         }
     });
 }
@@ -127,5 +149,5 @@ pub fn source_of(t: &TableRecord) -> TableSource {
             mask_override: c.mask.as_deref().map(|m| MaskRule::parse(m).unwrap_or(MaskRule::Full)),
         })
         .collect();
-    TableSource { name: t.name.clone(), location: PathBuf::from(&t.location), schema: Arc::new(Schema::new(fields)), columns }
+    TableSource { name: t.name.clone(), location: t.location.clone(), schema: Arc::new(Schema::new(fields)), columns }
 }

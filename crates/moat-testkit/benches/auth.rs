@@ -16,37 +16,8 @@ use moat_core::permission::Permission;
 use moat_core::principal::{Principal, Scope};
 use moat_core::role::Role;
 use moat_core::token::{AccessGrant, KeySet, SigningKey};
+use moat_testkit::bench::{Stats, measure, row};
 use moat_testkit::{PASSWORD, TestServer};
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    n: usize,
-}
-
-/// Times `f` `n` times individually (after a warm-up) and returns percentiles.
-fn measure(n: usize, mut f: impl FnMut()) -> Stats {
-    for _ in 0..n.min(1000) / 10 {
-        f();
-    }
-    let mut v: Vec<Duration> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    v.sort();
-    Stats { p50: v[n / 2], p99: v[(n * 99) / 100], n }
-}
-
-fn row(name: &str, s: &Stats, base: &Stats, base_name: &str) {
-    let ratio = s.p50.as_secs_f64() / base.p50.as_secs_f64();
-    println!(
-        "{name:<34} n={:<6} p50={:>10.2?} p99={:>10.2?}   baseline {base_name}: p50={:>10.2?}  ratio {ratio:.2}x",
-        s.n, s.p50, s.p99, base.p50
-    );
-}
 
 fn main() {
     println!("moat auth benchmarks (single thread; ratios are p50 / baseline p50)");
@@ -123,8 +94,7 @@ fn main() {
             v.push(t.elapsed());
             assert_eq!(r.status.as_u16(), 200);
         }
-        v.sort();
-        Stats { p50: v[v.len() / 2], p99: v[v.len() - 1], n: v.len() }
+        Stats::of(v)
     });
     row("login over HTTP (loopback)", &login, &argon, "argon2id verify");
     let authed = rt.block_on(async {
@@ -137,8 +107,7 @@ fn main() {
             v.push(t.elapsed());
             assert_eq!(r.status.as_u16(), 200);
         }
-        v.sort();
-        Stats { p50: v[v.len() / 2], p99: v[(v.len() * 99) / 100], n: v.len() }
+        Stats::of(v)
     });
     let healthz = rt.block_on(async {
         let s = TestServer::start().await;
@@ -148,8 +117,7 @@ fn main() {
             s.send(moat_testkit::reqwest::Method::GET, "/healthz", None, None, None).await;
             v.push(t.elapsed());
         }
-        v.sort();
-        Stats { p50: v[v.len() / 2], p99: v[(v.len() * 99) / 100], n: v.len() }
+        Stats::of(v)
     });
     row("authenticated GET whoami", &authed, &healthz, "GET /healthz (no auth)");
 }

@@ -12,6 +12,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+pub mod bench;
+
 pub use reqwest;
 pub use serde_json;
 
@@ -115,12 +117,17 @@ impl TestServer {
 
     /// Uploads CSV as a table.
     pub async fn put_csv(&self, path: &str, auth: &str, csv: impl Into<reqwest::Body>) -> Resp {
+        self.put_body(path, auth, "text/csv", csv).await
+    }
+
+    /// Uploads a body of any type.
+    pub async fn put_body(&self, path: &str, auth: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
         let resp = self
             .http
             .put(format!("{}{path}", self.base))
             .bearer_auth(auth)
-            .header("content-type", "text/csv")
-            .body(csv)
+            .header("content-type", content_type)
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -134,6 +141,18 @@ impl TestServer {
     /// Runs SQL through `POST /v1/query`.
     pub async fn query(&self, auth: &str, sql: &str) -> Resp {
         self.post("/v1/query", auth, json!({"sql": sql})).await
+    }
+
+    /// Runs SQL asking for `accept` (CSV, Arrow): the raw response.
+    pub async fn query_as(&self, auth: &str, sql: &str, accept: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/query", self.base))
+            .bearer_auth(auth)
+            .header("accept", accept)
+            .json(&json!({"sql": sql}))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn login_raw(&self, tenant: Option<&str>, email: &str, password: &str) -> Resp {

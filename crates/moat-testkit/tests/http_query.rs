@@ -181,31 +181,114 @@ async fn three_roles_see_three_views_and_nothing_leaks() {
     let err = s.query(&viewer, "SELECT CAST(ssn AS INT) FROM customers").await;
     assert!(!err.body.to_string().contains("6789"), "{:?}", err.body);
     assert_eq!(s.query(&viewer, "EXPLAIN SELECT * FROM customers").await.code(), "explain_not_allowed");
-    // CSV and Arrow answers carry the same governed data.
-    let csv = s
-        .http
-        .post(format!("{}/v1/query", s.base))
-        .bearer_auth(&viewer)
-        .header("accept", "text/csv")
-        .json(&json!({"sql": sql}))
-        .send()
-        .await
-        .unwrap();
+    // CSV and Arrow answers carry the same governed data, streamed.
+    let csv = s.query_as(&viewer, sql, "text/csv").await;
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(csv.headers()["x-moat-streamed"], "true");
     assert!(csv.headers().get("x-moat-columns").is_some());
     let body = csv.text().await.unwrap();
     assert!(body.starts_with("id,name,email,ssn,plan\n") && !body.contains("6789"), "{body}");
-    let arrow = s
-        .http
-        .post(format!("{}/v1/query", s.base))
-        .bearer_auth(&viewer)
-        .header("accept", "application/vnd.apache.arrow.stream")
-        .json(&json!({"sql": sql}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(arrow.headers()["x-moat-row-count"], "2");
-    assert!(arrow.bytes().await.unwrap().len() > 100);
+    let arrow = s.query_as(&viewer, sql, "application/vnd.apache.arrow.stream").await;
+    assert_eq!(arrow.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let batches = arrow_batches(arrow.bytes().await.unwrap().to_vec());
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["id", "name", "email", "ssn", "plan"]);
+    // An empty result is a valid stream too.
+    let none = s.query_as(&viewer, "SELECT id FROM customers WHERE id < 0", "application/vnd.apache.arrow.stream").await;
+    assert!(arrow_batches(none.bytes().await.unwrap().to_vec()).iter().all(|b| b.num_rows() == 0));
+    let none = s.query_as(&viewer, "SELECT id, plan FROM customers WHERE id < 0", "text/csv").await;
+    assert_eq!(none.text().await.unwrap(), "id,plan\n");
+}
+
+fn arrow_batches(bytes: Vec<u8>) -> Vec<datafusion::arrow::record_batch::RecordBatch> {
+    let r = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    r.collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+fn parquet_bytes(batch: &datafusion::arrow::record_batch::RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+const PARQUET: &str = "application/vnd.apache.parquet";
+
+#[tokio::test]
+async fn parquet_uploads_are_governed_like_csv() {
+    use datafusion::arrow::array::{Float64Array, Int32Array, StringArray};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    let batch = RecordBatch::try_from_iter(vec![
+        ("ID", Arc::new(Int32Array::from(vec![1, 2])) as _),
+        ("SSN", Arc::new(StringArray::from(vec!["123-45-6789", "987-65-4321"])) as _),
+        ("score", Arc::new(Float64Array::from(vec![0.5, 0.25])) as _),
+    ])
+    .unwrap();
+    let r = s.put_body("/v1/tables/scores?domain=risk&product=model", &admin, PARQUET, parquet_bytes(&batch)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["row_count"], 2);
+    assert_eq!(r.body["renamed"], json!([{"from": "ID", "to": "id"}, {"from": "SSN", "to": "ssn"}]));
+    let types: Vec<&str> = r.body["columns"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Int32", "Utf8", "Float64"]);
+    // Unclassified columns are RESTRICTED for everyone below Admin.
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let v = s.query(&viewer, "SELECT id, ssn FROM scores ORDER BY id").await;
+    assert_eq!(v.body["rows"], json!([["****", "****"], ["****", "****"]]));
+    assert_eq!(s.query(&admin, "SELECT sum(score) FROM scores").await.body["rows"][0][0], 0.75);
+    // Bad Parquet never replaces the good version.
+    let mut cut = parquet_bytes(&batch);
+    cut.truncate(cut.len() / 2);
+    for (body, code) in [(cut, "invalid_parquet"), (b"id,ssn\n1,2\n".to_vec(), "invalid_parquet"), (Vec::new(), "empty_parquet")] {
+        let r = s.put_body("/v1/tables/scores?domain=risk&product=model", &admin, PARQUET, body).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, code), "{:?}", r.body);
+    }
+    let r = s.put_body("/v1/tables/scores?types=ssn:int&domain=risk&product=model", &admin, PARQUET, parquet_bytes(&batch)).await;
+    assert_eq!(r.code(), "type_mismatch");
+    assert!(!r.body.to_string().contains("6789"), "{:?}", r.body);
+    assert_eq!(s.query(&admin, "SELECT count(*) FROM scores").await.body["rows"][0][0], 2);
+    let t = s.get("/v1/tables/scores", &admin).await;
+    assert_eq!(t.body["version"], 1);
+    let r = s.put_body("/v1/tables/scores", &admin, "application/octet-stream", b"x".to_vec()).await;
+    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "unsupported_media_type"));
+    let failed = s.audit_of(Some("acme")).await.into_iter().filter(|e| e.action == "table.write" && e.outcome == "failure").count();
+    assert_eq!(failed, 4, "failed uploads are audited");
+}
+
+#[tokio::test]
+async fn big_results_stream_within_the_row_limit() {
+    let s = TestServer::start_with(|c| c.query.max_rows = 25_000).await;
+    let admin = s.tenant_with_admin("acme").await;
+    let mut csv = String::from("id,v\n");
+    for i in 0..30_000 {
+        csv.push_str(&format!("{i},value-{i}\n"));
+    }
+    assert_eq!(s.put_csv("/v1/tables/big", &admin, csv).await.status, StatusCode::CREATED);
+    let r = s.query_as(&admin, "SELECT id, v FROM big WHERE id < 20000 ORDER BY id", "text/csv").await;
+    assert_eq!(r.headers()["x-moat-row-limit"], "25000");
+    let text = r.text().await.unwrap();
+    assert_eq!(text.lines().count(), 20_001);
+    assert_eq!(text.lines().last(), Some("19999,value-19999"));
+    let r = s.query_as(&admin, "SELECT id FROM big", "application/vnd.apache.arrow.stream").await;
+    let rows: usize = arrow_batches(r.bytes().await.unwrap().to_vec()).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 25_000, "stops at query.max_rows");
+    // Two records per streamed query: the access before any row left, and its end.
+    let trail = s.audit_of(Some("acme")).await;
+    let starts: Vec<_> = trail.iter().filter(|e| e.action == "query.execute").collect();
+    let ends: Vec<_> = trail.iter().filter(|e| e.action == "query.end").collect();
+    assert_eq!((starts.len(), ends.len()), (2, 2));
+    assert!(starts.iter().all(|e| e.details["streamed"] == true && e.details["tables"] == json!(["big"])));
+    assert_eq!((ends[0].details["rows"].as_u64(), ends[0].details["truncated"].as_bool()), (Some(20_000), Some(false)));
+    assert_eq!((ends[1].details["rows"].as_u64(), ends[1].details["truncated"].as_bool()), (Some(25_000), Some(true)));
+    assert!(ends[0].seq > starts[0].seq);
+    // An error before the first row is a proper error response, not a cut stream.
+    let r = s.query_as(&admin, "SELECT CAST(v AS INT) FROM big", "text/csv").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("query_error"));
 }
 
 #[tokio::test]

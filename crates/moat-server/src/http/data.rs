@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
@@ -21,6 +21,7 @@ use futures::StreamExt;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::classification::Classification;
 use moat_core::{ErrorKind, MoatError};
+use moat_query::QueryStream;
 use moat_query::engine::OutputColumn;
 use moat_query::ingest::IngestLimits;
 use moat_query::mask::MaskRule;
@@ -30,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::ApiResult;
-use super::extract::{Authorized, JsonBody, QueryParams, act};
+use super::extract::{Authorized, ClientInfo, JsonBody, QueryParams, act};
 use crate::state::AppState;
-use crate::tables::{self, ImportRequest};
+use crate::tables::{self, ImportRequest, Upload};
 
 fn table_not_found() -> MoatError {
     MoatError::not_found("table_not_found", "no such table")
@@ -131,7 +132,23 @@ fn parse_overrides(s: Option<&str>) -> Result<BTreeMap<String, String>, MoatErro
     Ok(out)
 }
 
-/// Creates or replaces a table from a CSV body, streamed to Parquet.
+const PARQUET: &str = "application/vnd.apache.parquet";
+
+/// The upload's format from its Content-Type.
+fn upload_format(headers: &HeaderMap) -> Result<bool, MoatError> {
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "text/csv" => Ok(false),
+        PARQUET | "application/x-parquet" => Ok(true),
+        _ => Err(MoatError::bad_request(
+            "unsupported_media_type",
+            format!("send the table as Content-Type: text/csv (with a header row) or {PARQUET}"),
+        )),
+    }
+}
+
+/// Creates or replaces a table from a CSV or Parquet body, streamed into a new Parquet version.
 pub async fn put_table(
     State(st): State<Arc<AppState>>,
     auth: Authorized<act::TableWrite>,
@@ -141,20 +158,21 @@ pub async fn put_table(
     body: Body,
 ) -> ApiResult<Response> {
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ctype.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/csv")) {
-        return Err(MoatError::bad_request("unsupported_media_type", "send the table as Content-Type: text/csv with a header row").into());
-    }
-    let domain = q.domain.unwrap_or_else(|| "default".into());
-    let product = q.product.unwrap_or_else(|| "default".into());
-    tables::check_identifier("table", &name)?;
-    tables::check_identifier("domain", &domain)?;
-    tables::check_identifier("product", &product)?;
-    let overrides = parse_overrides(q.types.as_deref())?;
-    let now = st.clock.now_s();
+    let parquet = upload_format(&headers)?;
+    let req = ImportRequest {
+        tenant,
+        table: name.clone(),
+        domain: q.domain.unwrap_or_else(|| "default".into()),
+        product: q.product.unwrap_or_else(|| "default".into()),
+        type_overrides: parse_overrides(q.types.as_deref())?,
+        now: st.clock.now_s(),
+    };
+    tables::check_identifier("table", &req.table)?;
+    tables::check_identifier("domain", &req.domain)?;
+    tables::check_identifier("product", &req.product)?;
     let started = Instant::now();
 
-    // Stream the body into the blocking CSV reader, counting bytes against the limit.
+    // The body, counted against its limit as it arrives.
     let limit = st.config.ingest.body_limit_bytes;
     let over = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -167,17 +185,17 @@ pub async fn put_table(
         }
         Ok::<_, std::io::Error>(chunk)
     });
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let root = st.table_root.clone();
     let limits = IngestLimits { max_columns: st.config.ingest.max_columns, ..IngestLimits::default() };
-    let (t, d, p, ov) = (name.clone(), domain.clone(), product.clone(), overrides.clone());
-    let imported = tokio::task::spawn_blocking(move || {
-        let req = ImportRequest { tenant, table: &t, domain: &d, product: &p, type_overrides: ov, now };
-        tables::import_csv(&root, &req, reader, &limits)
-    })
-    .await
-    .map_err(|_| MoatError::internal("ingest_task_failed"))?;
-    let (dir, report) = match imported {
+    let imported = if parquet {
+        match spool(&st.spool_dir, stream).await {
+            Ok(file) => tables::import_async(st.tables.clone(), req.clone(), Upload::Parquet(file), limits).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        tables::import_async(st.tables.clone(), req.clone(), Upload::Csv(Box::new(reader)), limits).await
+    };
+    let (prefix, report) = match imported {
         Ok(v) => v,
         Err(e) => {
             let e = if over.load(Ordering::Relaxed) {
@@ -191,22 +209,42 @@ pub async fn put_table(
             };
             let ev = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::of(&auth.principal), Outcome::Failure)
                 .resource(format!("table:{name}"))
-                .details(json!({"error": e.code, "bytes_received": seen.load(Ordering::Relaxed)}));
+                .details(json!({"error": e.code, "format": if parquet { "parquet" } else { "csv" }, "bytes_received": seen.load(Ordering::Relaxed)}));
             st.record(&auth.client, ev).await?;
             return Err(e.into());
         }
     };
-    let req = ImportRequest { tenant, table: &name, domain: &domain, product: &product, type_overrides: overrides, now };
-    let rec = tables::commit_version(&st.stores, &req, &dir, &report).await?;
+    let rec = tables::commit_version(&st.stores, &st.tables, &req, &prefix, &report).await?;
     let renamed: Vec<Value> = report.renamed.iter().map(|(from, to)| json!({"from": from, "to": to})).collect();
     let ev = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::of(&auth.principal), Outcome::Success)
         .resource(format!("table:{name}"))
-        .details(json!({"version": rec.version, "rows": report.rows, "bytes": report.bytes_written, "received_bytes": seen.load(Ordering::Relaxed), "duration_ms": started.elapsed().as_millis() as u64, "renamed": renamed}));
+        .details(json!({"version": rec.version, "format": if parquet { "parquet" } else { "csv" }, "rows": report.rows, "bytes": report.bytes_written, "received_bytes": seen.load(Ordering::Relaxed), "duration_ms": started.elapsed().as_millis() as u64, "renamed": renamed}));
     st.record(&auth.client, ev).await?;
     let status = if rec.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
     let mut body = serde_json::to_value(view(&rec)).map_err(|_| MoatError::internal("encode"))?;
     body["renamed"] = Value::Array(renamed);
     Ok((status, Json(body)).into_response())
+}
+
+/// Writes the body to an anonymous temporary file (gone when closed) and rewinds it.
+async fn spool(
+    dir: &std::path::Path,
+    mut stream: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+) -> Result<std::fs::File, MoatError> {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let spool_err = |e: std::io::Error| {
+        tracing::error!(error = %e, "cannot spool an upload");
+        MoatError::internal("storage_error")
+    };
+    let file = tempfile::tempfile_in(dir).map_err(spool_err)?;
+    let mut w = tokio::fs::File::from_std(file);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| MoatError::bad_request("read_failed", format!("cannot read the body: {e}")))?;
+        w.write_all(&chunk).await.map_err(spool_err)?;
+    }
+    w.flush().await.map_err(spool_err)?;
+    w.rewind().await.map_err(spool_err)?;
+    Ok(w.into_std().await)
 }
 
 pub async fn delete_table(
@@ -216,7 +254,7 @@ pub async fn delete_table(
 ) -> ApiResult<StatusCode> {
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
     let t = st.stores.meta.delete_table(tenant, &name).await?.ok_or_else(table_not_found)?;
-    tables::retire_later(tables::table_dir(&st.table_root, tenant, &t.domain, &t.product, &t.name));
+    tables::retire_later(st.tables.clone(), t.location.clone());
     let ev = AuditEvent::new(Some(tenant), Category::Admin, "table.delete", Actor::of(&auth.principal), Outcome::Success)
         .resource(format!("table:{name}"))
         .details(json!({"version": t.version, "rows": t.row_count}));
@@ -329,21 +367,77 @@ fn rows_json(batches: &[RecordBatch]) -> Result<Vec<Vec<Value>>, MoatError> {
     Ok(rows)
 }
 
-fn csv_body(batches: &[RecordBatch]) -> Result<Vec<u8>, MoatError> {
-    let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(Vec::new());
-    for b in batches {
-        w.write(b).map_err(|_| MoatError::internal("encode_result"))?;
-    }
-    Ok(w.into_inner())
+/// How a result is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResultFormat {
+    Json,
+    Csv,
+    Arrow,
 }
 
-fn arrow_body(batches: &[RecordBatch], schema: &datafusion::arrow::datatypes::Schema) -> Result<Vec<u8>, MoatError> {
-    let mut w =
-        datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(|_| MoatError::internal("encode_result"))?;
-    for b in batches {
-        w.write(b).map_err(|_| MoatError::internal("encode_result"))?;
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+impl ResultFormat {
+    fn from_accept(headers: &HeaderMap) -> Self {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if accept.contains("text/csv") {
+            Self::Csv
+        } else if accept.contains(ARROW_STREAM) {
+            Self::Arrow
+        } else {
+            Self::Json
+        }
     }
-    w.into_inner().map_err(|_| MoatError::internal("encode_result"))
+}
+
+/// Encodes batches of a streamed result, chunk by chunk.
+enum Encoder {
+    Csv { header: bool },
+    Arrow(Box<datafusion::arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    fn new(format: ResultFormat, schema: &datafusion::arrow::datatypes::Schema) -> Result<Self, MoatError> {
+        match format {
+            ResultFormat::Arrow => Ok(Self::Arrow(Box::new(
+                datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)
+                    .map_err(|_| MoatError::internal("encode_result"))?,
+            ))),
+            _ => Ok(Self::Csv { header: true }),
+        }
+    }
+
+    fn batch(&mut self, b: &RecordBatch) -> Result<Vec<u8>, MoatError> {
+        match self {
+            Self::Csv { header } => {
+                let mut w = arrow_csv::WriterBuilder::new().with_header(*header).build(Vec::new());
+                *header = false;
+                w.write(b).map_err(|_| MoatError::internal("encode_result"))?;
+                Ok(w.into_inner())
+            }
+            Self::Arrow(w) => {
+                w.write(b).map_err(|_| MoatError::internal("encode_result"))?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
+    }
+
+    /// What is left to send at the end (the Arrow end-of-stream marker; a CSV header when there
+    /// were no rows).
+    fn finish(&mut self, schema: &datafusion::arrow::datatypes::SchemaRef) -> Result<Vec<u8>, MoatError> {
+        match self {
+            Self::Csv { header: true } => {
+                let mut w = arrow_csv::WriterBuilder::new().with_header(true).build(Vec::new());
+                w.write(&RecordBatch::new_empty(schema.clone())).map_err(|_| MoatError::internal("encode_result"))?;
+                Ok(w.into_inner())
+            }
+            Self::Csv { .. } => Ok(Vec::new()),
+            Self::Arrow(w) => {
+                w.finish().map_err(|_| MoatError::internal("encode_result"))?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -355,6 +449,42 @@ struct QueryResponse {
     query_id: String,
 }
 
+fn set_headers(resp: &mut Response, pairs: &[(&'static str, String)]) {
+    let h = resp.headers_mut();
+    for (k, v) in pairs {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(*k, v);
+        }
+    }
+}
+
+/// `Server-Timing` (W3C): where the time of a query went, in milliseconds: `catalog` (tables and
+/// policy), `plan` (restrictions, masking decisions, planning), `exec`, `audit` (the durable
+/// record).
+fn server_timing(catalog: Duration, plan: Duration, exec: Duration, audit: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!("catalog;dur={:.3}, plan;dur={:.3}, exec;dur={:.3}, audit;dur={:.3}", ms(catalog), ms(plan), ms(exec), ms(audit))
+}
+
+/// What an audit record of a query says, whatever its outcome.
+fn query_details(query_id: &str, sql: &str, q: Option<&QueryStream>) -> Value {
+    let mut d = json!({"query_id": query_id, "sql": sql});
+    if let Some(q) = q {
+        d["tables"] = json!(q.tables_read);
+        d["columns"] = json!(q.columns_read);
+        d["columns_masked"] = json!(q.columns_masked);
+    }
+    d
+}
+
+fn outcome_of(e: &MoatError) -> Outcome {
+    if matches!(e.kind, ErrorKind::Forbidden) { Outcome::Denied } else { Outcome::Failure }
+}
+
+/// `POST /v1/query`. JSON answers are collected (within the row and byte limits) and released
+/// after their audit record is durable. CSV and Arrow answers stream: the first batch is
+/// computed, the access is recorded durably, then rows flow; a second record (`query.end`) adds
+/// rows, bytes, truncation and duration when the stream ends, is cut off, or fails.
 pub async fn query(
     State(st): State<Arc<AppState>>,
     auth: Authorized<act::QueryExecute>,
@@ -364,57 +494,198 @@ pub async fn query(
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
     let query_id = uuid::Uuid::now_v7().to_string();
     let started = Instant::now();
+    let format = ResultFormat::from_accept(&headers);
     let sources: Vec<_> = st.stores.meta.list_tables(tenant).await?.iter().map(tables::source_of).collect();
     let policy = st.masking_policy(tenant).await?;
-    let result = st.engine.execute(&auth.principal, tenant, &sources, &policy, &req.sql).await;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let (outcome, details) = match &result {
-        Ok(o) => (
-            Outcome::Success,
-            json!({"query_id": query_id, "sql": req.sql, "tables": o.tables_read, "columns": o.columns_read, "columns_masked": o.columns_masked,
-                   "rows": o.row_count, "bytes": o.bytes, "truncated": o.truncated, "duration_ms": duration_ms}),
-        ),
-        Err(e) => (
-            if matches!(e.kind, ErrorKind::Forbidden) { Outcome::Denied } else { Outcome::Failure },
-            json!({"query_id": query_id, "sql": req.sql, "error": e.code, "duration_ms": duration_ms}),
-        ),
+    let audit = |outcome, details: Value| {
+        AuditEvent::new(Some(tenant), Category::DataAccess, "query.execute", Actor::of(&auth.principal), outcome)
+            .resource("query")
+            .details(details)
     };
-    let ev = AuditEvent::new(Some(tenant), Category::DataAccess, "query.execute", Actor::of(&auth.principal), outcome)
-        .resource("query")
-        .details(details);
-    // Durable before anything is released.
-    st.record(&auth.client, ev).await?;
-    let out = result?;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let columns_header = serde_json::to_string(&out.columns).unwrap_or_default();
-    let mut resp = if accept.contains("text/csv") {
-        (StatusCode::OK, [(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv_body(&out.batches)?).into_response()
-    } else if accept.contains("application/vnd.apache.arrow.stream") {
-        let schema = out.batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
-        (StatusCode::OK, [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")], arrow_body(&out.batches, &schema)?)
-            .into_response()
-    } else {
-        let body = QueryResponse {
-            rows: rows_json(&out.batches)?,
-            columns: out.columns,
-            row_count: out.row_count,
-            truncated: out.truncated,
-            query_id: query_id.clone(),
+
+    let governed_at = started.elapsed();
+    let mut stream = match st.engine.start(&auth.principal, tenant, &sources, &policy, &req.sql).await {
+        Ok(s) => s,
+        Err(e) => {
+            let mut d = query_details(&query_id, &req.sql, None);
+            d["error"] = json!(e.code);
+            d["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+            st.record(&auth.client, audit(outcome_of(&e), d)).await?;
+            return Err(e.into());
+        }
+    };
+    let planned_at = started.elapsed();
+    let mut details = query_details(&query_id, &req.sql, Some(&stream));
+
+    if format == ResultFormat::Json {
+        let columns = stream.columns.clone();
+        let collected = {
+            let mut batches = Vec::new();
+            loop {
+                match stream.next_batch().await {
+                    Some(Ok(b)) => batches.push(b),
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(batches),
+                }
+            }
         };
-        Json(body).into_response()
+        details["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+        let batches = match collected {
+            Ok(b) => b,
+            Err(e) => {
+                details["error"] = json!(e.code);
+                st.record(&auth.client, audit(outcome_of(&e), details)).await?;
+                return Err(e.into());
+            }
+        };
+        let (row_count, truncated) = (stream.rows(), stream.truncated());
+        details["rows"] = json!(row_count);
+        details["bytes"] = json!(stream.bytes());
+        details["truncated"] = json!(truncated);
+        // Durable before anything is released.
+        let audit_started = Instant::now();
+        st.record(&auth.client, audit(Outcome::Success, details)).await?;
+        let timing = server_timing(governed_at, planned_at - governed_at, stream.exec_time(), audit_started.elapsed());
+        drop(stream);
+        let body = QueryResponse { rows: rows_json(&batches)?, columns, row_count, truncated, query_id: query_id.clone() };
+        let mut resp = Json(body).into_response();
+        set_headers(
+            &mut resp,
+            &[
+                ("x-moat-query-id", query_id),
+                ("x-moat-row-count", row_count.to_string()),
+                ("x-moat-truncated", truncated.to_string()),
+                ("server-timing", timing),
+            ],
+        );
+        return Ok(resp);
+    }
+
+    // Streamed: errors that show before the first row still get a proper error response.
+    let first = match stream.next_batch().await {
+        Some(Err(e)) => {
+            details["error"] = json!(e.code);
+            details["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+            st.record(&auth.client, audit(outcome_of(&e), details)).await?;
+            return Err(e.into());
+        }
+        Some(Ok(b)) => Some(b),
+        None => None,
     };
-    let h = resp.headers_mut();
-    for (k, v) in
-        [("x-moat-query-id", query_id), ("x-moat-row-count", out.row_count.to_string()), ("x-moat-truncated", out.truncated.to_string())]
-    {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(k, v);
+    details["streamed"] = json!(true);
+    st.record(&auth.client, audit(Outcome::Success, details)).await?;
+    let columns_header = serde_json::to_string(&stream.columns).unwrap_or_default();
+    let encoder = Encoder::new(format, &stream.schema)?;
+    let end = StreamEnd {
+        st: st.clone(),
+        client: auth.client.clone(),
+        actor: Actor::of(&auth.principal),
+        tenant,
+        query_id: query_id.clone(),
+        started,
+        error: None,
+        done: false,
+    };
+    let body = futures::stream::unfold(Some(StreamState { stream, encoder, first, end }), |state| async move {
+        let mut s = state?;
+        let batch = match s.first.take() {
+            Some(b) => Some(Ok(b)),
+            None => s.stream.next_batch().await,
+        };
+        let chunk = match batch {
+            Some(Ok(b)) => s.encoder.batch(&b),
+            Some(Err(e)) => {
+                // Cut the response short: a client must not take a partial result as whole.
+                s.end.error = Some(e.code);
+                s.end.finish(stats(&s.stream)).await;
+                return Some((Err(std::io::Error::other(e.message)), None));
+            }
+            None => {
+                let tail = s.encoder.finish(&s.stream.schema);
+                s.end.finish(stats(&s.stream)).await;
+                return Some((tail.map(bytes::Bytes::from).map_err(|e| std::io::Error::other(e.message)), None));
+            }
+        };
+        match chunk {
+            Ok(c) => Some((Ok(bytes::Bytes::from(c)), Some(s))),
+            Err(e) => {
+                s.end.error = Some(e.code);
+                s.end.finish(stats(&s.stream)).await;
+                Some((Err(std::io::Error::other(e.message)), None))
+            }
+        }
+    });
+    let ctype = if format == ResultFormat::Csv { "text/csv; charset=utf-8" } else { ARROW_STREAM };
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, ctype)], Body::from_stream(body)).into_response();
+    set_headers(
+        &mut resp,
+        &[
+            ("x-moat-query-id", query_id),
+            ("x-moat-streamed", "true".into()),
+            ("x-moat-row-limit", st.engine.limits().max_rows.to_string()),
+            ("x-moat-columns", columns_header),
+        ],
+    );
+    Ok(resp)
+}
+
+fn stats(q: &QueryStream) -> (usize, usize, bool) {
+    (q.rows(), q.bytes(), q.truncated())
+}
+
+struct StreamState {
+    stream: QueryStream,
+    encoder: Encoder,
+    first: Option<RecordBatch>,
+    end: StreamEnd,
+}
+
+/// The closing audit record of a streamed result; written when the stream ends, fails, or is
+/// dropped because the client went away.
+struct StreamEnd {
+    st: Arc<AppState>,
+    client: ClientInfo,
+    actor: Actor,
+    tenant: moat_core::ids::TenantId,
+    query_id: String,
+    started: Instant,
+    error: Option<&'static str>,
+    done: bool,
+}
+
+impl StreamEnd {
+    fn event(&self, rows: usize, bytes: usize, truncated: bool) -> AuditEvent {
+        let outcome = if self.error.is_some() { Outcome::Failure } else { Outcome::Success };
+        let mut d = json!({"query_id": self.query_id, "rows": rows, "bytes": bytes, "truncated": truncated,
+                           "duration_ms": self.started.elapsed().as_millis() as u64});
+        if let Some(e) = self.error {
+            d["error"] = json!(e);
+        }
+        AuditEvent::new(Some(self.tenant), Category::DataAccess, "query.end", self.actor.clone(), outcome).resource("query").details(d)
+    }
+
+    async fn finish(&mut self, (rows, bytes, truncated): (usize, usize, bool)) {
+        self.done = true;
+        let ev = self.event(rows, bytes, truncated);
+        if let Err(e) = self.st.record(&self.client, ev).await {
+            tracing::error!(code = e.code, query_id = self.query_id, "could not record the end of a streamed query");
         }
     }
-    if !accept.contains("application/json")
-        && let Ok(v) = HeaderValue::from_str(&columns_header)
-    {
-        h.insert("x-moat-columns", v);
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if self.end.done {
+            return;
+        }
+        // The client went away mid-stream.
+        self.end.error = Some("client_disconnected");
+        let ev = self.end.event(self.stream.rows(), self.stream.bytes(), self.stream.truncated());
+        let (st, client) = (self.end.st.clone(), self.end.client.clone());
+        tokio::spawn(async move {
+            if let Err(e) = st.record(&client, ev).await {
+                tracing::error!(code = e.code, "could not record the end of a streamed query");
+            }
+        });
     }
-    Ok(resp)
 }

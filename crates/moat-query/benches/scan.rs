@@ -1,0 +1,259 @@
+//! Governed vs raw DataFusion over the same Parquet table: 10M rows (MOAT_BENCH_ROWS to change),
+//! three masked columns for the caller (name → hash16, email → email_partial, ssn → last_four).
+//! Prints the median of several alternating runs per query and the governed/raw ratio (goal:
+//! ≤ 1.10× for the full scan). Run: `cargo bench -p moat-query --profile bench-fast --bench scan`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Float64Builder, Int64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use moat_core::classification::Classification;
+use moat_core::ids::{Email, TenantId, UserId};
+use moat_core::principal::{Principal, Scope};
+use moat_core::role::Role;
+use moat_query::policy::{ColumnMeta, MaskingPolicy, PiiCategory};
+use moat_query::{Engine, EngineLimits, TableSource, TableStorage};
+
+const FIRST: &[&str] = &[
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Chris",
+    "Karen",
+    "Daniel",
+    "Lisa",
+    "Matthew",
+    "Nancy",
+    "Anthony",
+    "Betty",
+    "Mark",
+    "Sandra",
+    "Donald",
+    "Ashley",
+    "Steven",
+    "Emily",
+    "Paul",
+    "Kimberly",
+    "Andrew",
+    "Donna",
+    "Joshua",
+    "Michelle",
+    "Kenneth",
+    "Carol",
+];
+const LAST: &[&str] = &[
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Scott",
+    "Torres",
+    "Nguyen",
+];
+const REGIONS: &[&str] = &["north", "south", "east", "west", "central", "emea", "apac", "latam"];
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("email", DataType::Utf8, true),
+        Field::new("ssn", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("amount", DataType::Float64, true),
+    ]))
+}
+
+fn write_table(dir: &std::path::Path, rows: usize) {
+    let file = std::fs::File::create(dir.join("part-00000.parquet")).unwrap();
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(128 * 1024)).build();
+    let mut w = ArrowWriter::try_new(file, schema(), Some(props)).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let batch = 64 * 1024;
+    let mut i = 0;
+    while i < rows {
+        let n = batch.min(rows - i);
+        let (mut id, mut name, mut email, mut ssn, mut region, mut amount) = (
+            Int64Builder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        for k in i..i + n {
+            let (f, l) = (FIRST[(next() % FIRST.len() as u64) as usize], LAST[(next() % LAST.len() as u64) as usize]);
+            id.append_value(k as i64);
+            name.append_value(format!("{f} {l}"));
+            email.append_value(format!("{}.{}{k}@example.com", f.to_lowercase(), l.to_lowercase()));
+            ssn.append_value(format!("{:03}-{:02}-{:04}", 100 + next() % 800, 1 + next() % 98, k % 10_000));
+            region.append_value(REGIONS[(next() % REGIONS.len() as u64) as usize]);
+            amount.append_value((next() % 100_000) as f64 / 100.0);
+        }
+        let b = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(id.finish()),
+                Arc::new(name.finish()),
+                Arc::new(email.finish()),
+                Arc::new(ssn.finish()),
+                Arc::new(region.finish()),
+                Arc::new(amount.finish()),
+            ],
+        )
+        .unwrap();
+        w.write(&b).unwrap();
+        i += n;
+    }
+    w.close().unwrap();
+}
+
+fn meta(name: &str, label: Classification, pii: PiiCategory, entity: Option<&str>) -> ColumnMeta {
+    ColumnMeta { name: name.into(), classification: Some(label), pii, entity: entity.map(Into::into), mask_override: None }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let rows: usize = std::env::var("MOAT_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let runs: usize = std::env::var("MOAT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let table_dir = dir.path().join("t/v1");
+    std::fs::create_dir_all(&table_dir).unwrap();
+    let t0 = Instant::now();
+    write_table(&table_dir, rows);
+    let size = std::fs::metadata(table_dir.join("part-00000.parquet")).unwrap().len();
+    println!("table: {rows} rows, {:.1} MiB Parquet, written in {:.1} s", size as f64 / 1048576.0, t0.elapsed().as_secs_f64());
+
+    let partitions = std::thread::available_parallelism().map_or(2, usize::from).min(16);
+    // Raw: plain DataFusion on the same file, same parallelism.
+    let raw = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    let url = datafusion::datasource::listing::ListingTableUrl::parse(format!("{}/", table_dir.display())).unwrap();
+    let opts = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    raw.register_table(
+        "t",
+        Arc::new(ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(opts).with_schema(schema())).unwrap()),
+    )
+    .unwrap();
+
+    // Governed: the engine, as a Viewer for whom name, email and ssn are masked.
+    let storage = TableStorage::local(dir.path()).unwrap();
+    let limits = EngineLimits {
+        max_rows: 10_000_000,
+        max_result_bytes: 1 << 34,
+        timeout_ms: 600_000,
+        target_partitions: partitions,
+        ..Default::default()
+    };
+    let engine = Engine::new(limits, storage, None);
+    let tenant = TenantId::new();
+    let who = Principal::for_tests(Scope::Tenant(tenant), UserId::new(), Email::parse("bench@moat.example").unwrap(), Role::Viewer);
+    let source = TableSource {
+        name: "t".into(),
+        location: "t/v1".into(),
+        schema: schema(),
+        columns: vec![
+            meta("id", Classification::Public, PiiCategory::None, None),
+            meta("name", Classification::Confidential, PiiCategory::Direct, Some("person_name")),
+            meta("email", Classification::Confidential, PiiCategory::Direct, Some("email")),
+            meta("ssn", Classification::Confidential, PiiCategory::Direct, Some("ssn")),
+            meta("region", Classification::Internal, PiiCategory::None, None),
+            meta("amount", Classification::Internal, PiiCategory::None, None),
+        ],
+    };
+    let tables = [source];
+    let policy = MaskingPolicy::default();
+
+    let queries = [
+        ("full scan, every masked value computed", "SELECT max(name), max(email), max(ssn), sum(amount) FROM t"),
+        ("full scan, all columns, count", "SELECT count(name), count(DISTINCT region), count(email), count(ssn), sum(amount) FROM t"),
+        ("selective filter on an unmasked column", "SELECT id, name, email, ssn FROM t WHERE amount > 999.5"),
+        ("aggregate of unmasked columns", "SELECT region, count(*), sum(amount) FROM t GROUP BY region ORDER BY region"),
+    ];
+    println!("{:<42} {:>10} {:>10} {:>7}", "query", "raw ms", "moat ms", "ratio");
+    for (label, sql) in queries {
+        let (mut r, mut g) = (Vec::new(), Vec::new());
+        let (mut raw_rows, mut gov_rows) = (0, 0);
+        for i in 0..runs + 1 {
+            let s = Instant::now();
+            let out = raw.sql(sql).await.unwrap().collect().await.unwrap();
+            let rt = s.elapsed();
+            raw_rows = out.iter().map(|b| b.num_rows()).sum::<usize>();
+            let s = Instant::now();
+            let out = engine.execute(&who, tenant, &tables, &policy, sql).await.unwrap();
+            let gt = s.elapsed();
+            gov_rows = out.row_count;
+            if i > 0 {
+                // The first round warms the page cache.
+                r.push(rt);
+                g.push(gt);
+            }
+        }
+        assert_eq!(raw_rows, gov_rows, "{label}: same number of rows");
+        let (r, g) = (median(r), median(g));
+        println!("{label:<42} {:>10.1} {:>10.1} {:>6.2}x", r.as_secs_f64() * 1e3, g.as_secs_f64() * 1e3, g.as_secs_f64() / r.as_secs_f64());
+    }
+}
