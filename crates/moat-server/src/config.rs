@@ -29,11 +29,13 @@ pub struct IngestConfig {
     pub max_columns: usize,
     /// Where table data lives (relative paths are inside the data dir).
     pub data_dir: String,
+    /// Deadline of one upload (instead of `limits.request_timeout_ms`).
+    pub timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { body_limit_bytes: 10 * 1024 * 1024 * 1024, max_columns: 1_000, data_dir: "data".into() }
+        Self { body_limit_bytes: 10 * 1024 * 1024 * 1024, max_columns: 1_000, data_dir: "data".into(), timeout_ms: 3_600_000 }
     }
 }
 
@@ -241,6 +243,9 @@ impl Config {
         if self.ingest.body_limit_bytes < 1024 || self.ingest.max_columns == 0 || self.ingest.data_dir.is_empty() {
             return Err(config_error("ingest.body_limit_bytes: at least 1 KiB, max_columns at least 1, data_dir not empty"));
         }
+        if self.ingest.timeout_ms < 1000 {
+            return Err(config_error("ingest.timeout_ms: must be at least 1000"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error("log.format: must be \"text\" or \"json\""));
         }
@@ -313,6 +318,7 @@ max_concurrent_per_tenant = {q_conc}
 body_limit_bytes = {i_body}
 max_columns = {i_cols}
 data_dir = "{i_dir}"   # relative paths are inside the data dir
+timeout_ms = {i_timeout}   # one upload's deadline
 
 [log]
 level = "{level}"
@@ -343,6 +349,7 @@ format = "{format}"   # text | json
         i_body = d.ingest.body_limit_bytes,
         i_cols = d.ingest.max_columns,
         i_dir = d.ingest.data_dir,
+        i_timeout = d.ingest.timeout_ms,
         level = d.log.level,
         format = d.log.format,
     )

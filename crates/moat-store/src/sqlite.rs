@@ -135,25 +135,26 @@ fn opt_tenant(v: Option<String>, what: &str) -> Result<Option<TenantId>> {
     v.map(|t| TenantId::parse(&t).ok_or_else(|| corrupt(what))).transpose()
 }
 
+fn column_from_row(r: &SqliteRow) -> ColumnRecord {
+    ColumnRecord {
+        name: r.get("name"),
+        data_type: r.get("data_type"),
+        classification: r.get("classification"),
+        pii: r.get("pii"),
+        entity: r.get("entity"),
+        confidence: r.get("confidence"),
+        source: r.get("source"),
+        mask: r.get("mask"),
+    }
+}
+
 async fn load_columns(conn: &mut sqlx::SqliteConnection, table_id: &str) -> Result<Vec<ColumnRecord>> {
     let rows = sqlx::query("SELECT * FROM catalog_columns WHERE table_id = ? ORDER BY ordinal")
         .bind(table_id)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-    Ok(rows
-        .iter()
-        .map(|r| ColumnRecord {
-            name: r.get("name"),
-            data_type: r.get("data_type"),
-            classification: r.get("classification"),
-            pii: r.get("pii"),
-            entity: r.get("entity"),
-            confidence: r.get("confidence"),
-            source: r.get("source"),
-            mask: r.get("mask"),
-        })
-        .collect())
+    Ok(rows.iter().map(column_from_row).collect())
 }
 
 fn table_from_row(r: &SqliteRow, columns: Vec<ColumnRecord>) -> Result<TableRecord> {
@@ -709,19 +710,32 @@ impl MetaStore for SqliteStore {
     }
 
     async fn list_tables(&self, tenant: TenantId) -> Result<Vec<TableRecord>> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        // Two queries whatever the number of tables (this runs before every query), read in one
+        // transaction so tables and columns agree.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let rows = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? ORDER BY name")
             .bind(tenant.to_string())
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: String = r.get("id");
-            let cols = load_columns(&mut conn, &id).await?;
-            out.push(table_from_row(r, cols)?);
+        let cols = sqlx::query(
+            "SELECT c.* FROM catalog_columns c JOIN catalog_tables t ON t.id = c.table_id WHERE t.tenant_id = ? ORDER BY c.table_id, c.ordinal",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let mut by_table: std::collections::HashMap<String, Vec<ColumnRecord>> = std::collections::HashMap::new();
+        for c in &cols {
+            by_table.entry(c.get("table_id")).or_default().push(column_from_row(c));
         }
-        Ok(out)
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get("id");
+                table_from_row(r, by_table.remove(&id).unwrap_or_default())
+            })
+            .collect()
     }
 
     async fn table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>> {

@@ -495,8 +495,8 @@ pub async fn query(
     let query_id = uuid::Uuid::now_v7().to_string();
     let started = Instant::now();
     let format = ResultFormat::from_accept(&headers);
-    let sources: Vec<_> = st.stores.meta.list_tables(tenant).await?.iter().map(tables::source_of).collect();
-    let policy = st.masking_policy(tenant).await?;
+    let (catalog, policy) = tokio::join!(st.stores.meta.list_tables(tenant), st.masking_policy(tenant));
+    let (sources, policy): (Vec<_>, _) = (catalog?.iter().map(tables::source_of).collect(), policy?);
     let audit = |outcome, details: Value| {
         AuditEvent::new(Some(tenant), Category::DataAccess, "query.execute", Actor::of(&auth.principal), outcome)
             .resource("query")

@@ -31,6 +31,7 @@ use error::ApiError;
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.json_body_limit_bytes;
     let timeout_ms = state.config.limits.request_timeout_ms;
+    let ingest_timeout_ms = state.config.ingest.timeout_ms;
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
@@ -66,7 +67,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(move |req, next| deadline(Duration::from_millis(timeout_ms), req, next)))
+        .layer(middleware::from_fn(move |req: Request, next| {
+            // Table uploads stream gigabytes: they run under their own, longer deadline.
+            let limit = if is_table_upload(&req) { ingest_timeout_ms } else { timeout_ms };
+            deadline(Duration::from_millis(limit), req, next)
+        }))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .layer(SetResponseHeaderLayer::overriding(HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff")))
         .layer(TraceLayer::new_for_http())
@@ -76,7 +81,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Whole-request deadline (`limits.request_timeout_ms`).
+/// `PUT /v1/tables/{table}` (not its columns).
+fn is_table_upload(req: &Request) -> bool {
+    req.method() == axum::http::Method::PUT
+        && req.uri().path().strip_prefix("/v1/tables/").is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+}
+
+/// Whole-request deadline (`limits.request_timeout_ms`; `ingest.timeout_ms` for uploads).
 async fn deadline(limit: Duration, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
@@ -135,5 +146,16 @@ mod tests {
         assert_eq!(v["error"]["code"], "request_timeout");
         let resp = app.oneshot(axum::http::Request::get("/fast").body(Body::empty()).expect("request")).await.expect("response");
         assert_eq!(resp.status(), axum::http::StatusCode::OK);
+    }
+
+    #[test]
+    fn only_table_uploads_get_the_ingest_deadline() {
+        let req = |m: &str, p: &str| axum::http::Request::builder().method(m).uri(p).body(Body::empty()).expect("request");
+        assert!(is_table_upload(&req("PUT", "/v1/tables/customers?domain=sales")));
+        for (m, p) in
+            [("GET", "/v1/tables/customers"), ("PUT", "/v1/tables/customers/columns/ssn"), ("PUT", "/v1/tables/"), ("PUT", "/v1/users/x")]
+        {
+            assert!(!is_table_upload(&req(m, p)), "{m} {p}");
+        }
     }
 }
