@@ -438,14 +438,18 @@ impl QueryStream {
             } else {
                 batch
             };
-            let size = batch.get_array_memory_size();
-            if self.bytes + size > self.limits.max_result_bytes {
+            // Sizes are estimated per row (a slice shares its parent's buffers).
+            let per_row = batch.get_array_memory_size().div_ceil(batch.num_rows().max(1)).max(1);
+            let room_bytes = self.limits.max_result_bytes.saturating_sub(self.bytes);
+            let batch = if batch.num_rows() * per_row > room_bytes {
                 self.truncated = true;
                 self.done = true;
-                return None;
-            }
+                batch.slice(0, room_bytes / per_row)
+            } else {
+                batch
+            };
             self.rows += batch.num_rows();
-            self.bytes += size;
+            self.bytes += batch.num_rows() * per_row;
             if self.truncated || self.rows >= self.limits.max_rows {
                 // At the row limit: say whether more existed, then stop reading.
                 if !self.truncated {

@@ -200,6 +200,9 @@ async fn limits_have_codes() {
     assert_eq!((o.row_count, o.truncated), (2, true));
     let o = q(&e, &v, w.ta, &w.a, "SELECT id FROM customers LIMIT 2").await.unwrap();
     assert_eq!((o.row_count, o.truncated), (2, false));
+    let e = w.engine(EngineLimits { max_result_bytes: 64 * 1024, ..Default::default() });
+    let o = q(&e, &v, w.ta, &w.a, "SELECT v FROM generate_series(1, 1000000) t(v)").await.unwrap();
+    assert!(o.truncated && o.row_count > 1000 && o.row_count < 9000 && o.bytes <= 64 * 1024, "{} rows, {} bytes", o.row_count, o.bytes);
     let e = w.engine(EngineLimits { timeout_ms: 200, ..Default::default() });
     let err = q(&e, &v, w.ta, &w.a, "SELECT count(*) FROM generate_series(1, 100000000000) a").await.unwrap_err();
     assert_eq!(err.code, "query_timeout");
