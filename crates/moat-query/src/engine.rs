@@ -111,6 +111,8 @@ pub struct QueryOutput {
     pub columns_read: Vec<String>,
     pub bytes: usize,
     pub kind: QueryKind,
+    /// Time spent executing (producing batches).
+    pub exec: Duration,
 }
 
 struct TenantSlot {
@@ -488,6 +490,7 @@ impl QueryStream {
             columns_read: self.columns_read,
             bytes: self.bytes,
             kind: self.kind,
+            exec: self.exec,
         })
     }
 }

@@ -32,6 +32,17 @@ async fn labelled(s: &TestServer, admin: &str) {
     label(s, admin, "revenue", "CONFIDENTIAL", "none", None).await;
 }
 
+/// Tenant `acme` with the labelled `customers` table; tokens of its admin, an editor and a viewer.
+async fn acme_with_roles() -> (TestServer, String, String, String) {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
+    labelled(&s, &admin).await;
+    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    (s, admin, editor, viewer)
+}
+
 fn col<'a>(r: &'a Resp, name: &str) -> &'a Value {
     r.body["columns"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or(&Value::Null)
 }
@@ -146,12 +157,7 @@ async fn who_may_write_classify_and_query() {
 
 #[tokio::test]
 async fn three_roles_see_three_views_and_nothing_leaks() {
-    let s = TestServer::start().await;
-    let admin = s.tenant_with_admin("acme").await;
-    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
-    labelled(&s, &admin).await;
-    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
-    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let (s, admin, editor, viewer) = acme_with_roles().await;
     let sql = "SELECT * FROM customers ORDER BY id";
     let a = s.query(&admin, sql).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
@@ -325,11 +331,7 @@ async fn tenants_with_the_same_tables_never_meet() {
 
 #[tokio::test]
 async fn every_query_is_audited_refused_ones_too() {
-    let s = TestServer::start().await;
-    let admin = s.tenant_with_admin("acme").await;
-    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
-    labelled(&s, &admin).await;
-    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let (s, _, _, viewer) = acme_with_roles().await;
     s.query(&viewer, "SELECT id, ssn FROM customers").await;
     assert_eq!(s.query(&viewer, "DELETE FROM customers").await.code(), "statement_not_allowed");
     assert_eq!(s.query(&viewer, "SELECT nope FROM customers").await.code(), "query_error");
@@ -366,12 +368,7 @@ async fn query_limits_answer_with_codes() {
 
 #[tokio::test]
 async fn a_tenant_masking_policy_changes_masks_never_unmasks() {
-    let s = TestServer::start().await;
-    let admin = s.tenant_with_admin("acme").await;
-    s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
-    labelled(&s, &admin).await;
-    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
-    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let (s, admin, editor, viewer) = acme_with_roles().await;
     assert_eq!(s.get("/v1/policies/masking", &admin).await.body, json!({"rules": {}}));
     let r = s.send(Method::PUT, "/v1/policies/masking", Some(&admin), Some(json!({"rules": {"viewer:CONFIDENTIAL": "full"}})), None).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);

@@ -503,14 +503,18 @@ pub async fn query(
             .details(details)
     };
 
+    // A refused or failed query's record: what was known, the error code, the time taken.
+    let refused = |mut d: Value, e: &MoatError| {
+        d["error"] = json!(e.code);
+        d["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+        audit(outcome_of(e), d)
+    };
+
     let governed_at = started.elapsed();
     let mut stream = match st.engine.start(&auth.principal, tenant, &sources, &policy, &req.sql).await {
         Ok(s) => s,
         Err(e) => {
-            let mut d = query_details(&query_id, &req.sql, None);
-            d["error"] = json!(e.code);
-            d["duration_ms"] = json!(started.elapsed().as_millis() as u64);
-            st.record(&auth.client, audit(outcome_of(&e), d)).await?;
+            st.record(&auth.client, refused(query_details(&query_id, &req.sql, None), &e)).await?;
             return Err(e.into());
         }
     };
@@ -518,36 +522,23 @@ pub async fn query(
     let mut details = query_details(&query_id, &req.sql, Some(&stream));
 
     if format == ResultFormat::Json {
-        let columns = stream.columns.clone();
-        let collected = {
-            let mut batches = Vec::new();
-            loop {
-                match stream.next_batch().await {
-                    Some(Ok(b)) => batches.push(b),
-                    Some(Err(e)) => break Err(e),
-                    None => break Ok(batches),
-                }
-            }
-        };
-        details["duration_ms"] = json!(started.elapsed().as_millis() as u64);
-        let batches = match collected {
-            Ok(b) => b,
+        let out = match stream.collect().await {
+            Ok(o) => o,
             Err(e) => {
-                details["error"] = json!(e.code);
-                st.record(&auth.client, audit(outcome_of(&e), details)).await?;
+                st.record(&auth.client, refused(details, &e)).await?;
                 return Err(e.into());
             }
         };
-        let (row_count, truncated) = (stream.rows(), stream.truncated());
-        details["rows"] = json!(row_count);
-        details["bytes"] = json!(stream.bytes());
-        details["truncated"] = json!(truncated);
+        details["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+        details["rows"] = json!(out.row_count);
+        details["bytes"] = json!(out.bytes);
+        details["truncated"] = json!(out.truncated);
         // Durable before anything is released.
         let audit_started = Instant::now();
         st.record(&auth.client, audit(Outcome::Success, details)).await?;
-        let timing = server_timing(governed_at, planned_at - governed_at, stream.exec_time(), audit_started.elapsed());
-        drop(stream);
-        let body = QueryResponse { rows: rows_json(&batches)?, columns, row_count, truncated, query_id: query_id.clone() };
+        let timing = server_timing(governed_at, planned_at - governed_at, out.exec, audit_started.elapsed());
+        let (row_count, truncated) = (out.row_count, out.truncated);
+        let body = QueryResponse { rows: rows_json(&out.batches)?, columns: out.columns, row_count, truncated, query_id: query_id.clone() };
         let mut resp = Json(body).into_response();
         set_headers(
             &mut resp,
@@ -564,9 +555,7 @@ pub async fn query(
     // Streamed: errors that show before the first row still get a proper error response.
     let first = match stream.next_batch().await {
         Some(Err(e)) => {
-            details["error"] = json!(e.code);
-            details["duration_ms"] = json!(started.elapsed().as_millis() as u64);
-            st.record(&auth.client, audit(outcome_of(&e), details)).await?;
+            st.record(&auth.client, refused(details, &e)).await?;
             return Err(e.into());
         }
         Some(Ok(b)) => Some(b),
