@@ -101,6 +101,19 @@ pub struct StoredKey {
     pub revoked: bool,
     pub user_active: bool,
     pub tenant_active: bool,
+    /// When the key was last used (coarse: written at most once a minute).
+    pub last_used_at: Option<UnixSeconds>,
+}
+
+/// How stale `last_used_at` may get before a use writes it again.
+pub const LAST_USED_GRANULARITY_S: UnixSeconds = 60;
+
+impl StoredKey {
+    /// Whether a use at `now` should record itself (at most one write a minute per key, so
+    /// authenticating stays a read).
+    pub fn needs_touch(&self, now: UnixSeconds) -> bool {
+        self.last_used_at.is_none_or(|t| t < now - LAST_USED_GRANULARITY_S)
+    }
 }
 
 /// Turns a looked-up key into a principal, or refuses it. All refusals look alike to the
@@ -183,7 +196,11 @@ mod tests {
             revoked: false,
             user_active: true,
             tenant_active: true,
+            last_used_at: None,
         };
+        assert!(base.needs_touch(1_000));
+        assert!(!StoredKey { last_used_at: Some(950), ..base.clone() }.needs_touch(1_000), "used within the minute");
+        assert!(StoredKey { last_used_at: Some(900), ..base.clone() }.needs_touch(1_000));
         let p = principal_for_key(base.clone(), 1_000).expect("valid");
         assert!(p.has_permission(&Permission::QUERY_EXECUTE));
         assert!(!p.has_permission(&Permission::TABLE_WRITE), "scopes restrict the role");

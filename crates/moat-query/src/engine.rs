@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig, FileStatisticsCache};
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -120,7 +121,17 @@ struct TenantSlot {
     running: Arc<Semaphore>,
     /// Spill files of the tenant's queries, under one size cap.
     disk: Arc<DiskManager>,
+    /// File listings, Parquet footers and file statistics of the tenant's tables, shared by its
+    /// queries so that planning does not re-read them. Keys are object paths, which carry the
+    /// tenant and an immutable version, so an entry can never be stale or another tenant's.
+    caches: CacheManagerConfig,
+    statistics: Option<Arc<FileStatisticsCache>>,
 }
+
+/// Bounds of a tenant's planning caches (least recently used entries go first).
+const METADATA_CACHE_BYTES: usize = 16 * 1024 * 1024;
+const STATISTICS_CACHE_BYTES: usize = 4 * 1024 * 1024;
+const LIST_CACHE_BYTES: usize = 512 * 1024;
 
 pub struct Engine {
     limits: EngineLimits,
@@ -208,10 +219,22 @@ impl Engine {
             .with_max_temp_directory_size(self.limits.spill_per_tenant_bytes)
             .build()
             .map_err(df_error)?;
+        let bounds = CacheManagerConfig::default()
+            .with_metadata_cache_limit(METADATA_CACHE_BYTES)
+            .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES)
+            .with_list_files_cache_limit(LIST_CACHE_BYTES);
+        let made = CacheManager::try_new(&bounds).map_err(df_error)?;
+        let statistics = made.get_file_statistic_cache();
+        let caches = bounds
+            .with_file_statistics_cache(statistics.clone())
+            .with_list_files_cache(made.get_list_files_cache())
+            .with_file_metadata_cache(Some(made.get_file_metadata_cache()));
         let slot = Arc::new(TenantSlot {
             pool: Arc::new(GreedyMemoryPool::new(self.limits.memory_per_tenant_bytes)),
             running: Arc::new(Semaphore::new(self.limits.max_concurrent_per_tenant)),
             disk: Arc::new(disk),
+            caches,
+            statistics,
         });
         t.insert(tenant, slot.clone());
         Ok(slot)
@@ -280,8 +303,12 @@ impl Engine {
         config.options_mut().sql_parser.recursion_limit =
             datafusion::config::ConfigNonZeroUsize::try_new(self.limits.max_depth.max(1)).map_err(df_error)?;
         let pool = Arc::new(QueryPool::new(slot.pool.clone(), self.limits.memory_per_query_bytes));
-        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(pool.clone()).with_object_store_registry(self.storage.registry());
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .with_object_store_registry(self.storage.registry())
+            .with_cache_manager(slot.caches.clone());
         runtime.disk_manager = Some(slot.disk.clone());
+        let started = Instant::now();
         let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc().map_err(df_error)?);
 
         // Decisions per table and column; the session knows only these tables.
@@ -295,12 +322,15 @@ impl Engine {
             let url = self.storage.listing_url(&t.location).map_err(df_error)?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let listing = ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(t.schema.clone()))
-                .map_err(df_error)?;
+                .map_err(df_error)?
+                .with_cache(slot.statistics.clone());
             ctx.register_table(t.name.as_str(), Arc::new(GovernedTable::new(Arc::new(listing), &per_column))).map_err(df_error)?;
         }
 
+        let session = started.elapsed();
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(sql, options).await.map_err(df_error)?;
+        let logical = started.elapsed() - session;
         let sources = lineage(df.logical_plan());
         let mut tables_read = std::collections::BTreeSet::new();
         let mut columns_read = std::collections::BTreeSet::new();
@@ -333,13 +363,16 @@ impl Engine {
                     ([m], 1) => m.as_str().to_owned(),
                     _ => "derived".to_owned(),
                 };
-                OutputColumn { name: field.name().clone(), data_type: field.data_type().to_string(), classification: label, masking }
+                OutputColumn { name: field.name().clone(), data_type: type_name(field.data_type()), classification: label, masking }
             })
             .collect();
 
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let physical_started = Instant::now();
         let stream = df.execute_stream().await.map_err(df_error)?;
+        let planning = PlanTimings { session, logical, physical: physical_started.elapsed() };
         Ok(QueryStream {
+            planning,
             columns,
             schema,
             tables_read: tables_read.into_iter().collect(),
@@ -360,6 +393,27 @@ impl Engine {
     }
 }
 
+/// The type a client is told. String views are a layout of the engine (masked text is one), not
+/// a type: they are reported as the text they hold.
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::Utf8View => "Utf8".to_owned(),
+        DataType::BinaryView => "Binary".to_owned(),
+        t => t.to_string(),
+    }
+}
+
+/// Where a query's planning time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanTimings {
+    /// The session: configuration, runtime, catalog of the tenant's governed tables.
+    pub session: Duration,
+    /// Parsing, logical planning and optimisation.
+    pub logical: Duration,
+    /// Physical planning (file listing, statistics) and starting execution.
+    pub physical: Duration,
+}
+
 /// A running query. Batches come out within the row and byte limits (`truncated` tells whether
 /// more existed) and before the deadline.
 pub struct QueryStream {
@@ -370,6 +424,7 @@ pub struct QueryStream {
     pub columns_masked: Vec<String>,
     pub columns_read: Vec<String>,
     pub kind: QueryKind,
+    pub planning: PlanTimings,
     inner: SendableRecordBatchStream,
     pool: Arc<QueryPool>,
     limits: EngineLimits,

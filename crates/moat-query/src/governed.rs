@@ -1,13 +1,18 @@
 //! `GovernedTable`: masking at the scan. Wraps the raw table; its schema is the schema *after*
 //! masking (masked columns are text, omitted ones are gone), and its scan is
-//! `raw scan → projection(mask exprs)`. No filter is ever pushed into it, so every predicate,
-//! join, aggregate and sort above it sees masked values only.
+//! `raw scan → projection(mask exprs)`. Every predicate, join, aggregate and sort above it sees
+//! masked values only. The one exception is by construction harmless: a filter that reads only
+//! columns the caller sees raw (and nothing else: no subquery, no volatile function) is also
+//! handed to the raw scan, which may skip row groups and pages by it. It compares exactly the
+//! values the caller could compare above the scan, and it stays above the scan too (`Inexact`),
+//! so the answer is the same with or without it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, Result as DfResult};
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -42,12 +47,56 @@ impl GovernedTable {
                 MaskDecision::Mask(rule) => {
                     columns.push((i, Some(rule)));
                     // Masks keep NULLs exactly, so nullability is the raw column's.
-                    fields.push(Field::new(field.name(), DataType::Utf8, field.is_nullable()));
+                    fields.push(Field::new(field.name(), DataType::Utf8View, field.is_nullable()));
                 }
             }
         }
         Self { inner, columns, schema: Arc::new(Schema::new(fields)) }
     }
+
+    /// Whether the caller sees column `name` of this table raw.
+    fn is_raw(&self, name: &str) -> bool {
+        self.schema.fields().iter().zip(&self.columns).any(|(f, (_, rule))| f.name() == name && rule.is_none())
+    }
+
+    /// Whether `filter` may also run below the masks: it reads at least one column, only columns
+    /// the caller sees raw, and holds nothing that could read anything else.
+    pub fn may_push(&self, filter: &Expr) -> bool {
+        if filter.is_volatile() {
+            return false;
+        }
+        let mut columns = 0;
+        let mut ok = true;
+        let _ = filter.apply(|e| {
+            match e {
+                Expr::Column(c) if self.is_raw(&c.name) => columns += 1,
+                Expr::Column(_)
+                | Expr::OuterReferenceColumn(..)
+                | Expr::ScalarSubquery(_)
+                | Expr::Exists(_)
+                | Expr::InSubquery(_)
+                | Expr::SetComparison(_)
+                | Expr::Placeholder(_) => {
+                    ok = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        ok && columns > 0
+    }
+}
+
+/// `filter` with its column references unqualified, as the raw table names them.
+fn unqualified(filter: &Expr) -> DfResult<Expr> {
+    filter
+        .clone()
+        .transform(|e| match e {
+            Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+            e => Ok(Transformed::no(e)),
+        })
+        .map(|t| t.data)
 }
 
 #[async_trait]
@@ -60,16 +109,20 @@ impl TableProvider for GovernedTable {
         TableType::Base
     }
 
-    /// Never: a filter pushed below the masks would compare raw values.
+    /// Only filters on raw-visible columns, and only as a hint (`Inexact`: the filter also stays
+    /// above the scan). A filter on a masked column never goes below the masks.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(filters
+            .iter()
+            .map(|f| if self.may_push(f) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .collect())
     }
 
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.columns.len()).collect());
@@ -80,8 +133,11 @@ impl TableProvider for GovernedTable {
                 inner_projection.push(raw_index);
             }
         }
-        // No filters go down, so a limit here is exact and reveals nothing.
-        let inner = self.inner.scan(state, Some(&inner_projection), &[], limit).await?;
+        // Checked again rather than trusted: only raw-visible filters go down.
+        let pushed: Vec<Expr> = filters.iter().filter(|f| self.may_push(f)).map(unqualified).collect::<DfResult<_>>()?;
+        // A limit is exact only on the unfiltered rows; with a filter it stays above.
+        let limit = if pushed.is_empty() { limit } else { None };
+        let inner = self.inner.scan(state, Some(&inner_projection), &pushed, limit).await?;
         if wanted.is_empty() {
             return Ok(inner);
         }

@@ -1,10 +1,12 @@
 //! Mask functions (contract: "Classification and masking defaults") and their vectorised
-//! DataFusion UDFs. Every mask yields text; NULL stays NULL; values of other types are cast to
-//! text first. The UDFs are used only inside governed scans and are not registered for SQL.
+//! DataFusion UDFs. Every mask yields text (a string-view array: short masks need no data buffer);
+//! NULL stays NULL; values of other types are cast to text first. The UDFs are used only inside governed scans and are not registered for SQL.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::array::builder::make_view;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray};
+use datafusion::arrow::buffer::{Buffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{HashMap, Result as DfResult, exec_err};
@@ -134,19 +136,66 @@ pub fn hash16(v: &str) -> Hex16 {
     Hex16(out)
 }
 
-/// Masks every value of a text array into a new text array (NULL stays NULL).
-fn mask_strings<'a>(rule: MaskRule, values: impl ExactSizeIterator<Item = Option<&'a str>>, bytes_hint: usize) -> ArrayRef {
-    let n = values.len();
-    let mut b = StringBuilder::with_capacity(n, bytes_hint);
+/// Masked values as a string-view array. A value of up to 12 bytes lives inside its view, with
+/// no data buffer: every constant mask, the last four of SSNs and phone numbers, most partial
+/// emails. Longer values (hashes) are written once per distinct input and shared by their views.
+struct Views {
+    views: Vec<u128>,
+    data: Vec<u8>,
+}
+
+impl Views {
+    fn with_capacity(n: usize) -> Self {
+        Self { views: Vec::with_capacity(n), data: Vec::new() }
+    }
+
+    /// The view of `s`, its bytes stored if they do not fit inside the view.
+    fn store(&mut self, s: &[u8]) -> DfResult<u128> {
+        let Ok(offset) = u32::try_from(self.data.len()) else {
+            return exec_err!("mask: a batch of masked text over 4 GiB");
+        };
+        if s.len() > 12 {
+            self.data.extend_from_slice(s);
+        }
+        Ok(make_view(s, 0, offset))
+    }
+
+    fn push(&mut self, s: &[u8]) -> DfResult<()> {
+        let v = self.store(s)?;
+        self.views.push(v);
+        Ok(())
+    }
+
+    fn finish(self, nulls: Option<NullBuffer>) -> DfResult<ArrayRef> {
+        let buffers = if self.data.is_empty() { Vec::new() } else { vec![Buffer::from_vec(self.data)] };
+        Ok(Arc::new(StringViewArray::try_new(ScalarBuffer::from(self.views), buffers, nulls)?))
+    }
+}
+
+/// Masks every value of a text array (NULL stays NULL; the view of a NULL is empty).
+fn mask_strings<'a>(
+    rule: MaskRule,
+    values: impl ExactSizeIterator<Item = Option<&'a str>>,
+    nulls: Option<NullBuffer>,
+) -> DfResult<ArrayRef> {
+    let mut out = Views::with_capacity(values.len());
     match rule {
         MaskRule::Hash16 => {
-            // Repeated values (names) are hashed once per batch.
-            let mut memo: HashMap<&str, Hex16> = HashMap::default();
+            // Repeated values (names) are hashed and stored once per batch.
+            let mut memo: HashMap<&str, u128> = HashMap::default();
             for v in values {
-                match v {
-                    Some(s) => b.append_value(memo.entry(s).or_insert_with(|| hash16(s)).as_str()),
-                    None => b.append_null(),
-                }
+                let view = match v {
+                    Some(s) => match memo.get(s) {
+                        Some(view) => *view,
+                        None => {
+                            let view = out.store(hash16(s).as_str().as_bytes())?;
+                            memo.insert(s, view);
+                            view
+                        }
+                    },
+                    None => 0,
+                };
+                out.views.push(view);
             }
         }
         _ => {
@@ -155,58 +204,39 @@ fn mask_strings<'a>(rule: MaskRule, values: impl ExactSizeIterator<Item = Option
                 match v {
                     Some(s) => {
                         rule.apply_into(s, &mut buf);
-                        b.append_value(&buf);
+                        out.push(buf.as_bytes())?;
                     }
-                    None => b.append_null(),
+                    None => out.views.push(0),
                 }
             }
         }
     }
-    Arc::new(b.finish())
+    out.finish(nulls)
 }
 
 /// Applies a mask to a whole column.
 pub fn mask_array(rule: MaskRule, input: &ArrayRef) -> DfResult<ArrayRef> {
     let n = input.len();
+    let nulls = input.logical_nulls();
     match rule {
-        // Constant masks: only the NULLs of the input matter; no cast, no per-value work.
+        // Constant masks: only the NULLs of the input matter; one view for every row.
         MaskRule::Full | MaskRule::Omit | MaskRule::Redact => {
             let text = if rule == MaskRule::Redact { REDACTED } else { FULL };
-            let nulls = input.logical_nulls();
-            let mut b = StringBuilder::with_capacity(n, n * text.len());
-            for i in 0..n {
-                if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
-                    b.append_null();
-                } else {
-                    b.append_value(text);
-                }
-            }
-            Ok(Arc::new(b.finish()))
+            let view = make_view(text.as_bytes(), 0, 0);
+            Ok(Arc::new(StringViewArray::try_new(ScalarBuffer::from(vec![view; n]), Vec::new(), nulls)?))
         }
-        _ => {
-            let hint = |bytes: usize| if rule == MaskRule::Hash16 { n * 16 } else { bytes };
-            match input.data_type() {
-                DataType::Utf8 => {
-                    let a = input.as_string::<i32>();
-                    Ok(mask_strings(rule, a.iter(), hint(a.values().len())))
-                }
-                DataType::LargeUtf8 => {
-                    let a = input.as_string::<i64>();
-                    Ok(mask_strings(rule, a.iter(), hint(a.values().len())))
-                }
-                DataType::Utf8View => {
-                    let a = input.as_string_view();
-                    Ok(mask_strings(rule, a.iter(), hint(n * 16)))
-                }
-                _ => {
-                    let text = cast(input, &DataType::Utf8)?;
-                    let Some(a) = text.as_any().downcast_ref::<StringArray>() else {
-                        return exec_err!("mask: expected text after cast");
-                    };
-                    Ok(mask_strings(rule, a.iter(), hint(a.values().len())))
-                }
+        _ => match input.data_type() {
+            DataType::Utf8 => mask_strings(rule, input.as_string::<i32>().iter(), nulls),
+            DataType::LargeUtf8 => mask_strings(rule, input.as_string::<i64>().iter(), nulls),
+            DataType::Utf8View => mask_strings(rule, input.as_string_view().iter(), nulls),
+            _ => {
+                let text = cast(input, &DataType::Utf8)?;
+                let Some(a) = text.as_any().downcast_ref::<StringArray>() else {
+                    return exec_err!("mask: expected text after cast");
+                };
+                mask_strings(rule, a.iter(), nulls)
             }
-        }
+        },
     }
 }
 
@@ -230,7 +260,7 @@ impl ScalarUDFImpl for MaskUdf {
         &self.signature
     }
     fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Utf8)
+        Ok(DataType::Utf8View)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let [arg] = args.args.as_slice() else {
@@ -266,7 +296,7 @@ mod tests {
         use datafusion::arrow::array::Int64Array;
         let a: ArrayRef = Arc::new(Int64Array::from(vec![Some(123456), None, Some(7)]));
         let m = mask_array(MaskRule::LastFour, &a).expect("mask");
-        let m = m.as_any().downcast_ref::<StringArray>().expect("text");
+        let m = m.as_string_view();
         assert_eq!(m.value(0), "**3456");
         assert!(m.is_null(1));
         assert_eq!(m.value(2), "*");
@@ -286,14 +316,14 @@ mod tests {
             let expected: Vec<Option<String>> = values.iter().map(|v| v.map(|s| rule.apply(s))).collect();
             for a in &arrays {
                 let m = mask_array(rule, a).expect("mask");
-                let got: Vec<Option<String>> = m.as_string::<i32>().iter().map(|v| v.map(str::to_owned)).collect();
+                let got: Vec<Option<String>> = m.as_string_view().iter().map(|v| v.map(str::to_owned)).collect();
                 assert_eq!(got, expected, "{rule:?} over {}", a.data_type());
             }
         }
         assert_eq!(MaskRule::LastFour.apply("Zoë Ünïcode 1234567"), "*** ******* ***4567");
         let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(5), None]));
         let m = mask_array(MaskRule::Redact, &n).expect("mask");
-        assert_eq!((m.as_string::<i32>().value(0), m.is_null(1)), ("[REDACTED]", true));
+        assert_eq!((m.as_string_view().value(0), m.is_null(1)), ("[REDACTED]", true));
     }
 
     #[test]

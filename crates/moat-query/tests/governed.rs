@@ -171,23 +171,72 @@ async fn no_raw_predicate_reaches_the_scan() {
     .unwrap();
     let decisions: Vec<MaskDecision> = t.columns.iter().map(|c| decide(Role::Viewer, Internal, c, &MaskingPolicy::default())).collect();
     ctx.register_table("customers", std::sync::Arc::new(GovernedTable::new(std::sync::Arc::new(listing), &decisions))).unwrap();
-    for pred in ["ssn = '123-45-6789'", "card LIKE '4242%'", "email > 'a'", "zip = '02139'"] {
-        let df = ctx.sql(&format!("EXPLAIN SELECT id FROM customers WHERE {pred}")).await.unwrap();
-        let batches = df.collect().await.unwrap();
-        let text: String = batches
+    let scan_lines = |batches: Vec<datafusion::arrow::array::RecordBatch>| -> Vec<String> {
+        batches
             .iter()
             .flat_map(|b| (0..b.num_rows()).map(move |i| b.column(1).as_string::<i32>().value(i).to_owned()))
-            .collect::<Vec<_>>()
-            .join("\n");
-        for line in text.lines().filter(|l| l.contains("DataSourceExec") || l.contains("predicate")) {
-            let col = pred.split_whitespace().next().unwrap();
+            .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| l.contains("DataSourceExec"))
+            .collect()
+    };
+    // Masked columns alone, or beside a raw one in the same OR: nothing of them reaches the scan.
+    for (pred, col) in [
+        ("ssn = '123-45-6789'", "ssn"),
+        ("card LIKE '4242%'", "card"),
+        ("email > 'a'", "email"),
+        ("zip = '02139'", "zip"),
+        ("id = 1 OR ssn = '123-45-6789'", "ssn"),
+        ("plan = 'pro' AND ssn = '123-45-6789'", "ssn"),
+        ("length(ssn) = 11 AND id > 0", "ssn"),
+        ("id IN (SELECT id FROM customers WHERE ssn = '123-45-6789')", "ssn"),
+    ] {
+        let df = ctx.sql(&format!("EXPLAIN SELECT id FROM customers WHERE {pred}")).await.unwrap();
+        for line in scan_lines(df.collect().await.unwrap()) {
             // Any mention of the masked column next to a predicate must be inside a mask call.
             if let Some(i) = line.find("predicate=") {
                 let p = &line[i..];
                 assert!(!p.contains(&format!("{col}@")) || p.contains("moat_mask"), "raw predicate reached the scan: {line}");
-                assert!(!p.contains("pruning_predicate") || !p.contains(&format!("{col}_min")), "pruning on a masked column: {line}");
+                assert!(!p.contains(&format!("{col}_min")) && !p.contains(&format!("{col}_max")), "pruning on a masked column: {line}");
             }
         }
+    }
+    // A filter on columns the caller sees raw does reach the scan (row groups can be skipped by
+    // it); in a conjunction, only that part goes down.
+    for (pred, pushed) in [("id = 2", "id@"), ("plan = 'pro' AND ssn = '123-45-6789'", "plan@")] {
+        let df = ctx.sql(&format!("EXPLAIN SELECT id FROM customers WHERE {pred}")).await.unwrap();
+        let lines = scan_lines(df.collect().await.unwrap());
+        assert!(lines.iter().any(|l| l.split("predicate=").nth(1).is_some_and(|p| p.contains(pushed))), "{pred}: {lines:?}");
+    }
+}
+
+/// Which filters may run below the masks: only those reading raw-visible columns and nothing else.
+#[test]
+fn only_filters_on_raw_columns_may_go_below_the_masks() {
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::prelude::{length, random};
+    use moat_query::governed::GovernedTable;
+    use moat_query::mask::MaskRule;
+    use moat_query::policy::MaskDecision;
+    let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("id", datafusion::arrow::datatypes::DataType::Int64, true),
+        datafusion::arrow::datatypes::Field::new("ssn", datafusion::arrow::datatypes::DataType::Utf8, true),
+        datafusion::arrow::datatypes::Field::new("secret", datafusion::arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let inner = std::sync::Arc::new(datafusion::datasource::empty::EmptyTable::new(schema));
+    let t = GovernedTable::new(inner, &[MaskDecision::Raw, MaskDecision::Mask(MaskRule::LastFour), MaskDecision::Omit]);
+    assert!(t.may_push(&col("id").eq(lit(1))));
+    assert!(t.may_push(&col("customers.id").gt(lit(1)).and(col("id").lt(lit(9)))));
+    for refused in [
+        col("ssn").eq(lit("123-45-6789")),
+        length(col("ssn")).eq(lit(11)),
+        col("id").eq(lit(1)).or(col("ssn").like(lit("%6789"))),
+        // An omitted column is not in the table at all; a filter naming it never goes down.
+        col("secret").eq(lit("x")),
+        // Nothing volatile, nothing without a column.
+        random().lt(col("id")),
+        lit(true),
+    ] {
+        assert!(!t.may_push(&refused), "{refused}");
     }
 }
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use moat_core::apikey::StoredKey;
+use moat_core::apikey::{LAST_USED_GRANULARITY_S, StoredKey};
 use moat_core::audit::{AuditEvent, ChainedFields, GENESIS_HASH, chain_hash};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
@@ -537,7 +537,7 @@ impl MetaStore for SqliteStore {
 
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<StoredKey>> {
         let row = sqlx::query(
-            "SELECT k.id, k.tenant_id, k.user_id, k.scopes, k.expires_at, k.revoked_at, u.email, u.role, u.status AS user_status,
+            "SELECT k.id, k.tenant_id, k.user_id, k.scopes, k.expires_at, k.revoked_at, k.last_used_at, u.email, u.role, u.status AS user_status,
                     t.status AS tenant_status
              FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN tenants t ON t.id = k.tenant_id
              WHERE k.key_hash = ? AND COALESCE(u.tenant_id, 'platform') = COALESCE(k.tenant_id, 'platform')",
@@ -569,6 +569,7 @@ impl MetaStore for SqliteStore {
             revoked: revoked_at.is_some(),
             user_active: user_status == "active",
             tenant_active: tenant_status.as_deref().is_none_or(|s| s == "active"),
+            last_used_at: r.get("last_used_at"),
         }))
     }
 
@@ -577,7 +578,7 @@ impl MetaStore for SqliteStore {
         sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
             .bind(now)
             .bind(id.to_string())
-            .bind(now - 60)
+            .bind(now - LAST_USED_GRANULARITY_S)
             .execute(&self.pool)
             .await
             .map_err(db_err)?;

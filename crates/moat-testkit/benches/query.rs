@@ -59,6 +59,7 @@ async fn main() {
     let mut healthz = Vec::with_capacity(n);
     let (mut total, mut exec, mut overhead) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut catalog, mut plan, mut audit) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut session, mut logical, mut physical) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n + n / 10 {
         let t = Instant::now();
         s.send(Method::GET, "/healthz", None, None, None).await;
@@ -88,6 +89,9 @@ async fn main() {
         catalog.push(timing(&st, "catalog"));
         plan.push(timing(&st, "plan"));
         audit.push(timing(&st, "audit"));
+        session.push(timing(&st, "session"));
+        logical.push(timing(&st, "logical"));
+        physical.push(timing(&st, "physical"));
     }
     let base = Stats::of(healthz);
     println!("selective query on an unmasked key, {rows} rows, as a Viewer (3 masked columns), {n} queries:");
@@ -97,6 +101,9 @@ async fn main() {
     row("  governance overhead (all but exec)", &o, &base, "GET /healthz");
     row("    of which catalog + policy", &Stats::of(catalog), &base, "GET /healthz");
     row("    of which restrict + mask + plan", &Stats::of(plan), &base, "GET /healthz");
+    row("      session + governed catalog", &Stats::of(session), &base, "GET /healthz");
+    row("      parse + logical plan", &Stats::of(logical), &base, "GET /healthz");
+    row("      physical plan + start", &Stats::of(physical), &base, "GET /healthz");
     row("    of which durable audit record", &Stats::of(audit), &base, "GET /healthz");
     println!("  goal: governance overhead p50 <= 300 us -> {}", if o.p50 <= Duration::from_micros(300) { "met" } else { "NOT met" });
 }

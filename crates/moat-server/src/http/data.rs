@@ -21,11 +21,11 @@ use futures::StreamExt;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::classification::Classification;
 use moat_core::{ErrorKind, MoatError};
-use moat_query::QueryStream;
 use moat_query::engine::OutputColumn;
 use moat_query::ingest::IngestLimits;
 use moat_query::mask::MaskRule;
 use moat_query::policy::PiiCategory;
+use moat_query::{PlanTimings, QueryStream};
 use moat_store::{ColumnLabel, ColumnRecord, TableRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -459,11 +459,20 @@ fn set_headers(resp: &mut Response, pairs: &[(&'static str, String)]) {
 }
 
 /// `Server-Timing` (W3C): where the time of a query went, in milliseconds: `catalog` (tables and
-/// policy), `plan` (restrictions, masking decisions, planning), `exec`, `audit` (the durable
-/// record).
-fn server_timing(catalog: Duration, plan: Duration, exec: Duration, audit: Duration) -> String {
+/// policy), `plan` (restrictions, masking decisions, planning; split into `session`, `logical`
+/// and `physical`), `exec`, `audit` (the durable record).
+fn server_timing(catalog: Duration, plan: Duration, planning: PlanTimings, exec: Duration, audit: Duration) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    format!("catalog;dur={:.3}, plan;dur={:.3}, exec;dur={:.3}, audit;dur={:.3}", ms(catalog), ms(plan), ms(exec), ms(audit))
+    format!(
+        "catalog;dur={:.3}, plan;dur={:.3}, session;dur={:.3}, logical;dur={:.3}, physical;dur={:.3}, exec;dur={:.3}, audit;dur={:.3}",
+        ms(catalog),
+        ms(plan),
+        ms(planning.session),
+        ms(planning.logical),
+        ms(planning.physical),
+        ms(exec),
+        ms(audit)
+    )
 }
 
 /// What an audit record of a query says, whatever its outcome.
@@ -520,6 +529,7 @@ pub async fn query(
     };
     let planned_at = started.elapsed();
     let mut details = query_details(&query_id, &req.sql, Some(&stream));
+    let planning = stream.planning;
 
     if format == ResultFormat::Json {
         let out = match stream.collect().await {
@@ -536,7 +546,7 @@ pub async fn query(
         // Durable before anything is released.
         let audit_started = Instant::now();
         st.record(&auth.client, audit(Outcome::Success, details)).await?;
-        let timing = server_timing(governed_at, planned_at - governed_at, out.exec, audit_started.elapsed());
+        let timing = server_timing(governed_at, planned_at - governed_at, planning, out.exec, audit_started.elapsed());
         let (row_count, truncated) = (out.row_count, out.truncated);
         let body = QueryResponse { rows: rows_json(&out.batches)?, columns: out.columns, row_count, truncated, query_id: query_id.clone() };
         let mut resp = Json(body).into_response();

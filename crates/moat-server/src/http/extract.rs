@@ -120,9 +120,11 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
             .api_key_by_hash(&apikey::hash(cred))
             .await?
             .ok_or_else(|| MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"))?;
-        let id = stored.id;
+        let (id, touch) = (stored.id, stored.needs_touch(now));
         let p = apikey::principal_for_key(stored, now)?;
-        state.stores.meta.touch_api_key(id, now).await?;
+        if touch {
+            state.stores.meta.touch_api_key(id, now).await?;
+        }
         return Ok(p);
     }
     let verified = state.keys.verify(cred, now)?;
