@@ -142,6 +142,23 @@ pub fn us_ssn(s: &str) -> bool {
     !matches!((area, group, serial), (78, 5, 1120) | (219, 9, 9999))
 }
 
+/// `s` without spaces, upper-cased, when it fits in `N` bytes; `None` when longer.
+fn compact_upper<const N: usize>(s: &str) -> Option<([u8; N], usize)> {
+    let mut buf = [0u8; N];
+    let mut n = 0;
+    for b in s.trim().bytes() {
+        if b == b' ' {
+            continue;
+        }
+        if n == N {
+            return None;
+        }
+        buf[n] = b.to_ascii_uppercase();
+        n += 1;
+    }
+    Some((buf, n))
+}
+
 /// IBAN lengths per country (ISO 13616 registry).
 const IBAN_LENGTHS: &[(&str, usize)] = &[
     ("AD", 24),
@@ -226,19 +243,13 @@ const IBAN_LENGTHS: &[(&str, usize)] = &[
 /// An IBAN: country code with its registered length, two check digits, and mod-97 = 1 over the
 /// rearranged number. Spaces between groups are allowed; letters may be lower case.
 pub fn iban(s: &str) -> bool {
-    let mut buf = [0u8; 34];
-    let mut n = 0;
-    for b in s.trim().bytes() {
-        if b == b' ' {
-            continue;
-        }
-        if n == buf.len() || !b.is_ascii_alphanumeric() {
-            return false;
-        }
-        buf[n] = b.to_ascii_uppercase();
-        n += 1;
-    }
+    let Some((buf, n)) = compact_upper::<34>(s) else {
+        return false;
+    };
     let v = &buf[..n];
+    if !v.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
     if n < 15 || !v[0].is_ascii_uppercase() || !v[1].is_ascii_uppercase() || !v[2].is_ascii_digit() || !v[3].is_ascii_digit() {
         return false;
     }
@@ -264,18 +275,9 @@ pub fn iban(s: &str) -> bool {
 /// A UK National Insurance number (`AB123456C`, spaces allowed): prefix letters from the allowed
 /// sets and not an unallocated pair, six digits, suffix A–D.
 pub fn uk_nino(s: &str) -> bool {
-    let mut buf = [0u8; 9];
-    let mut n = 0;
-    for b in s.trim().bytes() {
-        if b == b' ' {
-            continue;
-        }
-        if n == buf.len() {
-            return false;
-        }
-        buf[n] = b.to_ascii_uppercase();
-        n += 1;
-    }
+    let Some((buf, n)) = compact_upper::<9>(s) else {
+        return false;
+    };
     if n != 9 {
         return false;
     }
@@ -291,18 +293,9 @@ pub fn uk_nino(s: &str) -> bool {
 /// — `2A`/`2B` for Corsica —, commune, order) and a two-digit key = 97 − (number mod 97).
 /// Spaces allowed.
 pub fn fr_insee(s: &str) -> bool {
-    let mut buf = [0u8; 15];
-    let mut n = 0;
-    for b in s.trim().bytes() {
-        if b == b' ' {
-            continue;
-        }
-        if n == buf.len() {
-            return false;
-        }
-        buf[n] = b.to_ascii_uppercase();
-        n += 1;
-    }
+    let Some((buf, n)) = compact_upper::<15>(s) else {
+        return false;
+    };
     if n != 15 || !matches!(buf[0], b'1' | b'2' | b'3' | b'4' | b'7' | b'8') {
         return false;
     }
