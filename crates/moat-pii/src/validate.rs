@@ -368,6 +368,54 @@ pub fn ipv6(s: &str) -> bool {
     s.contains(':') && s.parse::<Ipv6Addr>().is_ok()
 }
 
+/// Whether `s` has the shape of a phone number: only digits and the characters people write
+/// around them (`+ ( ) - . /` and spaces), 7–15 digits (E.164), an optional `x`/`ext`
+/// extension, and not a calendar date (`2024-06-01` fits some numbering plans). Cheap;
+/// [`phone`] then asks the numbering plans.
+pub fn phone_shaped(s: &str) -> bool {
+    let s = s.trim();
+    if date(s).is_some() {
+        return false;
+    }
+    let body = match s.find(['x', 'X', 'e']) {
+        Some(i) => &s[..i],
+        None => s,
+    };
+    let mut digits = 0;
+    for b in body.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'+' | b'(' | b')' | b'-' | b'.' | b'/' | b' ' => {}
+            _ => return false,
+        }
+    }
+    (7..=15).contains(&digits)
+}
+
+/// Regions whose national formats are tried for a number without a country prefix.
+pub const PHONE_REGIONS: &[phonenumber::country::Id] = {
+    use phonenumber::country::Id;
+    &[Id::US, Id::GB, Id::FR, Id::DE, Id::ES, Id::IT, Id::NL, Id::PT, Id::BE, Id::CH, Id::CA, Id::AU, Id::IE]
+};
+
+/// A phone number that a numbering plan accepts (libphonenumber's metadata via the
+/// `phonenumber` crate): international (`+44 20 7946 0958`, `0044…`) or in the national format
+/// of one of `regions`.
+pub fn phone(s: &str, regions: &[phonenumber::country::Id]) -> bool {
+    if !phone_shaped(s) {
+        return false;
+    }
+    let s = s.trim();
+    // The parser is third-party code fed with untrusted text: a panic in it is a "no".
+    let valid_in = |region: Option<phonenumber::country::Id>| {
+        std::panic::catch_unwind(|| phonenumber::parse(region, s).is_ok_and(|n| phonenumber::is_valid(&n))).unwrap_or(false)
+    };
+    if s.starts_with('+') || s.starts_with("00") {
+        return valid_in(None);
+    }
+    regions.iter().any(|r| valid_in(Some(*r)))
+}
+
 /// A calendar date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Date {
@@ -522,6 +570,18 @@ mod tests {
     }
 
     #[test]
+    fn phones_follow_numbering_plans() {
+        for ok in
+            ["+44 20 7946 0958", "(415) 555-2671", "+1 415 555 2671", "01 42 68 53 00", "+33 1 42 68 53 00", "030 901820", "+49 30 901820"]
+        {
+            assert!(phone(ok, PHONE_REGIONS), "{ok}");
+        }
+        for not in ["123", "555-0000000000000000", "2024-06-01", "+1 123 456 7890", "+99 123", "hello", "0000000"] {
+            assert!(!phone(not, PHONE_REGIONS), "{not}");
+        }
+    }
+
+    #[test]
     fn dates_are_real_calendar_dates() {
         assert_eq!(date("1984-02-29"), Some(Date { year: 1984, month: 2, day: 29 }));
         assert_eq!(date("1985-02-29"), None);
@@ -538,7 +598,7 @@ mod tests {
         /// No input makes a validator panic.
         #[test]
         fn validators_never_panic(s in ".{0,64}") {
-            let _ = (card_number(&s), us_ssn(&s), iban(&s), uk_nino(&s), fr_insee(&s), email(&s), ipv4(&s), ipv6(&s), date(&s));
+            let _ = (card_number(&s), us_ssn(&s), iban(&s), uk_nino(&s), fr_insee(&s), email(&s), ipv4(&s), ipv6(&s), date(&s), phone(&s, PHONE_REGIONS));
         }
 
         /// Changing one digit of a valid card number breaks its Luhn check.
