@@ -94,6 +94,21 @@ pub struct Prepared<'a> {
     batches: Box<dyn Iterator<Item = Result<RecordBatch, MoatError>> + Send + 'a>,
 }
 
+impl<'a> Prepared<'a> {
+    /// Lets `f` see every batch on its way to the writer (to sample rows while importing).
+    pub fn inspect<'b>(self, mut f: impl FnMut(&RecordBatch) + Send + 'b) -> Prepared<'b>
+    where
+        'a: 'b,
+    {
+        let batches = Box::new(self.batches.inspect(move |b| {
+            if let Ok(b) = b {
+                f(b);
+            }
+        }));
+        Prepared { schema: self.schema, renamed: self.renamed, batches }
+    }
+}
+
 /// (as uploaded, as stored) for every renamed column.
 pub type Renamed = Vec<(String, String)>;
 

@@ -18,6 +18,8 @@ pub struct Config {
     /// Query limits (the engine's own type: one definition, one set of defaults).
     pub query: moat_query::EngineLimits,
     pub ingest: IngestConfig,
+    /// PII discovery (`moat_pii`): on ingest and on demand.
+    pub scan: crate::scan::ScanConfig,
     pub log: LogConfig,
 }
 

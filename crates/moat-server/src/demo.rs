@@ -113,10 +113,9 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
     Ok(DemoCredentials { password, super_admin: DEMO_SUPER_ADMIN.into(), tenants: listing() })
 }
 
-/// Labels of the demo table. Until the PII scanner lands these are set by hand, through the same
-/// store call a manual `moat classify` uses.
+/// What the scanner must find in the demo table (nobody labels it by hand; a test checks).
 pub const CUSTOMER_LABELS: &[(&str, &str, &str, Option<&str>)] = &[
-    ("id", "PUBLIC", "none", None),
+    ("id", "INTERNAL", "none", None),
     ("name", "CONFIDENTIAL", "direct", Some("person_name")),
     ("email", "CONFIDENTIAL", "direct", Some("email")),
     ("phone", "CONFIDENTIAL", "direct", Some("phone")),
@@ -188,22 +187,16 @@ async fn seed_customers(
         product: "crm".into(),
         type_overrides: Default::default(),
         now,
+        // Classified by the scanner alone, like any upload.
+        scan: Some(crate::scan::ScanConfig::default().options(now)),
     };
     let upload = Upload::Csv(Box::new(std::io::Cursor::new(csv.into_bytes())));
-    let (prefix, report) = import_async(tables.clone(), req.clone(), upload, Default::default()).await?;
-    commit_version(stores, tables, &req, &prefix, &report).await?;
-    for (col, label, pii, entity) in CUSTOMER_LABELS {
-        let l = moat_store::ColumnLabel {
-            classification: (*label).into(),
-            pii: Some((*pii).into()),
-            entity: entity.map(str::to_owned),
-            mask: None,
-        };
-        stores.meta.set_column_label(tenant, "customers", col, &l).await?;
-    }
+    let imported = import_async(tables.clone(), req.clone(), upload, Default::default()).await?;
+    commit_version(stores, tables, &req, &imported).await?;
+    let report = &imported.report;
     let e = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::system("demo"), Outcome::Success)
         .resource("table:customers")
-        .details(serde_json::json!({"rows": report.rows, "version": 1}));
+        .details(serde_json::json!({"rows": report.rows, "version": 1, "scan": imported.scan.as_ref().map(|s| s.to_json())}));
     stores.audit.append(&e, now * 1000).await?;
     Ok(())
 }
@@ -216,4 +209,36 @@ fn listing() -> Vec<(String, Vec<(String, String)>)> {
             (slug.to_string(), DEMO_USERS.iter().map(|(l, r)| (format!("{l}@{slug}.example"), r.as_str().to_owned())).collect())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo table comes out classified by the scanner alone, exactly as documented.
+    #[test]
+    fn the_scanner_alone_classifies_the_demo_table() {
+        use datafusion::arrow::csv::ReaderBuilder;
+        use datafusion::arrow::csv::reader::Format;
+        let csv = customers_csv(0x5eed_0000);
+        let (schema, _) = Format::default().with_header(true).infer_schema(std::io::Cursor::new(csv.as_bytes()), None).expect("schema");
+        let schema = std::sync::Arc::new(schema);
+        let opts = crate::scan::ScanConfig::default().options(1_790_000_000);
+        let mut sample = crate::scan::TableSample::new(&schema, opts.sample_rows, 1);
+        for b in ReaderBuilder::new(schema.clone()).with_header(true).build(std::io::Cursor::new(csv.as_bytes())).expect("reader") {
+            sample.observe(&b.expect("batch"));
+        }
+        let report = sample.scan(&opts);
+        for (col, label, pii, entity) in CUSTOMER_LABELS {
+            let rec = report.column_record(col, "Utf8");
+            assert_eq!(
+                (rec.classification.as_deref(), rec.pii.as_str(), rec.entity.as_deref()),
+                (Some(*label), *pii, *entity),
+                "{col}: {:?}",
+                report.columns.iter().find(|c| c.name == *col).map(|c| &c.proposal.reason)
+            );
+        }
+        assert_eq!(report.quasi_identifiers, ["zip", "birth_date"]);
+        assert_eq!(report.k_anonymity, Some(1), "zip + birth date single people out");
+    }
 }

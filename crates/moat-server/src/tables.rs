@@ -16,6 +16,8 @@ use moat_query::mask::MaskRule;
 use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage};
 use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord};
 
+use crate::scan::{ScanReport, TableSample};
+
 /// Names SQL tools reserve; a table may not take them.
 const RESERVED_TABLES: &[&str] = &["information_schema", "pg_catalog", "public", "moat", "datafusion", "select", "table", "from", "where"];
 
@@ -49,6 +51,17 @@ pub struct ImportRequest {
     pub product: String,
     pub type_overrides: BTreeMap<String, String>,
     pub now: UnixSeconds,
+    /// Scan the imported rows for PII and label the columns nobody labelled by hand
+    /// (`None`: leave them as they were, unclassified ones RESTRICTED).
+    pub scan: Option<moat_pii::ScanOptions>,
+}
+
+/// An imported version, not yet in the catalog.
+pub struct Imported {
+    /// Object-store prefix of the version's files.
+    pub prefix: String,
+    pub report: IngestReport,
+    pub scan: Option<ScanReport>,
 }
 
 /// What is uploaded.
@@ -61,7 +74,7 @@ pub enum Upload {
 /// Imports an upload as the table's new version, written through the table store. Blocking:
 /// call it from `spawn_blocking`. On error nothing of the new version remains and the previous
 /// version stays current. Returns the new version's prefix.
-pub fn import(storage: &TableStorage, req: &ImportRequest, upload: Upload, limits: &IngestLimits) -> Result<(String, IngestReport)> {
+pub fn import(storage: &TableStorage, req: &ImportRequest, upload: Upload, limits: &IngestLimits) -> Result<Imported> {
     check_identifier("table", &req.table)?;
     check_identifier("domain", &req.domain)?;
     check_identifier("product", &req.product)?;
@@ -71,40 +84,50 @@ pub fn import(storage: &TableStorage, req: &ImportRequest, upload: Upload, limit
         Upload::Csv(r) => read_csv(r, &req.type_overrides, limits)?,
         Upload::Parquet(f) => read_parquet(f, &req.type_overrides, limits)?,
     };
+    // Rows are sampled on their way to the writer: one pass over the data.
+    let mut sample = req.scan.as_ref().map(|o| TableSample::new(&prepared.schema, o.sample_rows, req.now.unsigned_abs()));
+    let prepared = prepared.inspect(|b| {
+        if let Some(s) = sample.as_mut() {
+            s.observe(b);
+        }
+    });
     // On any error below the writer is dropped, which abandons the upload.
     let (report, writer) = write_parquet(prepared, storage.writer(&format!("{prefix}/part-00000.parquet")), limits)?;
     writer.finish()?;
-    Ok((prefix, report))
+    let scan = sample.zip(req.scan.as_ref()).map(|(s, o)| s.scan(o));
+    Ok(Imported { prefix, report, scan })
 }
 
 /// [`import`] on a blocking thread.
-pub async fn import_async(
-    storage: TableStorage,
-    req: ImportRequest,
-    upload: Upload,
-    limits: IngestLimits,
-) -> Result<(String, IngestReport)> {
+pub async fn import_async(storage: TableStorage, req: ImportRequest, upload: Upload, limits: IngestLimits) -> Result<Imported> {
     tokio::task::spawn_blocking(move || import(&storage, &req, upload, &limits))
         .await
         .map_err(|_| MoatError::internal("ingest_task_failed"))?
 }
 
-/// Records an imported version in the catalog; removes the superseded version's files after a
-/// grace period (queries that already listed them finish first).
-pub async fn commit_version(
-    stores: &Stores,
-    storage: &TableStorage,
-    req: &ImportRequest,
-    prefix: &str,
-    report: &IngestReport,
-) -> Result<TableRecord> {
-    let columns = report.schema.fields().iter().map(|f| ColumnRecord::unclassified(f.name(), &f.data_type().to_string())).collect();
+/// Records an imported version in the catalog (with the scanner's proposals for columns not
+/// labelled by hand); removes the superseded version's files after a grace period (queries
+/// that already listed them finish first).
+pub async fn commit_version(stores: &Stores, storage: &TableStorage, req: &ImportRequest, imported: &Imported) -> Result<TableRecord> {
+    let Imported { prefix, report, scan } = imported;
+    let columns = report
+        .schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = f.data_type().to_string();
+            match scan {
+                Some(s) => s.column_record(f.name(), &t),
+                None => ColumnRecord::unclassified(f.name(), &t),
+            }
+        })
+        .collect();
     let v = NewTableVersion {
         tenant_id: req.tenant,
         name: req.table.clone(),
         domain: req.domain.clone(),
         product: req.product.clone(),
-        location: prefix.to_owned(),
+        location: prefix.clone(),
         row_count: report.rows as i64,
         bytes: report.bytes_written as i64,
         columns,

@@ -200,6 +200,18 @@ pub struct ColumnRecord {
     pub mask: Option<String>,
 }
 
+/// The label a column of a new table version gets, given the same-named column of the previous
+/// version: a manual label always carries over (a scan never overwrites it); otherwise a fresh
+/// scanner proposal wins, and without one the old label carries over if the type is unchanged.
+pub fn carry_label(old: Option<&ColumnRecord>, new: &ColumnRecord) -> ColumnRecord {
+    match old {
+        Some(o) if o.source == "manual" || (new.source != "scanner" && o.data_type == new.data_type) => {
+            ColumnRecord { name: new.name.clone(), data_type: new.data_type.clone(), ..o.clone() }
+        }
+        _ => new.clone(),
+    }
+}
+
 impl ColumnRecord {
     /// A column nobody has classified yet.
     pub fn unclassified(name: &str, data_type: &str) -> Self {

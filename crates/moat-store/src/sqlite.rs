@@ -629,18 +629,7 @@ impl MetaStore for SqliteStore {
             }
             None => (uuid::Uuid::now_v7().to_string(), 1, v.now, None, Vec::new()),
         };
-        // Labels carry over by column name: a manual label always, any other if the type is
-        // unchanged (the scanner re-proposes for changed columns).
-        let columns: Vec<ColumnRecord> = v
-            .columns
-            .iter()
-            .map(|c| match old_columns.iter().find(|o| o.name == c.name) {
-                Some(o) if o.source == "manual" || o.data_type == c.data_type => {
-                    ColumnRecord { name: c.name.clone(), data_type: c.data_type.clone(), ..o.clone() }
-                }
-                _ => c.clone(),
-            })
-            .collect();
+        let columns: Vec<ColumnRecord> = v.columns.iter().map(|c| carry_label(old_columns.iter().find(|o| o.name == c.name), c)).collect();
         if existing.is_some() {
             sqlx::query("UPDATE catalog_tables SET domain = ?, product = ?, version = ?, location = ?, row_count = ?, bytes = ?, updated_at = ? WHERE id = ?")
                 .bind(&v.domain)

@@ -49,7 +49,8 @@ fn col<'a>(r: &'a Resp, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn ingest_catalog_and_atomic_replace() {
-    let s = TestServer::start().await;
+    // Without the scanner, to see what an unlabelled column is.
+    let s = TestServer::start_with(|c| c.scan.on_ingest = false).await;
     let admin = s.tenant_with_admin("acme").await;
     let r = s.put_csv("/v1/tables/customers?domain=sales&product=crm", &admin, CSV_A).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
@@ -152,7 +153,8 @@ async fn who_may_write_classify_and_query() {
         (rec.details["from"]["classification"].as_str(), rec.details["to"]["classification"].as_str()),
         (Some("RESTRICTED"), Some("RESTRICTED"))
     );
-    assert_eq!((rec.details["from"]["source"].as_str(), rec.details["to"]["source"].as_str()), (Some("default"), Some("manual")));
+    // Accepting the scanner's proposal by hand is a change of source, and audited as one.
+    assert_eq!((rec.details["from"]["source"].as_str(), rec.details["to"]["source"].as_str()), (Some("scanner"), Some("manual")));
 }
 
 #[tokio::test]
@@ -227,7 +229,8 @@ async fn parquet_uploads_are_governed_like_csv() {
     use datafusion::arrow::array::{Float64Array, Int32Array, StringArray};
     use datafusion::arrow::record_batch::RecordBatch;
     use std::sync::Arc;
-    let s = TestServer::start().await;
+    // Without the scanner, to see what unlabelled columns are.
+    let s = TestServer::start_with(|c| c.scan.on_ingest = false).await;
     let admin = s.tenant_with_admin("acme").await;
     let batch = RecordBatch::try_from_iter(vec![
         ("ID", Arc::new(Int32Array::from(vec![1, 2])) as _),
@@ -401,4 +404,65 @@ async fn a_tenant_masking_policy_changes_masks_never_unmasks() {
     );
     let rec = s.audit_of(Some("acme")).await.into_iter().find(|e| e.action == "policy.masking_update").unwrap();
     assert_eq!(rec.details["to"]["rules"]["viewer:CONFIDENTIAL"], "full");
+}
+
+/// Uploads are classified by the scanner; a manual label always wins, also over a re-scan of a
+/// replacement; the scan is in the upload's answer and its audit record.
+#[tokio::test]
+async fn uploads_are_classified_by_the_scanner_and_manual_labels_win() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
+    let first = ["Jane", "John", "Maria", "Ahmed", "Olivia", "Lucas", "Emma", "Noah"];
+    let last = ["Smith", "Garcia", "Müller", "Rossi", "Dubois", "Khan", "Jansen", "Brown"];
+    let mut csv = String::from("customer_id,full_name,contact,ssn,zip,plan\n");
+    for i in 0..60usize {
+        let (f, l) = (first[i % 8], last[(i * 3 + i / 8) % 8]);
+        csv.push_str(&format!(
+            "{i},{f} {l},{}.{}{i}@example.com,{:03}-{:02}-{:04},{:05},{}\n",
+            f.to_lowercase(),
+            l.to_lowercase(),
+            101 + i * 7,
+            1 + i % 98,
+            1000 + i,
+            2100 + i % 13,
+            ["free", "pro", "team"][i % 3]
+        ));
+    }
+    let r = s.put_csv("/v1/tables/customers", &admin, csv.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["scan"]["rows_sampled"], 60);
+    assert_eq!(r.body["scan"]["quasi_identifiers"], json!(["zip"]));
+    let t = s.get("/v1/tables/customers", &admin).await;
+    let c = |name: &str| col(&t, name).clone();
+    // `contact` says nothing; its values are e-mail addresses.
+    for (name, label, pii, entity) in [
+        ("contact", "CONFIDENTIAL", "direct", Some("email")),
+        ("full_name", "CONFIDENTIAL", "direct", Some("person_name")),
+        ("ssn", "RESTRICTED", "direct", Some("ssn")),
+        ("zip", "CONFIDENTIAL", "quasi", Some("zip")),
+        ("plan", "INTERNAL", "none", None),
+    ] {
+        let got = c(name);
+        assert_eq!(
+            (got["classification"].as_str(), got["pii"].as_str(), got["entity"].as_str(), got["source"].as_str()),
+            (Some(label), Some(pii), entity, Some("scanner")),
+            "{name}: {got}"
+        );
+        assert!(got["confidence"].as_f64().is_some_and(|x| x > 0.5 && x <= 1.0), "{name}: {got}");
+    }
+    // The Viewer sees what the scanner's labels mask.
+    let q = s.query(&viewer, "SELECT contact, ssn, plan FROM customers WHERE customer_id = 1").await;
+    assert_eq!(q.body["rows"][0][0], "j***@***.com", "{:?}", q.body);
+    assert_eq!(q.body["rows"][0][1], "****", "RESTRICTED without a grant: full mask");
+    assert_eq!(q.body["rows"][0][2], "pro");
+    // A manual label survives the re-scan of a replacement.
+    label(&s, &admin, "plan", "CONFIDENTIAL", "none", None).await;
+    let r = s.put_csv("/v1/tables/customers", &admin, csv).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let t = s.get("/v1/tables/customers", &admin).await;
+    assert_eq!((col(&t, "plan")["classification"].as_str(), col(&t, "plan")["source"].as_str()), (Some("CONFIDENTIAL"), Some("manual")));
+    assert_eq!(col(&t, "contact")["source"], "scanner");
+    let rec = s.audit_of(Some("acme")).await.into_iter().rev().find(|e| e.action == "table.write").unwrap();
+    assert!(rec.details["scan"]["columns"].as_array().is_some_and(|c| c.len() == 6), "{:?}", rec.details);
 }

@@ -166,6 +166,7 @@ pub async fn put_table(
         product: q.product.unwrap_or_else(|| "default".into()),
         type_overrides: parse_overrides(q.types.as_deref())?,
         now: st.clock.now_s(),
+        scan: st.config.scan.on_ingest.then(|| st.config.scan.options(st.clock.now_s())),
     };
     tables::check_identifier("table", &req.table)?;
     tables::check_identifier("domain", &req.domain)?;
@@ -195,7 +196,7 @@ pub async fn put_table(
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
         tables::import_async(st.tables.clone(), req.clone(), Upload::Csv(Box::new(reader)), limits).await
     };
-    let (prefix, report) = match imported {
+    let imported = match imported {
         Ok(v) => v,
         Err(e) => {
             let e = if over.load(Ordering::Relaxed) {
@@ -214,15 +215,20 @@ pub async fn put_table(
             return Err(e.into());
         }
     };
-    let rec = tables::commit_version(&st.stores, &st.tables, &req, &prefix, &report).await?;
+    let rec = tables::commit_version(&st.stores, &st.tables, &req, &imported).await?;
+    let report = &imported.report;
     let renamed: Vec<Value> = report.renamed.iter().map(|(from, to)| json!({"from": from, "to": to})).collect();
+    let scan = imported.scan.as_ref().map(|s| s.to_json());
     let ev = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::of(&auth.principal), Outcome::Success)
         .resource(format!("table:{name}"))
-        .details(json!({"version": rec.version, "format": if parquet { "parquet" } else { "csv" }, "rows": report.rows, "bytes": report.bytes_written, "received_bytes": seen.load(Ordering::Relaxed), "duration_ms": started.elapsed().as_millis() as u64, "renamed": renamed}));
+        .details(json!({"version": rec.version, "format": if parquet { "parquet" } else { "csv" }, "rows": report.rows, "bytes": report.bytes_written, "received_bytes": seen.load(Ordering::Relaxed), "duration_ms": started.elapsed().as_millis() as u64, "renamed": renamed, "scan": scan}));
     st.record(&auth.client, ev).await?;
     let status = if rec.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
     let mut body = serde_json::to_value(view(&rec)).map_err(|_| MoatError::internal("encode"))?;
     body["renamed"] = Value::Array(renamed);
+    if let Some(scan) = scan {
+        body["scan"] = scan;
+    }
     Ok((status, Json(body)).into_response())
 }
 
