@@ -55,3 +55,36 @@ mod tests {
         assert_eq!(Classification::parse("internal"), Some(Classification::Internal));
     }
 }
+
+/// The PII category of a column (contract: `direct|quasi|derived|none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiCategory {
+    /// Identifies a person on its own: names, emails, SSNs, phone numbers, cards, IBANs,
+    /// national ids, addresses, IP addresses.
+    Direct,
+    /// Harmless alone, identifying in combination: age, ZIP/postal code, gender, job title,
+    /// birth date.
+    Quasi,
+    /// Computed about a person: credit scores, churn probabilities, behavioural scores.
+    Derived,
+    #[default]
+    None,
+}
+
+impl PiiCategory {
+    pub const ALL: [PiiCategory; 4] = [PiiCategory::Direct, PiiCategory::Quasi, PiiCategory::Derived, PiiCategory::None];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Quasi => "quasi",
+            Self::Derived => "derived",
+            Self::None => "none",
+        }
+    }
+}

@@ -3,32 +3,8 @@
 
 use moat_core::classification::Classification;
 
-/// The PII category of a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Category {
-    /// Identifies a person on its own: names, emails, SSNs, phone numbers, cards, IBANs,
-    /// national ids, addresses, IP addresses.
-    Direct,
-    /// Harmless alone, identifying in combination: age, ZIP/postal code, gender, job title,
-    /// birth date.
-    Quasi,
-    /// Computed about a person: credit scores, churn probabilities, behavioural scores.
-    Derived,
-    None,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Quasi => "quasi",
-            Self::Derived => "derived",
-            Self::None => "none",
-        }
-    }
-
-    pub const ALL: [Category; 4] = [Category::Direct, Category::Quasi, Category::Derived, Category::None];
-}
+/// The PII category of a column: the one type the catalog, the engine and the scanner share.
+pub use moat_core::classification::PiiCategory as Category;
 
 /// The entities the scanner recognises. `as_str` is the catalog's `entity` (the masking policy
 /// picks a mask by it: names hash, identifiers show the last four, contacts are redacted).

@@ -62,18 +62,12 @@ moreira correia mendes nunes soares vieira monteiro cardoso rocha raposo neves c
 sharma ali ahmed hussain wang zhang liu chen yang huang zhao wu zhou xu sun ma zhu hu guo tanaka suzuki takahashi watanabe \
 ito yamamoto nakamura kobayashi";
 
-fn set(words: &'static str) -> HashSet<&'static str> {
-    words.split_whitespace().collect()
-}
+static GIVEN_SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+static SURNAME_SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
 
-fn given() -> &'static HashSet<&'static str> {
-    static S: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    S.get_or_init(|| set(GIVEN))
-}
-
-fn surnames() -> &'static HashSet<&'static str> {
-    static S: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    S.get_or_init(|| set(SURNAMES))
+/// A bundled list as a set, built on first use.
+fn list(cell: &'static OnceLock<HashSet<&'static str>>, words: &'static str) -> &'static HashSet<&'static str> {
+    cell.get_or_init(|| words.split_whitespace().collect())
 }
 
 /// Whether `word` (any case, accents allowed) is a listed given name or surname.
@@ -85,7 +79,7 @@ pub fn known_name(word: &str) -> bool {
             key.extend(c.to_lowercase());
         }
     }
-    given().contains(key.as_str()) || surnames().contains(key.as_str())
+    list(&GIVEN_SET, GIVEN).contains(key.as_str()) || list(&SURNAME_SET, SURNAMES).contains(key.as_str())
 }
 
 /// Whether `value` looks like a person's name: one to four capitalised words of letters (inner

@@ -10,36 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mask::MaskRule;
 
-/// The PII category of a column (contract: `direct|quasi|derived|none`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PiiCategory {
-    Direct,
-    Quasi,
-    Derived,
-    #[default]
-    None,
-}
-
-impl PiiCategory {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "direct" => Some(Self::Direct),
-            "quasi" => Some(Self::Quasi),
-            "derived" => Some(Self::Derived),
-            "none" => Some(Self::None),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Quasi => "quasi",
-            Self::Derived => "derived",
-            Self::None => "none",
-        }
-    }
-}
+pub use moat_core::classification::PiiCategory;
 
 /// What the catalog knows about a column, as far as masking is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
