@@ -60,7 +60,7 @@ impl Proposal {
 
 /// Counts of what the sampled values look like.
 #[derive(Debug, Default)]
-struct Profile {
+struct Profile<'a> {
     n: usize,
     distinct: usize,
     email: usize,
@@ -73,8 +73,9 @@ struct Profile {
     insee: usize,
     ip: usize,
     phone_shaped: usize,
-    phone_checked: usize,
-    phone_valid: usize,
+    /// The first phone-shaped values, checked against the numbering plans only if the column
+    /// is phone-shaped at all (the check is the expensive one).
+    phone_candidates: Vec<&'a str>,
     person: usize,
     address: usize,
     postal_distinct: usize,
@@ -92,7 +93,7 @@ struct Profile {
     sum_sq: f64,
 }
 
-impl Profile {
+impl Profile<'_> {
     fn frac(&self, k: usize) -> f32 {
         if self.n == 0 { 0.0 } else { k as f32 / self.n as f32 }
     }
@@ -158,7 +159,8 @@ const STREET_WORDS: &[&str] = &[
 /// `12 Main Street`, `Flat 3, 221B Baker St`, `5 rue de la Paix`, `Hauptstraße 12`, `Calle Mayor 7`.
 fn street_address(v: &str) -> bool {
     let has_digit = v.bytes().any(|b| b.is_ascii_digit());
-    if !has_digit || v.len() > 120 {
+    // Cheap refusals first: most values are plain numbers or words.
+    if !has_digit || v.len() > 120 || !v.bytes().any(|b| b.is_ascii_alphabetic()) {
         return false;
     }
     let words = names::tokens(v);
@@ -309,8 +311,16 @@ const JOB_WORDS: &[&str] = &[
 ];
 
 fn job_title(v: &str) -> bool {
+    if v.len() > 80 || v.bytes().any(|b| b.is_ascii_digit()) {
+        return false;
+    }
     let words = names::tokens(v);
-    !words.is_empty() && words.len() <= 6 && !v.bytes().any(|b| b.is_ascii_digit()) && words.iter().any(|w| JOB_WORDS.contains(&w.as_str()))
+    !words.is_empty() && words.len() <= 6 && words.iter().any(|w| JOB_WORDS.contains(&w.as_str()))
+}
+
+/// A gender value, compared without allocating (case-insensitive).
+fn gender(v: &str) -> bool {
+    v.len() <= 12 && GENDERS.iter().any(|g| g.eq_ignore_ascii_case(v))
 }
 
 /// What people type for "no value" (`n/a`, `TBD`, `-`): counted as missing, like NULL.
@@ -339,7 +349,7 @@ fn is_placeholder(v: &str) -> bool {
         )
 }
 
-fn profile(values: &[Option<&str>], opts: &ScanOptions) -> Profile {
+fn profile<'a>(values: &[Option<&'a str>], opts: &ScanOptions) -> Profile<'a> {
     let mut p = Profile { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Default::default() };
     let mut seen: HashSet<&str> = HashSet::new();
     for v in values.iter().flatten() {
@@ -383,9 +393,8 @@ fn profile(values: &[Option<&str>], opts: &ScanOptions) -> Profile {
             }
             if validate::phone_shaped(v) {
                 p.phone_shaped += 1;
-                if p.phone_checked < opts.phone_checks {
-                    p.phone_checked += 1;
-                    p.phone_valid += usize::from(validate::phone(v, validate::PHONE_REGIONS));
+                if p.phone_candidates.len() < opts.phone_checks {
+                    p.phone_candidates.push(v);
                 }
             }
             p.postal_distinct += usize::from(distinctive_postal(v));
@@ -398,8 +407,7 @@ fn profile(values: &[Option<&str>], opts: &ScanOptions) -> Profile {
             p.ip += usize::from(validate::ipv6(v));
         }
         p.address += usize::from(street_address(v));
-        let lower = v.to_lowercase();
-        p.gender += usize::from(GENDERS.contains(&lower.as_str()));
+        p.gender += usize::from(gender(v));
         p.job += usize::from(job_title(v));
         p.person += usize::from(looks_like_person_name(v));
         if let Some(d) = validate::date(v) {
@@ -450,10 +458,11 @@ pub fn scan_column(name: &str, values: &[Option<&str>], opts: &ScanOptions) -> P
     if shaped >= 0.8 && hinted(Entity::Ssn) {
         return Proposal::found(Entity::Ssn, 0.5 + 0.4 * shaped, format!("{:.0}% SSN-shaped values; the name says SSN", shaped * 100.0));
     }
-    if p.phone_checked > 0 {
-        let shaped = p.frac(p.phone_shaped);
-        let valid = p.phone_valid as f32 / p.phone_checked as f32;
-        if shaped >= 0.8 && valid >= 0.8 && (!not_personal || hinted(Entity::Phone)) && p.frac(p.postal_digits) < 0.5 {
+    let shaped = p.frac(p.phone_shaped);
+    if shaped >= 0.8 && (!not_personal || hinted(Entity::Phone)) && p.frac(p.postal_digits) < 0.5 {
+        let valid = p.phone_candidates.iter().filter(|v| validate::phone(v, validate::PHONE_REGIONS)).count() as f32
+            / p.phone_candidates.len().max(1) as f32;
+        if valid >= 0.8 {
             return Proposal::found(
                 Entity::Phone,
                 conf(valid, Entity::Phone),

@@ -448,6 +448,9 @@ pub fn date(s: &str) -> Option<Date> {
     let s = s.trim();
     let s = s.split(['T', ' ']).next().unwrap_or(s);
     let sep = s.bytes().find(|b| matches!(b, b'-' | b'/' | b'.'))?;
+    if s.len() > 10 || s.bytes().filter(|b| *b == sep).count() != 2 {
+        return None;
+    }
     let parts: Vec<&str> = s.split(sep as char).collect();
     let [a, b, c] = parts.as_slice() else {
         return None;
