@@ -11,7 +11,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig, FileStatisticsCache};
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -125,7 +125,6 @@ struct TenantSlot {
     /// queries so that planning does not re-read them. Keys are object paths, which carry the
     /// tenant and an immutable version, so an entry can never be stale or another tenant's.
     caches: CacheManagerConfig,
-    statistics: Option<Arc<FileStatisticsCache>>,
 }
 
 /// Bounds of a tenant's planning caches (least recently used entries go first).
@@ -224,9 +223,8 @@ impl Engine {
             .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES)
             .with_list_files_cache_limit(LIST_CACHE_BYTES);
         let made = CacheManager::try_new(&bounds).map_err(df_error)?;
-        let statistics = made.get_file_statistic_cache();
         let caches = bounds
-            .with_file_statistics_cache(statistics.clone())
+            .with_file_statistics_cache(made.get_file_statistic_cache())
             .with_list_files_cache(made.get_list_files_cache())
             .with_file_metadata_cache(Some(made.get_file_metadata_cache()));
         let slot = Arc::new(TenantSlot {
@@ -234,7 +232,6 @@ impl Engine {
             running: Arc::new(Semaphore::new(self.limits.max_concurrent_per_tenant)),
             disk: Arc::new(disk),
             caches,
-            statistics,
         });
         t.insert(tenant, slot.clone());
         Ok(slot)
@@ -323,7 +320,7 @@ impl Engine {
             let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             let listing = ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(t.schema.clone()))
                 .map_err(df_error)?
-                .with_cache(slot.statistics.clone());
+                .with_cache(slot.caches.file_statistics_cache.clone());
             ctx.register_table(t.name.as_str(), Arc::new(GovernedTable::new(Arc::new(listing), &per_column))).map_err(df_error)?;
         }
 

@@ -1,6 +1,7 @@
 //! Mask functions (contract: "Classification and masking defaults") and their vectorised
-//! DataFusion UDFs. Every mask yields text (a string-view array: short masks need no data buffer);
-//! NULL stays NULL; values of other types are cast to text first. The UDFs are used only inside governed scans and are not registered for SQL.
+//! DataFusion UDFs. Every mask yields text (a string-view array: short masks need no data
+//! buffer); NULL stays NULL; values of other types are cast to text first. The UDFs are used only
+//! inside governed scans and are not registered for SQL.
 
 use std::sync::Arc;
 

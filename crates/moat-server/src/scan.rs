@@ -93,6 +93,11 @@ impl TableSample {
     }
 }
 
+/// A proposal's confidence as shown and stored: two decimals.
+fn confidence(p: &Proposal) -> f64 {
+    (f64::from(p.confidence) * 100.0).round() / 100.0
+}
+
 #[derive(Debug, Clone)]
 pub struct ColumnScan {
     pub name: String,
@@ -121,7 +126,7 @@ impl ScanReport {
                 classification: Some(c.proposal.label.as_str().into()),
                 pii: c.proposal.category.as_str().into(),
                 entity: c.proposal.entity.map(|e| e.as_str().into()),
-                confidence: Some(f64::from((c.proposal.confidence * 100.0).round() / 100.0)),
+                confidence: Some(confidence(&c.proposal)),
                 source: "scanner".into(),
                 mask: None,
             },
@@ -141,7 +146,7 @@ impl ScanReport {
                 "pii": c.proposal.category.as_str(),
                 "entity": c.proposal.entity.map(|e| e.as_str()),
                 "classification": c.proposal.label.as_str(),
-                "confidence": (c.proposal.confidence * 100.0).round() / 100.0,
+                "confidence": confidence(&c.proposal),
                 "reason": c.proposal.reason,
             })).collect::<Vec<_>>(),
         })
