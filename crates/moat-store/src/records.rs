@@ -267,3 +267,28 @@ pub struct ColumnLabel {
     pub entity: Option<String>,
     pub mask: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(source: &str, label: &str, data_type: &str) -> ColumnRecord {
+        ColumnRecord { source: source.into(), classification: Some(label.into()), ..ColumnRecord::unclassified("c", data_type) }
+    }
+
+    #[test]
+    fn manual_labels_survive_and_fresh_proposals_beat_old_automatic_ones() {
+        let manual = col("manual", "PUBLIC", "Utf8");
+        // A scan never overwrites a manual label, not even after a type change.
+        assert_eq!(carry_label(Some(&manual), &col("scanner", "RESTRICTED", "Int64")).source, "manual");
+        assert_eq!(carry_label(Some(&manual), &col("scanner", "RESTRICTED", "Int64")).data_type, "Int64");
+        // A fresh proposal replaces an old one.
+        let old = col("scanner", "INTERNAL", "Utf8");
+        assert_eq!(carry_label(Some(&old), &col("scanner", "CONFIDENTIAL", "Utf8")).classification.as_deref(), Some("CONFIDENTIAL"));
+        // Without a scan, the old label carries over only while the type is unchanged.
+        let unscanned = ColumnRecord::unclassified("c", "Utf8");
+        assert_eq!(carry_label(Some(&old), &unscanned).classification.as_deref(), Some("INTERNAL"));
+        assert_eq!(carry_label(Some(&old), &ColumnRecord::unclassified("c", "Int64")).classification, None);
+        assert_eq!(carry_label(None, &unscanned), unscanned);
+    }
+}
