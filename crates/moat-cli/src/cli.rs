@@ -124,6 +124,30 @@ pub enum Command {
         #[arg(long)]
         mask: Option<String>,
     },
+    /// Views: saved read-only queries, queryable like tables; their columns carry the labels of
+    /// what they read.
+    View {
+        #[command(subcommand)]
+        cmd: ViewCmd,
+    },
+    /// Run the PII scanner on one table or on every table of the tenant (Admin), with
+    /// progress; labels every column not labelled by hand unless --dry-run.
+    Scan {
+        /// Only this table (default: every table).
+        #[arg(long)]
+        table: Option<String>,
+        /// Show the proposals without changing any label.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows to sample per table (default: the server's scan.sample_rows).
+        #[arg(long)]
+        sample_rows: Option<usize>,
+    },
+    /// The tenant's policies (Admin): password, masking, classification.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// The tenant's audit trail (Admin, Auditor).
     Audit {
         #[command(subcommand)]
@@ -246,6 +270,42 @@ pub enum TableCmd {
     },
     Delete {
         table: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ViewCmd {
+    List,
+    /// A view's SQL and its columns with their derived labels.
+    Show {
+        name: String,
+    },
+    /// Create or replace a view (Editor+).
+    Save {
+        name: String,
+        /// One read-only statement (SELECT, WITH or VALUES).
+        #[arg(long)]
+        sql: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Print a policy as JSON.
+    Show {
+        /// password, masking or classification.
+        name: String,
+    },
+    /// Replace a policy with the JSON in FILE (`-` for standard input).
+    Set {
+        /// password, masking or classification.
+        name: String,
+        file: PathBuf,
     },
 }
 

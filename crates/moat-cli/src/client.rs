@@ -190,6 +190,47 @@ impl Client {
         ok_json(resp).await.map(|_| String::new())
     }
 
+    /// A POST answered with NDJSON lines (`{"progress": …}` … then `{"result": …}` or
+    /// `{"error": …}`): each progress object goes to `on_progress`; returns the result.
+    pub async fn call_ndjson(&mut self, path: &str, mut on_progress: impl FnMut(&Value)) -> Result<Value, CliError> {
+        use futures::StreamExt;
+        let token = self.bearer().await?;
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header(reqwest::header::ACCEPT, "application/x-ndjson")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return ok_json(resp).await;
+        }
+        let bad = || CliError::runtime("bad_response", "the server's answer ended before its result");
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let v: Value = serde_json::from_slice(&line)
+                    .map_err(|_| CliError::runtime("bad_response", "the server sent a line that is not JSON"))?;
+                if let Some(p) = v.get("progress") {
+                    on_progress(p);
+                } else if let Some(r) = v.get("result") {
+                    return Ok(r.clone());
+                } else {
+                    let code = v["error"]["code"].as_str().unwrap_or("http_error").to_owned();
+                    return Err(CliError::runtime_owned(code, v["error"]["message"].as_str().unwrap_or("the request failed").to_owned()));
+                }
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(CliError::runtime("bad_response", format!("the answer broke off: {e}"))),
+                None => return Err(bad()),
+            }
+        }
+    }
+
     /// Streams a CSV or Parquet file (told apart by Parquet's `PAR1` magic) as a table upload,
     /// with a progress bar on a terminal.
     pub async fn upload_table(&mut self, path: &str, file: &std::path::Path, progress: bool) -> Result<Value, CliError> {

@@ -136,6 +136,11 @@ pub async fn run(cli: Cli) -> CliResult {
             query(Client::new(cli.server, cli.in_tenant)?, &sql, if json_out { "json" } else { &format }).await
         }
         Command::Table { cmd } => table(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
+        Command::Scan { table, dry_run, sample_rows } => {
+            scan(Client::new(cli.server, cli.in_tenant)?, table, dry_run, sample_rows, json_out).await
+        }
+        Command::View { cmd } => view(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
+        Command::Policy { cmd } => policy(Client::new(cli.server, cli.in_tenant)?, cmd).await,
         Command::Classify { table, column, classification, pii, entity, mask } => {
             let mut c = Client::new(cli.server, cli.in_tenant)?;
             let body = json!({"classification": classification, "pii": pii, "entity": entity, "mask": mask});
@@ -483,6 +488,162 @@ async fn table(mut c: Client, cmd: TableCmd, json_out: bool) -> CliResult {
         TableCmd::Delete { table } => {
             c.call(Method::DELETE, &format!("/v1/tables/{}", urlencode(&table)), None).await?;
             emit(json_out, &json!({"deleted": table}), |_| println!("table {table} deleted"));
+        }
+    }
+    Ok(())
+}
+
+/// Scans one table or every table, one progress bar per table on a terminal.
+async fn scan(mut c: Client, table: Option<String>, dry_run: bool, sample_rows: Option<usize>, json_out: bool) -> CliResult {
+    let tables: Vec<String> = match table {
+        Some(t) => vec![t],
+        None => {
+            let v = c.call(Method::GET, "/v1/tables", None).await?;
+            v["tables"].as_array().map_or(&[][..], Vec::as_slice).iter().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect()
+        }
+    };
+    let show_progress = !json_out && std::io::stderr().is_terminal();
+    let mut results = Vec::new();
+    for name in &tables {
+        let mut params = vec![format!("dry_run={dry_run}")];
+        if let Some(n) = sample_rows {
+            params.push(format!("sample_rows={n}"));
+        }
+        let bar = if show_progress {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} scanning {msg} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b.set_message(name.clone());
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let path = format!("/v1/tables/{}/scan?{}", urlencode(name), params.join("&"));
+        let result = c
+            .call_ndjson(&path, |p| {
+                bar.set_length(p["rows_total"].as_u64().unwrap_or(0));
+                bar.set_position(p["rows_read"].as_u64().unwrap_or(0));
+            })
+            .await;
+        bar.finish_and_clear();
+        let v = result?;
+        if !json_out {
+            print_scan(&v);
+        }
+        results.push(v);
+    }
+    if json_out {
+        output::print_json(&json!({"scans": results}));
+    } else if tables.is_empty() {
+        println!("no tables to scan");
+    }
+    Ok(())
+}
+
+fn print_scan(v: &Value) {
+    let rows: Vec<Value> = v["columns"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|c| {
+            let mut r = c.clone();
+            r["label now"] = json!(format!(
+                "{} ({})",
+                c["catalog"]["classification"].as_str().unwrap_or("-"),
+                c["catalog"]["source"].as_str().unwrap_or("-")
+            ));
+            r
+        })
+        .collect();
+    println!(
+        "{} v{}: {} of {} rows sampled{}",
+        v["table"].as_str().unwrap_or(""),
+        v["version"],
+        v["rows_sampled"],
+        v["rows_seen"],
+        if v["dry_run"].as_bool() == Some(true) { " (dry run: nothing changed)" } else { "" }
+    );
+    output::table_raw(&rows, &["name", "pii", "entity", "classification", "confidence", "review", "label now", "reason"]);
+    if let Some(q) = v["quasi_identifiers"].as_array().filter(|q| !q.is_empty()) {
+        let names: Vec<&str> = q.iter().filter_map(Value::as_str).collect();
+        println!("quasi-identifiers {}: k-anonymity {} in the sample", names.join(", "), v["k_anonymity"]);
+    }
+    let changes = v["changes"].as_array().map_or(0, Vec::len);
+    println!("{changes} label(s) changed; manual labels are never changed by a scan");
+}
+
+const POLICIES: &[&str] = &["password", "masking", "classification"];
+
+/// Policies are JSON documents: shown and set as JSON whatever `--json` says.
+async fn policy(mut c: Client, cmd: PolicyCmd) -> CliResult {
+    let check = |name: &str| {
+        if POLICIES.contains(&name) {
+            Ok(format!("/v1/policies/{name}"))
+        } else {
+            Err(CliError::usage("unknown_policy", format!("{name:?} is not a policy; use one of {}", POLICIES.join(", "))))
+        }
+    };
+    let v = match cmd {
+        PolicyCmd::Show { name } => c.call(Method::GET, &check(&name)?, None).await?,
+        PolicyCmd::Set { name, file } => {
+            let path = check(&name)?;
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| CliError::usage("read_failed", format!("cannot read standard input: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| CliError::usage("file_not_found", format!("cannot read {}: {e}", file.display())))?
+            };
+            let body: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::usage("malformed_json", format!("{} is not JSON: {e}", file.display())))?;
+            c.call(Method::PUT, &path, Some(body)).await?
+        }
+    };
+    output::print_json(&v);
+    Ok(())
+}
+
+async fn view(mut c: Client, cmd: ViewCmd, json_out: bool) -> CliResult {
+    let show = |v: &Value| {
+        println!(
+            "{} (v{}, {}): {}",
+            v["name"].as_str().unwrap_or(""),
+            v["version"],
+            v["classification"].as_str().unwrap_or("-"),
+            v["sql"].as_str().unwrap_or("")
+        );
+        if let Some(e) = v["error"]["message"].as_str() {
+            println!("  cannot be planned now: {e}");
+        }
+        output::table(v["columns"].as_array().map_or(&[], Vec::as_slice), &["name", "type", "classification", "masking"]);
+    };
+    match cmd {
+        ViewCmd::List => {
+            let v = c.call(Method::GET, "/v1/views", None).await?;
+            emit(json_out, &v, |v| {
+                output::table(
+                    v["views"].as_array().map_or(&[], Vec::as_slice),
+                    &["name", "classification", "version", "updated_at", "description"],
+                )
+            });
+        }
+        ViewCmd::Show { name } => {
+            let v = c.call(Method::GET, &format!("/v1/views/{}", urlencode(&name)), None).await?;
+            emit(json_out, &v, show);
+        }
+        ViewCmd::Save { name, sql, description } => {
+            let body = json!({"sql": sql, "description": description});
+            let v = c.call(Method::PUT, &format!("/v1/views/{}", urlencode(&name)), Some(body)).await?;
+            emit(json_out, &v, show);
+        }
+        ViewCmd::Delete { name } => {
+            c.call(Method::DELETE, &format!("/v1/views/{}", urlencode(&name)), None).await?;
+            emit(json_out, &json!({"deleted": name}), |_| println!("view {name} deleted"));
         }
     }
     Ok(())

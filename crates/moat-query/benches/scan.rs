@@ -250,7 +250,7 @@ async fn main() {
             let rt = s.elapsed();
             let s = Instant::now();
             if side != "raw" {
-                gov_rows = engine.execute(&who, tenant, &tables, &policy, sql).await.unwrap().row_count;
+                gov_rows = engine.execute(&who, tenant, moat_query::Catalog::tables(&tables), &policy, sql).await.unwrap().row_count;
             }
             let gt = s.elapsed();
             if i > 0 {

@@ -87,6 +87,18 @@ pub struct TableSource {
     pub columns: Vec<ColumnMeta>,
 }
 
+/// A view of the caller's tenant: a saved read-only query. It is planned inside the caller's
+/// session, over the same governed tables as the caller's own SQL, so it masks exactly as they
+/// do; its columns' labels come from lineage (the high-water mark of what they read).
+#[derive(Debug, Clone)]
+pub struct ViewSource {
+    pub name: String,
+    pub sql: String,
+}
+
+/// How deep views may build on views.
+pub const MAX_VIEW_DEPTH: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputColumn {
     pub name: String,
@@ -244,11 +256,33 @@ impl Engine {
         &self,
         principal: &Principal,
         tenant: TenantId,
-        tables: &[TableSource],
+        catalog: Catalog<'_>,
         policy: &MaskingPolicy,
         sql: &str,
     ) -> Result<QueryOutput, MoatError> {
-        self.start(principal, tenant, tables, policy, sql).await?.collect().await
+        self.start(principal, tenant, catalog, policy, sql).await?.collect().await
+    }
+
+    /// Plans `sql` as `principal` without running it: its result columns with their labels
+    /// and masks (a view's columns, checked when it is saved).
+    pub async fn describe(
+        &self,
+        principal: &Principal,
+        tenant: TenantId,
+        catalog: Catalog<'_>,
+        policy: &MaskingPolicy,
+        sql: &str,
+    ) -> Result<Vec<OutputColumn>, MoatError> {
+        let kind = restrict::check(sql, self.limits.max_sql_bytes, self.limits.max_depth, false)?;
+        if kind != QueryKind::Select {
+            return Err(MoatError::invalid("invalid_view", "a view is one SELECT, WITH or VALUES statement"));
+        }
+        let slot = self.slot(tenant)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
+        match tokio::time::timeout_at(deadline, self.prepare(principal, &slot, catalog, policy, sql)).await {
+            Ok(p) => Ok(p?.columns),
+            Err(_) => Err(timeout_error(&self.limits)),
+        }
     }
 
     /// Plans `sql` and starts it; the result is pulled batch by batch from the returned stream
@@ -257,7 +291,7 @@ impl Engine {
         &self,
         principal: &Principal,
         tenant: TenantId,
-        tables: &[TableSource],
+        catalog: Catalog<'_>,
         policy: &MaskingPolicy,
         sql: &str,
     ) -> Result<QueryStream, MoatError> {
@@ -272,7 +306,7 @@ impl Engine {
             )
         })?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
-        match tokio::time::timeout_at(deadline, self.plan(principal, &slot, tables, policy, sql, kind)).await {
+        match tokio::time::timeout_at(deadline, self.plan(principal, &slot, catalog, policy, sql, kind)).await {
             Ok(Ok(mut q)) => {
                 q.deadline = deadline;
                 q._permit = Some(permit);
@@ -287,11 +321,46 @@ impl Engine {
         &self,
         principal: &Principal,
         slot: &TenantSlot,
-        tables: &[TableSource],
+        catalog: Catalog<'_>,
         policy: &MaskingPolicy,
         sql: &str,
         kind: QueryKind,
     ) -> Result<QueryStream, MoatError> {
+        let p = self.prepare(principal, slot, catalog, policy, sql).await?;
+        let physical_started = Instant::now();
+        let stream = p.df.execute_stream().await.map_err(df_error)?;
+        let planning = PlanTimings { session: p.session, logical: p.logical, physical: physical_started.elapsed() };
+        Ok(QueryStream {
+            planning,
+            columns: p.columns,
+            schema: p.schema,
+            tables_read: p.tables_read,
+            columns_masked: p.columns_masked,
+            columns_read: p.columns_read,
+            kind,
+            inner: stream,
+            pool: p.pool,
+            limits: self.limits.clone(),
+            rows: 0,
+            bytes: 0,
+            truncated: false,
+            done: false,
+            deadline: tokio::time::Instant::now(),
+            exec: Duration::ZERO,
+            _permit: None,
+        })
+    }
+
+    /// The governed session of one query, its logical plan and its output classification.
+    async fn prepare(
+        &self,
+        principal: &Principal,
+        slot: &TenantSlot,
+        catalog: Catalog<'_>,
+        policy: &MaskingPolicy,
+        sql: &str,
+    ) -> Result<Prepared, MoatError> {
+        let tables = catalog.tables;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("moat", "public")
@@ -324,8 +393,12 @@ impl Engine {
             ctx.register_table(t.name.as_str(), Arc::new(GovernedTable::new(Arc::new(listing), &per_column))).map_err(df_error)?;
         }
 
-        let session = started.elapsed();
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        if !catalog.views.is_empty() {
+            let views: HashMap<&str, &ViewSource> = catalog.views.iter().map(|v| (v.name.as_str(), v)).collect();
+            register_views(&ctx, &views, sql, &mut Vec::new(), options).await?;
+        }
+        let session = started.elapsed();
         let df = ctx.sql_with_options(sql, options).await.map_err(df_error)?;
         let logical = started.elapsed() - session;
         let sources = lineage(df.logical_plan());
@@ -365,29 +438,83 @@ impl Engine {
             .collect();
 
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let physical_started = Instant::now();
-        let stream = df.execute_stream().await.map_err(df_error)?;
-        let planning = PlanTimings { session, logical, physical: physical_started.elapsed() };
-        Ok(QueryStream {
-            planning,
+        Ok(Prepared {
+            df,
             columns,
             schema,
             tables_read: tables_read.into_iter().collect(),
             columns_masked: columns_masked.into_iter().collect(),
             columns_read: columns_read.into_iter().collect(),
-            kind,
-            inner: stream,
             pool,
-            limits: self.limits.clone(),
-            rows: 0,
-            bytes: 0,
-            truncated: false,
-            done: false,
-            deadline: tokio::time::Instant::now(),
-            exec: Duration::ZERO,
-            _permit: None,
+            session,
+            logical,
         })
     }
+}
+
+/// What a query may name: the tables and views of the caller's tenant (the caller resolves
+/// them from the tenant of the credential, never from the request).
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog<'a> {
+    pub tables: &'a [TableSource],
+    pub views: &'a [ViewSource],
+}
+
+impl<'a> Catalog<'a> {
+    pub fn tables(tables: &'a [TableSource]) -> Self {
+        Self { tables, views: &[] }
+    }
+}
+
+struct Prepared {
+    df: datafusion::dataframe::DataFrame,
+    columns: Vec<OutputColumn>,
+    schema: SchemaRef,
+    tables_read: Vec<String>,
+    columns_masked: Vec<String>,
+    columns_read: Vec<String>,
+    pool: Arc<QueryPool>,
+    session: Duration,
+    logical: Duration,
+}
+
+/// Registers, in `ctx`, each view `sql` names (and the views those name, first), planned over
+/// the governed tables already registered. `stack` holds the views being planned: a view that
+/// names itself, directly or not, or views nested deeper than [`MAX_VIEW_DEPTH`], are refused.
+async fn register_views(
+    ctx: &SessionContext,
+    views: &HashMap<&str, &ViewSource>,
+    sql: &str,
+    stack: &mut Vec<String>,
+    options: SQLOptions,
+) -> Result<(), MoatError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(df_error)?;
+    for reference in state.resolve_table_references(&statement).map_err(df_error)? {
+        let name = reference.table();
+        let Some(view) = views.get(name) else { continue };
+        if ctx.table_exist(name).map_err(df_error)? {
+            continue;
+        }
+        if stack.iter().any(|s| s == name) {
+            return Err(MoatError::invalid("view_cycle", format!("view {name} reads itself (through {})", stack.join(" -> "))));
+        }
+        if stack.len() >= MAX_VIEW_DEPTH {
+            return Err(MoatError::invalid("view_too_deep", format!("views may build on views at most {MAX_VIEW_DEPTH} deep")));
+        }
+        stack.push(name.to_owned());
+        Box::pin(register_views(ctx, views, &view.sql, stack, options)).await?;
+        stack.pop();
+        let planned = ctx.sql_with_options(&view.sql, options).await.map_err(|e| {
+            let mut e = df_error(e);
+            e.message = format!("view {name}: {}", e.message);
+            e
+        })?;
+        let provider = datafusion::datasource::ViewTable::new(planned.into_unoptimized_plan(), Some(view.sql.clone()));
+        ctx.register_table(name, Arc::new(provider)).map_err(df_error)?;
+    }
+    Ok(())
 }
 
 /// The type a client is told. String views are a layout of the engine (masked text is one), not

@@ -19,6 +19,6 @@ pub mod restrict;
 pub mod scrub;
 pub mod storage;
 
-pub use engine::{Engine, EngineLimits, PlanTimings, QueryOutput, QueryStream, TableSource};
+pub use engine::{Catalog, Engine, EngineLimits, PlanTimings, QueryOutput, QueryStream, TableSource, ViewSource};
 pub use policy::{ColumnMeta, MaskDecision, PiiCategory};
 pub use storage::TableStorage;

@@ -18,6 +18,15 @@ fn union_all(v: &[Sources]) -> Sources {
 pub fn lineage(plan: &LogicalPlan) -> Vec<Sources> {
     let n = plan.schema().fields().len();
     let precise = match plan {
+        // A view: the sources of its own plan's columns (never the view's name, which carries
+        // no label), through the scan's projection.
+        LogicalPlan::TableScan(scan) if scan.source.get_logical_plan().is_some() => scan.source.get_logical_plan().map(|inner| {
+            let inner = lineage(&inner);
+            match &scan.projection {
+                Some(p) => p.iter().map(|&i| inner.get(i).cloned().unwrap_or_else(|| union_all(&inner))).collect(),
+                None => inner,
+            }
+        }),
         LogicalPlan::TableScan(scan) => {
             let table = scan.table_name.table().to_owned();
             Some(scan.projected_schema.fields().iter().map(|f| Sources::from([(table.clone(), f.name().clone())])).collect())

@@ -8,13 +8,19 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::object_store::buffered::BufWriter;
 use datafusion::object_store::local::LocalFileSystem;
 use datafusion::object_store::memory::InMemory;
 use datafusion::object_store::path::Path;
-use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use moat_core::MoatError;
 use tokio_util::io::SyncIoBridge;
@@ -88,6 +94,34 @@ impl TableStorage {
         let prefix = Path::from(prefix.trim_matches('/'));
         let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(|e| storage_error("cannot list table files", e))?;
         Ok(metas.iter().map(|m| m.size).sum())
+    }
+
+    /// Streams the rows of every Parquet file of a version prefix, at most `batch_rows` rows
+    /// per batch, through a one-partition DataFusion session over this store. Raw values: for
+    /// the server's own reads (the PII scanner); queries go through the engine and its masks.
+    pub async fn read_rows(&self, prefix: &str, batch_rows: usize) -> Result<SendableRecordBatchStream, MoatError> {
+        let read_error = |e: DataFusionError| storage_error("cannot read table files", e);
+        let config = SessionConfig::new().with_batch_size(batch_rows.max(1)).with_target_partitions(1);
+        let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.registry()).build_arc().map_err(read_error)?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let url = self.listing_url(prefix).map_err(read_error)?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let files: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&Path::from(prefix.trim_matches('/'))))
+            .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(".parquet")))
+            .try_collect()
+            .await
+            .map_err(|e| storage_error("cannot list table files", e))?;
+        if files.is_empty() {
+            let empty = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(empty, futures::stream::empty())));
+        }
+        let schema = options.infer_schema(&ctx.state(), &url).await.map_err(read_error)?;
+        let table =
+            ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(schema)).map_err(read_error)?;
+        let df = ctx.read_table(Arc::new(table)).map_err(read_error)?;
+        df.execute_stream().await.map_err(read_error)
     }
 
     /// Whether an object exists.
@@ -201,6 +235,34 @@ mod tests {
         assert_eq!(s.size_of("t/a").await.expect("size"), 5);
         assert_eq!(s.delete_prefix("t/a/").await.expect("delete"), 1);
         assert_eq!(s.size_of("t").await.expect("size"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn read_rows_streams_every_file_of_a_version() {
+        let s = TableStorage::in_memory();
+        for (part, csv) in [("part-00001", "id,name\n3,Cy\n"), ("part-00000", "id,name\n1,Ann\n2,Bob\n")] {
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || {
+                let limits = crate::ingest::IngestLimits::default();
+                let w = s2.writer(&format!("t/x/v1/{part}.parquet"));
+                let (_, w) = crate::ingest::csv_to_parquet(csv.as_bytes(), w, &Default::default(), &limits).expect("ingest");
+                w.finish().expect("finish");
+            })
+            .await
+            .expect("join");
+        }
+        // Not a table file: ignored.
+        s.store().put(&Path::from("t/x/v1/_SUCCESS"), b"".to_vec().into()).await.expect("put");
+        let batches: Vec<datafusion::arrow::record_batch::RecordBatch> =
+            s.read_rows("t/x/v1/", 1).await.expect("open").try_collect().await.expect("read");
+        assert_eq!(batches.len(), 3, "one row per batch");
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .map(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("ints").value(0))
+            .collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(s.read_rows("t/none/", 10).await.expect("open").count().await, 0);
     }
 
     #[test]

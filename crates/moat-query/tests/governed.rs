@@ -266,7 +266,14 @@ async fn limits_have_codes() {
     let slow = {
         let (e, v, a) = (e.clone(), v.clone(), w.a.clone());
         tokio::spawn(async move {
-            e.execute(&v, w.ta, &a, &MaskingPolicy::default(), "SELECT count(*) FROM generate_series(1, 100000000000) a").await
+            e.execute(
+                &v,
+                w.ta,
+                moat_query::Catalog::tables(&a),
+                &MaskingPolicy::default(),
+                "SELECT count(*) FROM generate_series(1, 100000000000) a",
+            )
+            .await
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -313,4 +320,73 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Views are saved queries planned in the caller's session: they mask exactly as the caller's
+/// own SQL does, their columns carry the labels of what they read (never less), and they cannot
+/// reach another tenant, themselves, or more than [`moat_query::engine::MAX_VIEW_DEPTH`] deep.
+#[tokio::test]
+async fn views_mask_like_their_tables_and_carry_their_labels() {
+    use moat_query::{Catalog, ViewSource};
+    let w = world().await;
+    let e = w.engine(EngineLimits::default());
+    let view = |name: &str, sql: &str| ViewSource { name: name.into(), sql: sql.into() };
+    let views = vec![
+        // Aliases and expressions must not launder a label.
+        view("contacts", "SELECT id, email AS contact, upper(name) AS shout, plan, ssn FROM customers"),
+        view("by_plan", "SELECT plan, count(*) AS n, max(ssn) AS top_ssn FROM contacts GROUP BY plan"),
+        view("loop_a", "SELECT * FROM loop_b"),
+        view("loop_b", "SELECT * FROM loop_a"),
+    ];
+    let cat = Catalog { tables: &w.a, views: &views };
+    let policy = MaskingPolicy::default();
+    let viewer = who(w.ta, Role::Viewer);
+    let run = |sql: &'static str| {
+        let (e, viewer, policy) = (&e, &viewer, &policy);
+        async move { e.execute(viewer, w.ta, cat, policy, sql).await }
+    };
+
+    let out = run("SELECT * FROM contacts ORDER BY id").await.unwrap();
+    let labels: Vec<(&str, Classification, &str)> =
+        out.columns.iter().map(|c| (c.name.as_str(), c.classification, c.masking.as_str())).collect();
+    assert_eq!(
+        labels,
+        [
+            ("id", Public, "none"),
+            ("contact", Confidential, "email_partial"),
+            ("shout", Confidential, "hash16"),
+            ("plan", Internal, "none"),
+            ("ssn", Restricted, "full"),
+        ]
+    );
+    assert!(!flat(&out).contains("Canary") && !flat(&out).contains(RAW_EMAIL) && !flat(&out).contains("6789"), "{}", flat(&out));
+    assert_eq!(out.tables_read, ["customers"], "the audit names the tables behind the view");
+    // Predicates through a view see masks, like any other.
+    assert!(cells(&run("SELECT id FROM contacts WHERE ssn = '123-45-6789'").await.unwrap()).is_empty());
+    assert!(cells(&run("SELECT id FROM contacts WHERE contact LIKE 'canary%'").await.unwrap()).is_empty());
+    // A view on a view: the aggregate of a RESTRICTED column stays RESTRICTED.
+    let agg = run("SELECT * FROM by_plan ORDER BY plan").await.unwrap();
+    assert_eq!(agg.columns.iter().find(|c| c.name == "top_ssn").map(|c| c.classification), Some(Restricted));
+    assert_eq!(cells(&agg), [["free", "1", "****"], ["pro", "2", "****"]]);
+    // The Admin reads the same view raw.
+    let admin = e.execute(&who(w.ta, Role::Admin), w.ta, cat, &policy, "SELECT contact FROM contacts WHERE id = 1").await.unwrap();
+    assert_eq!(cells(&admin), [[RAW_EMAIL]]);
+    // Describe: the labels without running anything.
+    let cols = e.describe(&viewer, w.ta, cat, &policy, "SELECT contact, plan FROM contacts").await.unwrap();
+    assert_eq!(cols.iter().map(|c| c.classification).collect::<Vec<_>>(), [Confidential, Internal]);
+    assert_eq!(e.describe(&viewer, w.ta, cat, &policy, "EXPLAIN SELECT 1").await.unwrap_err().code, "explain_not_allowed");
+    // A view that reads itself, directly or not.
+    assert_eq!(run("SELECT * FROM loop_a").await.unwrap_err().code, "view_cycle");
+    // Nesting deeper than allowed.
+    let mut deep: Vec<ViewSource> = (0..12).map(|i| view(&format!("v{i}"), &format!("SELECT * FROM v{}", i + 1))).collect();
+    deep.push(view("v12", "SELECT id FROM customers"));
+    let deep_cat = Catalog { tables: &w.a, views: &deep };
+    assert_eq!(e.execute(&viewer, w.ta, deep_cat, &policy, "SELECT * FROM v0").await.unwrap_err().code, "view_too_deep");
+    assert_eq!(cells(&e.execute(&viewer, w.ta, deep_cat, &policy, "SELECT count(*) FROM v6").await.unwrap()), [["3"]]);
+    // Tenant B has no such view; a view of A's never runs over B's tables.
+    let b_cat = Catalog { tables: &w.b, views: &[] };
+    assert_eq!(e.execute(&who(w.tb, Role::Admin), w.tb, b_cat, &policy, "SELECT * FROM contacts").await.unwrap_err().code, "query_error");
+    let same_view_in_b = Catalog { tables: &w.b, views: &views };
+    let b = e.execute(&who(w.tb, Role::Admin), w.tb, same_view_in_b, &policy, "SELECT contact FROM contacts").await.unwrap();
+    assert!(!flat(&b).contains("acme"), "a view's SQL names tables of the session it runs in: {}", flat(&b));
 }

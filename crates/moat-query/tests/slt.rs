@@ -46,7 +46,7 @@ impl AsyncDB for Governed {
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Refused> {
         let out = self
             .engine
-            .execute(&self.who, self.tenant, &self.tables, &MaskingPolicy::default(), sql)
+            .execute(&self.who, self.tenant, moat_query::Catalog::tables(&self.tables), &MaskingPolicy::default(), sql)
             .await
             .map_err(|e| Refused(format!("{}: {}", e.code, e.message)))?;
         let types = out

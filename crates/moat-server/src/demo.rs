@@ -188,7 +188,7 @@ async fn seed_customers(
         type_overrides: Default::default(),
         now,
         // Classified by the scanner alone, like any upload.
-        scan: Some(crate::scan::ScanConfig::default().options(now)),
+        scan: Some(crate::scan::Scanner { options: crate::scan::ScanConfig::default().options(now), ..Default::default() }),
     };
     let upload = Upload::Csv(Box::new(std::io::Cursor::new(csv.into_bytes())));
     let imported = import_async(tables.clone(), req.clone(), upload, Default::default()).await?;
@@ -223,12 +223,12 @@ mod tests {
         let csv = customers_csv(0x5eed_0000);
         let (schema, _) = Format::default().with_header(true).infer_schema(std::io::Cursor::new(csv.as_bytes()), None).expect("schema");
         let schema = std::sync::Arc::new(schema);
-        let opts = crate::scan::ScanConfig::default().options(1_790_000_000);
-        let mut sample = crate::scan::TableSample::new(&schema, opts.sample_rows, 1);
+        let scanner = crate::scan::Scanner { options: crate::scan::ScanConfig::default().options(1_790_000_000), ..Default::default() };
+        let mut sample = crate::scan::TableSample::new(&schema, scanner.options.sample_rows, 1);
         for b in ReaderBuilder::new(schema.clone()).with_header(true).build(std::io::Cursor::new(csv.as_bytes())).expect("reader") {
             sample.observe(&b.expect("batch"));
         }
-        let report = sample.scan(&opts);
+        let report = sample.scan(&scanner);
         for (col, label, pii, entity) in CUSTOMER_LABELS {
             let rec = report.column_record(col, "Utf8");
             assert_eq!(

@@ -19,6 +19,7 @@ use crate::limiter::{FailureLimiter, MemoryLimiter};
 /// Tenant setting keys.
 pub const PASSWORD_POLICY: &str = "password_policy";
 pub const MASKING_POLICY: &str = "masking_policy";
+pub const CLASSIFICATION_POLICY: &str = "classification_policy";
 
 pub struct AppState {
     pub config: Config,
@@ -79,6 +80,28 @@ impl AppState {
     /// The tenant's masking policy (no rules unless an Admin set some).
     pub async fn masking_policy(&self, tenant: moat_core::ids::TenantId) -> Result<moat_query::policy::MaskingPolicy> {
         self.setting(tenant, MASKING_POLICY).await
+    }
+
+    /// What a query of the tenant may name (its tables and views) and its masking policy, read
+    /// together.
+    pub async fn query_catalog(
+        &self,
+        tenant: moat_core::ids::TenantId,
+    ) -> Result<(Vec<moat_query::TableSource>, Vec<moat_query::ViewSource>, moat_query::policy::MaskingPolicy)> {
+        let (tables, views, policy) =
+            tokio::join!(self.stores.meta.list_tables(tenant), self.stores.meta.list_views(tenant), self.masking_policy(tenant));
+        let views = views?.into_iter().map(|v| moat_query::ViewSource { name: v.name, sql: v.sql }).collect();
+        Ok((tables?.iter().map(crate::tables::source_of).collect(), views, policy?))
+    }
+
+    /// The PII scanner as configured, with the tenant's classification policy; `sample_rows`
+    /// overrides the configured sample size.
+    pub async fn scanner(&self, tenant: moat_core::ids::TenantId, sample_rows: Option<usize>) -> Result<crate::scan::Scanner> {
+        let mut config = self.config.scan.clone();
+        if let Some(n) = sample_rows {
+            config.sample_rows = n;
+        }
+        Ok(crate::scan::Scanner { options: config.options(self.clock.now_s()), policy: self.setting(tenant, CLASSIFICATION_POLICY).await? })
     }
 
     /// A typed tenant setting, or its default. A stored value that no longer parses is an

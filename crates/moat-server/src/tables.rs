@@ -16,7 +16,7 @@ use moat_query::mask::MaskRule;
 use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage};
 use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord};
 
-use crate::scan::{ScanReport, TableSample};
+use crate::scan::{ScanReport, Scanner, TableSample};
 
 /// Names SQL tools reserve; a table may not take them.
 const RESERVED_TABLES: &[&str] = &["information_schema", "pg_catalog", "public", "moat", "datafusion", "select", "table", "from", "where"];
@@ -31,8 +31,8 @@ pub fn check_identifier(kind: &str, s: &str) -> Result<()> {
     if !ok {
         return Err(MoatError::invalid("invalid_name", format!("{kind} {s:?} must match ^[a-z_][a-z0-9_]{{0,62}}$")));
     }
-    if kind == "table" && RESERVED_TABLES.contains(&s) {
-        return Err(MoatError::invalid("invalid_name", format!("table name {s:?} is reserved")));
+    if (kind == "table" || kind == "view") && RESERVED_TABLES.contains(&s) {
+        return Err(MoatError::invalid("invalid_name", format!("{kind} name {s:?} is reserved")));
     }
     Ok(())
 }
@@ -53,7 +53,7 @@ pub struct ImportRequest {
     pub now: UnixSeconds,
     /// Scan the imported rows for PII and label the columns nobody labelled by hand
     /// (`None`: leave them as they were, unclassified ones RESTRICTED).
-    pub scan: Option<moat_pii::ScanOptions>,
+    pub scan: Option<Scanner>,
 }
 
 /// An imported version, not yet in the catalog.
@@ -85,7 +85,7 @@ pub fn import(storage: &TableStorage, req: &ImportRequest, upload: Upload, limit
         Upload::Parquet(f) => read_parquet(f, &req.type_overrides, limits)?,
     };
     // Rows are sampled on their way to the writer: one pass over the data.
-    let mut sample = req.scan.as_ref().map(|o| TableSample::new(&prepared.schema, o.sample_rows, req.now.unsigned_abs()));
+    let mut sample = req.scan.as_ref().map(|o| TableSample::new(&prepared.schema, o.options.sample_rows, req.now.unsigned_abs()));
     let prepared = prepared.inspect(|b| {
         if let Some(s) = sample.as_mut() {
             s.observe(b);

@@ -40,6 +40,47 @@ pub async fn run_all(s: &Stores) {
     api_keys(s).await;
     audit_chain(s).await;
     catalog(s).await;
+    views(s).await;
+}
+
+pub async fn views(s: &Stores) {
+    let (a, b) = (tenant(s).await, tenant(s).await);
+    let v = |name: &str, sql: &str, now| NewView {
+        tenant_id: a.id,
+        name: name.into(),
+        sql: sql.into(),
+        description: "d".into(),
+        created_by: "u1".into(),
+        now,
+    };
+    let first = s.meta.put_view(&v("big_orders", "SELECT 1", NOW)).await.unwrap();
+    assert_eq!((first.version, first.created_at), (1, NOW));
+    let second = s.meta.put_view(&v("big_orders", "SELECT 2", NOW + 5)).await.unwrap();
+    assert_eq!((second.id.as_str(), second.version, second.sql.as_str(), second.created_at), (first.id.as_str(), 2, "SELECT 2", NOW));
+    assert_eq!(s.meta.list_views(a.id).await.unwrap(), vec![second.clone()]);
+    assert!(s.meta.list_views(b.id).await.unwrap().is_empty(), "another tenant sees none");
+    assert!(s.meta.delete_view(b.id, "big_orders").await.unwrap().is_none(), "nor deletes it");
+    // Tables and views share one namespace, both ways.
+    let t = NewTableVersion {
+        tenant_id: a.id,
+        name: "big_orders".into(),
+        domain: "d".into(),
+        product: "p".into(),
+        location: "/x".into(),
+        row_count: 0,
+        bytes: 0,
+        columns: vec![],
+        now: NOW,
+    };
+    assert_eq!(s.meta.put_table(&t).await.unwrap_err().code, "name_taken");
+    s.meta.put_table(&NewTableVersion { name: "orders".into(), ..t.clone() }).await.unwrap();
+    assert_eq!(s.meta.put_view(&v("orders", "SELECT 1", NOW)).await.unwrap_err().code, "name_taken");
+    let mut other = v("orders", "SELECT 1", NOW);
+    other.tenant_id = b.id;
+    assert_eq!(s.meta.put_view(&other).await.unwrap().name, "orders", "a name is per tenant");
+    assert_eq!(s.meta.delete_view(a.id, "big_orders").await.unwrap().unwrap().version, 2);
+    assert!(s.meta.list_views(a.id).await.unwrap().is_empty());
+    s.meta.put_table(&t).await.unwrap();
 }
 
 pub async fn catalog(s: &Stores) {
@@ -77,6 +118,22 @@ pub async fn catalog(s: &Stores) {
     assert_eq!((t2.version, prev.as_deref()), (2, Some("/data/a/v1")));
     let ssn = t2.columns.iter().find(|c| c.name == "ssn").unwrap();
     assert_eq!((ssn.classification.as_deref(), ssn.data_type.as_str()), (Some("RESTRICTED"), "Int64"));
+    // A scan of the current version labels every column not labelled by hand.
+    let scanned = |name: &str, ty: &str, label: &str| ColumnRecord {
+        classification: Some(label.into()),
+        pii: "direct".into(),
+        confidence: Some(0.9),
+        source: "scanner".into(),
+        ..ColumnRecord::unclassified(name, ty)
+    };
+    let proposals = [scanned("ssn", "Int64", "PUBLIC"), scanned("zip", "Utf8", "CONFIDENTIAL"), scanned("nope", "Utf8", "PUBLIC")];
+    let t3 = s.meta.apply_scan(a.id, "customers", 2, &proposals).await.unwrap().unwrap();
+    let col = |t: &crate::TableRecord, n: &str| t.columns.iter().find(|c| c.name == n).unwrap().clone();
+    assert_eq!((col(&t3, "ssn").source.as_str(), col(&t3, "ssn").classification.as_deref()), ("manual", Some("RESTRICTED")));
+    assert_eq!((col(&t3, "zip").source.as_str(), col(&t3, "zip").confidence), ("scanner", Some(0.9)));
+    assert_eq!(t3.columns.len(), 3, "a proposal for an unknown column adds nothing");
+    assert_eq!(s.meta.apply_scan(a.id, "customers", 1, &proposals).await.unwrap_err().code, "table_changed");
+    assert!(s.meta.apply_scan(b.id, "customers", 2, &proposals).await.unwrap().is_none(), "not through another tenant");
     assert_eq!(s.meta.list_tables(a.id).await.unwrap().len(), 1);
     assert!(s.meta.list_tables(b.id).await.unwrap().is_empty());
     assert!(s.meta.table(b.id, "customers").await.unwrap().is_none());

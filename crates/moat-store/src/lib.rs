@@ -78,12 +78,25 @@ pub trait MetaStore: Send + Sync {
     // --- catalog (tenant-scoped) ---
     /// Creates the table or makes `v` its current version, in one transaction. Labels of columns
     /// that keep their name and type carry over (a manual label is never lost to a re-upload).
+    /// `name_taken` (409) if a view has the name.
     /// Returns the new record and the previous version's location, if any.
     async fn put_table(&self, v: &NewTableVersion) -> Result<(TableRecord, Option<String>)>;
     async fn list_tables(&self, tenant: TenantId) -> Result<Vec<TableRecord>>;
     async fn table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>>;
     /// Removes the table from the catalog; returns it (for its files) if it existed.
     async fn delete_table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>>;
+    /// Applies a scan of version `version` of a table: each listed column not labelled by hand
+    /// takes the listed label (a scanner proposal, or unclassified when the scanner was unsure);
+    /// manual labels stay. One transaction. `Ok(None)` if
+    /// the table does not exist; `table_changed` (409) if it is no longer at `version` (the scan
+    /// read an older version: scan again).
+    async fn apply_scan(&self, tenant: TenantId, table: &str, version: i64, columns: &[ColumnRecord]) -> Result<Option<TableRecord>>;
+    /// Creates a view or replaces its SQL (version + 1). `name_taken` (409) if a table has the
+    /// name: tables and views share one namespace.
+    async fn put_view(&self, v: &NewView) -> Result<ViewRecord>;
+    async fn list_views(&self, tenant: TenantId) -> Result<Vec<ViewRecord>>;
+    /// Removes a view; returns it if it existed.
+    async fn delete_view(&self, tenant: TenantId, name: &str) -> Result<Option<ViewRecord>>;
     /// Sets a manual label; `Ok(None)` if the table or column does not exist.
     async fn set_column_label(&self, tenant: TenantId, table: &str, column: &str, label: &ColumnLabel) -> Result<Option<ColumnRecord>>;
 

@@ -259,6 +259,32 @@ pub struct NewTableVersion {
     pub now: UnixSeconds,
 }
 
+/// A view: a named, saved read-only query of a tenant. It has no labels of its own: its columns
+/// take the high-water mark of what they are computed from, at every use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub sql: String,
+    pub description: String,
+    pub created_by: String,
+    pub version: i64,
+    pub created_at: UnixSeconds,
+    pub updated_at: UnixSeconds,
+}
+
+/// A view to create or replace.
+#[derive(Debug, Clone)]
+pub struct NewView {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub sql: String,
+    pub description: String,
+    pub created_by: String,
+    pub now: UnixSeconds,
+}
+
 /// A manual label for one column.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnLabel {

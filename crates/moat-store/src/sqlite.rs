@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "tenant_password_policy", include_str!("../migrations/sqlite/0002_tenant_password_policy.sql")),
     (3, "catalog", include_str!("../migrations/sqlite/0003_catalog.sql")),
     (4, "tenant_settings", include_str!("../migrations/sqlite/0004_tenant_settings.sql")),
+    (5, "catalog_views", include_str!("../migrations/sqlite/0005_catalog_views.sql")),
 ];
 
 pub struct SqliteStore {
@@ -155,6 +156,36 @@ async fn load_columns(conn: &mut sqlx::SqliteConnection, table_id: &str) -> Resu
         .await
         .map_err(db_err)?;
     Ok(rows.iter().map(column_from_row).collect())
+}
+
+fn view_from_row(r: &SqliteRow) -> Result<ViewRecord> {
+    let tenant: String = r.get("tenant_id");
+    Ok(ViewRecord {
+        id: r.get("id"),
+        tenant_id: TenantId::parse(&tenant).ok_or_else(|| corrupt("view tenant"))?,
+        name: r.get("name"),
+        sql: r.get("sql"),
+        description: r.get("description"),
+        created_by: r.get("created_by"),
+        version: r.get("version"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+/// Tables and views share one namespace per tenant: `name_taken` if `name` is in `other`
+/// (`catalog_tables` or `catalog_views`). Call inside the writing transaction.
+async fn name_free_of(conn: &mut sqlx::SqliteConnection, other: &str, tenant: TenantId, name: &str) -> Result<()> {
+    let sql = match other {
+        "catalog_tables" => "SELECT 1 FROM catalog_tables WHERE tenant_id = ? AND name = ?",
+        _ => "SELECT 1 FROM catalog_views WHERE tenant_id = ? AND name = ?",
+    };
+    let taken = sqlx::query(sql).bind(tenant.to_string()).bind(name).fetch_optional(&mut *conn).await.map_err(db_err)?.is_some();
+    if taken {
+        let what = if other == "catalog_tables" { "a table" } else { "a view" };
+        return Err(MoatError::conflict("name_taken", format!("{what} is already named {name:?}; tables and views share one namespace")));
+    }
+    Ok(())
 }
 
 fn table_from_row(r: &SqliteRow, columns: Vec<ColumnRecord>) -> Result<TableRecord> {
@@ -621,6 +652,9 @@ impl MetaStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?;
+        if existing.is_none() {
+            name_free_of(&mut tx, "catalog_views", v.tenant_id, &v.name).await?;
+        }
         let (id, version, created_at, previous, old_columns) = match &existing {
             Some(r) => {
                 let id: String = r.get("id");
@@ -754,6 +788,112 @@ impl MetaStore for SqliteStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok((r.rows_affected() == 1).then_some(t))
+    }
+
+    async fn apply_scan(&self, tenant: TenantId, table: &str, version: i64, columns: &[ColumnRecord]) -> Result<Option<TableRecord>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let Some(row) = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
+            .bind(tenant.to_string())
+            .bind(table)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        if row.get::<i64, _>("version") != version {
+            return Err(MoatError::conflict(
+                "table_changed",
+                format!("the table has a newer version than the scanned one ({version}); scan again"),
+            ));
+        }
+        let id: String = row.get("id");
+        for c in columns.iter().filter(|c| c.source != "manual") {
+            sqlx::query(
+                "UPDATE catalog_columns SET classification = ?, pii = ?, entity = ?, confidence = ?, source = ?, mask = ?
+                 WHERE table_id = ? AND name = ? AND data_type = ? AND source <> 'manual'",
+            )
+            .bind(&c.classification)
+            .bind(&c.pii)
+            .bind(&c.entity)
+            .bind(c.confidence)
+            .bind(&c.source)
+            .bind(&c.mask)
+            .bind(&id)
+            .bind(&c.name)
+            .bind(&c.data_type)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        let cols = load_columns(&mut tx, &id).await?;
+        let rec = table_from_row(&row, cols)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(rec))
+    }
+
+    async fn put_view(&self, v: &NewView) -> Result<ViewRecord> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        name_free_of(&mut tx, "catalog_tables", v.tenant_id, &v.name).await?;
+        let existing = sqlx::query("SELECT id, version, created_at FROM catalog_views WHERE tenant_id = ? AND name = ?")
+            .bind(v.tenant_id.to_string())
+            .bind(&v.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let (id, version, created_at) = match &existing {
+            Some(r) => (r.get::<String, _>("id"), r.get::<i64, _>("version") + 1, r.get::<i64, _>("created_at")),
+            None => (uuid::Uuid::now_v7().to_string(), 1, v.now),
+        };
+        sqlx::query(
+            "INSERT INTO catalog_views (id, tenant_id, name, sql, description, created_by, version, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET sql = excluded.sql, description = excluded.description, created_by = excluded.created_by,
+                 version = excluded.version, updated_at = excluded.updated_at",
+        )
+        .bind(&id)
+        .bind(v.tenant_id.to_string())
+        .bind(&v.name)
+        .bind(&v.sql)
+        .bind(&v.description)
+        .bind(&v.created_by)
+        .bind(version)
+        .bind(created_at)
+        .bind(v.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(ViewRecord {
+            id,
+            tenant_id: v.tenant_id,
+            name: v.name.clone(),
+            sql: v.sql.clone(),
+            description: v.description.clone(),
+            created_by: v.created_by.clone(),
+            version,
+            created_at,
+            updated_at: v.now,
+        })
+    }
+
+    async fn list_views(&self, tenant: TenantId) -> Result<Vec<ViewRecord>> {
+        let rows = sqlx::query("SELECT * FROM catalog_views WHERE tenant_id = ? ORDER BY name")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(view_from_row).collect()
+    }
+
+    async fn delete_view(&self, tenant: TenantId, name: &str) -> Result<Option<ViewRecord>> {
+        let row = sqlx::query("DELETE FROM catalog_views WHERE tenant_id = ? AND name = ? RETURNING *")
+            .bind(tenant.to_string())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(view_from_row).transpose()
     }
 
     async fn set_column_label(&self, tenant: TenantId, table: &str, column: &str, label: &ColumnLabel) -> Result<Option<ColumnRecord>> {

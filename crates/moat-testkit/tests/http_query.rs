@@ -194,6 +194,7 @@ async fn three_roles_see_three_views_and_nothing_leaks() {
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     assert_eq!(csv.headers()["x-moat-streamed"], "true");
     assert!(csv.headers().get("x-moat-columns").is_some());
+    assert_eq!(csv.headers()["x-moat-classification"], "RESTRICTED", "an export is labelled by its most sensitive column");
     let body = csv.text().await.unwrap();
     assert!(body.starts_with("id,name,email,ssn,plan\n") && !body.contains("6789"), "{body}");
     let arrow = s.query_as(&viewer, sql, "application/vnd.apache.arrow.stream").await;
@@ -202,6 +203,12 @@ async fn three_roles_see_three_views_and_nothing_leaks() {
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
     assert_eq!(names, ["id", "name", "email", "ssn", "plan"]);
+    // The labels travel inside the Arrow data itself.
+    let schema = batches[0].schema();
+    assert_eq!(schema.metadata()["moat.classification"], "RESTRICTED");
+    let ssn = schema.field_with_name("ssn").unwrap();
+    assert_eq!((ssn.metadata()["moat.classification"].as_str(), ssn.metadata()["moat.masking"].as_str()), ("RESTRICTED", "full"));
+    assert_eq!(schema.field_with_name("plan").unwrap().metadata()["moat.classification"], "INTERNAL");
     // An empty result is a valid stream too.
     let none = s.query_as(&viewer, "SELECT id FROM customers WHERE id < 0", "application/vnd.apache.arrow.stream").await;
     assert!(arrow_batches(none.bytes().await.unwrap().to_vec()).iter().all(|b| b.num_rows() == 0));
@@ -465,4 +472,172 @@ async fn uploads_are_classified_by_the_scanner_and_manual_labels_win() {
     assert_eq!(col(&t, "contact")["source"], "scanner");
     let rec = s.audit_of(Some("acme")).await.into_iter().rev().find(|e| e.action == "table.write").unwrap();
     assert!(rec.details["scan"]["columns"].as_array().is_some_and(|c| c.len() == 6), "{:?}", rec.details);
+}
+
+/// A CSV whose columns the scanner recognises by their values alone.
+fn people_csv(rows: usize) -> String {
+    let first = ["Jane", "John", "Maria", "Ahmed", "Olivia", "Lucas", "Emma", "Noah"];
+    let last = ["Smith", "Garcia", "Müller", "Rossi", "Dubois", "Khan", "Jansen", "Brown"];
+    let mut csv = String::from("ref,col_7,notes,plan\n");
+    for i in 0..rows {
+        let (f, l) = (first[i % 8], last[(i * 3 + i / 8) % 8]);
+        csv.push_str(&format!("{i},{}.{}{i}@example.com,{f} {l},{}\n", f.to_lowercase(), l.to_lowercase(), ["free", "pro"][i % 2]));
+    }
+    csv
+}
+
+#[tokio::test]
+async fn on_demand_scans_label_unlabelled_columns_keep_manual_ones_and_are_audited() {
+    // Uploads are not scanned here: the on-demand scan does the labelling.
+    let s = TestServer::start_with(|c| c.scan.on_ingest = false).await;
+    let admin = s.tenant_with_admin("acme").await;
+    let other = s.tenant_with_admin("globex").await;
+    let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
+    assert_eq!(s.put_csv("/v1/tables/customers", &admin, people_csv(200)).await.status, StatusCode::CREATED);
+    label(&s, &admin, "notes", "PUBLIC", "none", None).await;
+
+    // A dry run proposes and changes nothing.
+    let r = s.post("/v1/tables/customers/scan?dry_run=true", &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!((r.body["rows_seen"].as_u64(), r.body["dry_run"].as_bool()), (Some(200), Some(true)));
+    assert_eq!(col(&r, "col_7")["entity"], "email");
+    assert_eq!(col(&r, "col_7")["catalog"]["source"], "default", "nothing applied");
+    assert_eq!(r.body["changes"], json!([]));
+    let t = s.get("/v1/tables/customers", &admin).await;
+    assert_eq!(col(&t, "col_7")["classification"], "RESTRICTED", "still unclassified");
+
+    // The scan: the values decide (misleading names), the manual label stays.
+    let r = s.post("/v1/tables/customers/scan", &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(col(&r, "notes")["entity"], "person_name", "the scanner's proposal is reported");
+    assert_eq!(
+        (col(&r, "notes")["catalog"]["classification"].as_str(), col(&r, "notes")["catalog"]["source"].as_str()),
+        (Some("PUBLIC"), Some("manual"))
+    );
+    let t = s.get("/v1/tables/customers", &admin).await;
+    assert_eq!((col(&t, "col_7")["classification"].as_str(), col(&t, "col_7")["source"].as_str()), (Some("CONFIDENTIAL"), Some("scanner")));
+    assert_eq!((col(&t, "notes")["classification"].as_str(), col(&t, "notes")["source"].as_str()), (Some("PUBLIC"), Some("manual")));
+    assert_eq!(col(&t, "plan")["classification"], "INTERNAL");
+    let rec = s.audit_of(Some("acme")).await.into_iter().rev().find(|e| e.action == "classification.scan").unwrap();
+    let changed: Vec<&str> = rec.details["changes"].as_array().unwrap().iter().filter_map(|c| c["column"].as_str()).collect();
+    assert_eq!(changed, ["ref", "col_7", "plan"], "{:?}", rec.details);
+    assert_eq!(rec.details["changes"][1]["from"]["classification"], "RESTRICTED");
+
+    // The tenant's policy maps e-mails to RESTRICTED with a mask of its choice; a re-scan applies it.
+    let p = json!({"labels": {"email": "RESTRICTED", "quasi": "CONFIDENTIAL"}, "masks": {"email": "hash16"}, "min_confidence": 0.0});
+    let r = s.send(Method::PUT, "/v1/policies/classification", Some(&admin), Some(p.clone()), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(s.get("/v1/policies/classification", &admin).await.body, p);
+    let r = s.post("/v1/tables/customers/scan", &admin, json!({})).await;
+    assert_eq!((col(&r, "col_7")["classification"].as_str(), col(&r, "col_7")["mask"].as_str()), (Some("RESTRICTED"), Some("hash16")));
+    let t = s.get("/v1/tables/customers", &admin).await;
+    assert_eq!((col(&t, "col_7")["classification"].as_str(), col(&t, "col_7")["mask"].as_str()), (Some("RESTRICTED"), Some("hash16")));
+    assert!(s.audit_of(Some("acme")).await.iter().any(|e| e.action == "policy.classification_update"));
+
+    // A policy that names nothing known is refused.
+    for bad in [json!({"labels": {"social": "PUBLIC"}}), json!({"min_confidence": 2}), json!({"masks": {"email": "rot13"}})] {
+        let r = s.send(Method::PUT, "/v1/policies/classification", Some(&admin), Some(bad.clone()), None).await;
+        assert!(r.status.is_client_error(), "{bad}: {:?}", r.body);
+    }
+
+    // Streaming progress: NDJSON lines end with the result.
+    let resp = s
+        .http
+        .post(format!("{}/v1/tables/customers/scan?sample_rows=50", s.base))
+        .bearer_auth(&admin)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let last: Value = serde_json_last_line(&text);
+    assert_eq!(last["result"]["rows_sampled"], 50, "{text}");
+
+    // Who may scan what: not an Editor, not another tenant's table, not nonsense sizes.
+    assert_eq!(s.post("/v1/tables/customers/scan", &editor, json!({})).await.status, StatusCode::FORBIDDEN);
+    let r = s.post("/v1/tables/customers/scan", &other, json!({})).await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "table_not_found"));
+    for q in ["sample_rows=0", "sample_rows=100001", "sample_rows=x", "dry_run=maybe", "force=1"] {
+        let r = s.post(&format!("/v1/tables/customers/scan?{q}"), &admin, json!({})).await;
+        assert!(r.status.is_client_error() && !r.code().is_empty(), "{q}: {:?}", r.body);
+    }
+}
+
+fn serde_json_last_line(text: &str) -> Value {
+    moat_testkit::serde_json::from_str(text.lines().last().unwrap_or("")).unwrap()
+}
+
+#[tokio::test]
+async fn views_are_saved_queries_that_mask_and_label_like_their_tables() {
+    let (s, admin, editor, viewer) = acme_with_roles().await;
+    let other = s.tenant_with_admin("globex").await;
+    s.put_csv("/v1/tables/customers", &other, CSV_B).await;
+    let put = |token: &str, name: &str, body: Value| {
+        let (s, token, name) = (&s, token.to_owned(), name.to_owned());
+        async move { s.send(Method::PUT, &format!("/v1/views/{name}"), Some(&token), Some(body), None).await }
+    };
+    // An Editor saves a view; its columns carry the labels of what they read.
+    let r = put(
+        &editor,
+        "contacts",
+        json!({"sql": "SELECT id, email AS contact, upper(name) AS who, plan FROM customers;", "description": "who to call"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["classification"], "CONFIDENTIAL");
+    assert_eq!(col(&r, "who")["classification"], "CONFIDENTIAL", "a function of a name is as sensitive as the name");
+    assert_eq!(col(&r, "plan")["classification"], "INTERNAL");
+    // The Viewer queries it and sees masks, exactly as on the table.
+    let q = s.query(&viewer, "SELECT contact, who, plan FROM contacts WHERE id = 1").await;
+    assert_eq!(q.status, StatusCode::OK, "{:?}", q.body);
+    assert_eq!(q.body["rows"][0][0], "a***@***.com");
+    assert!(!q.body.to_string().contains("Canary") && !q.body.to_string().contains("acme-secret"), "{:?}", q.body);
+    assert_eq!(q.body["classification"], "CONFIDENTIAL");
+    assert_eq!(s.query(&viewer, "SELECT id FROM contacts WHERE contact = 'ann@acme-secret.com'").await.body["row_count"], 0);
+    let rec = s.audit_of(Some("acme")).await.into_iter().rev().find(|e| e.action == "query.execute").unwrap();
+    assert_eq!(rec.details["tables"], json!(["customers"]), "{:?}", rec.details);
+    // Raising a table's label raises every view built on it, at once.
+    label(&s, &admin, "plan", "RESTRICTED", "none", None).await;
+    let v = s.get("/v1/views/contacts", &viewer).await;
+    assert_eq!((col(&v, "plan")["classification"].as_str(), v.body["classification"].as_str()), (Some("RESTRICTED"), Some("RESTRICTED")));
+    assert_eq!(s.query(&viewer, "SELECT plan FROM contacts WHERE id = 1").await.body["rows"][0][0], "****");
+    // Views of views; a cycle is refused when it is saved.
+    assert_eq!(put(&editor, "contacts_pro", json!({"sql": "SELECT * FROM contacts WHERE id > 1"})).await.status, StatusCode::CREATED);
+    let r = put(&editor, "contacts", json!({"sql": "SELECT * FROM contacts_pro"})).await;
+    assert_eq!(r.code(), "view_cycle", "{:?}", r.body);
+    assert_eq!(s.get("/v1/views/contacts", &admin).await.body["version"], 1, "a refused replace changes nothing");
+    // Bad views: not read-only, broken SQL, bad names, a name a table has.
+    for (name, body, code) in [
+        ("bad", json!({"sql": "DELETE FROM customers"}), "statement_not_allowed"),
+        ("bad", json!({"sql": "SELECT nope FROM customers"}), "query_error"),
+        ("bad", json!({"sql": "SELECT 1; SELECT 2"}), "multiple_statements"),
+        ("bad", json!({"sql": ""}), "empty_query"),
+        ("Bad-Name", json!({"sql": "SELECT 1"}), "invalid_name"),
+        ("pg_catalog", json!({"sql": "SELECT 1"}), "invalid_name"),
+        ("customers", json!({"sql": "SELECT 1"}), "name_taken"),
+        ("bad", json!({"sql": "SELECT 1", "extra": 1}), "invalid_body"),
+    ] {
+        let r = put(&editor, name, body.clone()).await;
+        assert_eq!(r.code(), code, "{name} {body}: {:?}", r.body);
+    }
+    // An upload may not take a view's name.
+    assert_eq!(s.put_csv("/v1/tables/contacts", &admin, CSV_A).await.code(), "name_taken");
+    // Who may do what: a Viewer reads views but does not write them.
+    assert_eq!(put(&viewer, "mine", json!({"sql": "SELECT 1"})).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(s.get("/v1/views", &viewer).await.body["views"].as_array().map(Vec::len), Some(2));
+    // Another tenant sees none of them, and a view never crosses tenants.
+    assert_eq!(s.get("/v1/views", &other).await.body["views"], json!([]));
+    assert_eq!(s.get("/v1/views/contacts", &other).await.code(), "view_not_found");
+    assert_eq!(s.query(&other, "SELECT * FROM contacts").await.code(), "query_error");
+    assert_eq!(s.send(Method::DELETE, "/v1/views/contacts", Some(&other), None, None).await.code(), "view_not_found");
+    // A view whose table is gone reports why instead of failing the listing.
+    assert_eq!(s.send(Method::DELETE, "/v1/views/contacts_pro", Some(&admin), None, None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(s.send(Method::DELETE, "/v1/tables/customers", Some(&admin), None, None).await.status, StatusCode::NO_CONTENT);
+    let list = s.get("/v1/views", &admin).await;
+    assert_eq!(list.body["views"][0]["error"]["code"], "query_error", "{:?}", list.body);
+    let trail = s.audit_of(Some("acme")).await;
+    for action in ["view.write", "view.delete"] {
+        assert!(trail.iter().any(|e| e.action == action), "{action}");
+    }
 }

@@ -108,7 +108,7 @@ pub async fn q(
     tables: &[TableSource],
     sql: &str,
 ) -> Result<QueryOutput, moat_core::MoatError> {
-    engine.execute(p, t, tables, &MaskingPolicy::default(), sql).await
+    engine.execute(p, t, moat_query::Catalog::tables(tables), &MaskingPolicy::default(), sql).await
 }
 
 /// All cells as strings, row-major.

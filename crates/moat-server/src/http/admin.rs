@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::hash_blocking;
 use super::error::ApiResult;
 use super::extract::{Authorized, JsonBody, QueryParams, act};
+use crate::scan::ClassificationPolicy;
 use crate::state::AppState;
 
 fn admin_event(tenant: Option<TenantId>, p: &Principal, action: &str, resource: String) -> AuditEvent {
@@ -434,6 +435,33 @@ pub async fn set_masking_policy(
     let before = st.masking_policy(tenant).await?;
     st.set_setting(tenant, crate::state::MASKING_POLICY, &policy).await?;
     let e = admin_event(Some(tenant), &auth.principal, "policy.masking_update", "policy:masking".into())
+        .details(serde_json::json!({"from": before, "to": policy}));
+    st.record(&auth.client, e).await?;
+    Ok(Json(policy))
+}
+
+pub async fn get_classification_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::PolicyRead>,
+) -> ApiResult<Json<ClassificationPolicy>> {
+    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
+    Ok(Json(st.setting(tenant, crate::state::CLASSIFICATION_POLICY).await?))
+}
+
+/// Replaces the tenant's classification policy: the label (and mask) the scanner's proposals
+/// become, per entity or PII category, and the confidence below which a proposal is not
+/// applied. It applies to the next scan (`POST /v1/tables/{t}/scan` re-labels existing tables);
+/// manual labels are never touched.
+pub async fn set_classification_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::PolicyUpdate>,
+    JsonBody(policy): JsonBody<ClassificationPolicy>,
+) -> ApiResult<Json<ClassificationPolicy>> {
+    policy.validate()?;
+    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
+    let before: ClassificationPolicy = st.setting(tenant, crate::state::CLASSIFICATION_POLICY).await?;
+    st.set_setting(tenant, crate::state::CLASSIFICATION_POLICY, &policy).await?;
+    let e = admin_event(Some(tenant), &auth.principal, "policy.classification_update", "policy:classification".into())
         .details(serde_json::json!({"from": before, "to": policy}));
     st.record(&auth.client, e).await?;
     Ok(Json(policy))

@@ -25,7 +25,7 @@ use moat_query::engine::OutputColumn;
 use moat_query::ingest::IngestLimits;
 use moat_query::mask::MaskRule;
 use moat_query::policy::PiiCategory;
-use moat_query::{PlanTimings, QueryStream};
+use moat_query::{Catalog, PlanTimings, QueryStream};
 use moat_store::{ColumnLabel, ColumnRecord, TableRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -166,7 +166,7 @@ pub async fn put_table(
         product: q.product.unwrap_or_else(|| "default".into()),
         type_overrides: parse_overrides(q.types.as_deref())?,
         now: st.clock.now_s(),
-        scan: st.config.scan.on_ingest.then(|| st.config.scan.options(st.clock.now_s())),
+        scan: if st.config.scan.on_ingest { Some(st.scanner(tenant, None).await?) } else { None },
     };
     tables::check_identifier("table", &req.table)?;
     tables::check_identifier("domain", &req.domain)?;
@@ -319,6 +319,134 @@ pub async fn classify_column(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    /// Report the proposals without changing any label.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Rows to sample (default `scan.sample_rows`, at most 100,000).
+    pub sample_rows: Option<usize>,
+    pub tenant: Option<String>,
+}
+
+const NDJSON: &str = "application/x-ndjson";
+
+/// Runs the PII scanner on a table now (Admin): reads the current version back from storage,
+/// samples it, and (unless `dry_run`) gives every column not labelled by hand the label the
+/// tenant's classification policy makes of the scanner's proposal. Manual labels stay; the
+/// scan and every label it changed are audited. With `Accept: application/x-ndjson` the answer
+/// streams `{"progress": {rows_read, rows_total}}` lines while the table is read, then one
+/// `{"result": …}` or `{"error": {code, message}}` line.
+pub async fn scan_table(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::TableClassify>,
+    Path(name): Path<String>,
+    QueryParams(q): QueryParams<ScanQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let tenant = auth.tenant.ok_or_else(table_not_found)?;
+    if let Some(n) = q.sample_rows
+        && !(1..=crate::scan::MAX_SAMPLE_ROWS).contains(&n)
+    {
+        return Err(MoatError::invalid("invalid_sample_rows", format!("sample_rows must be 1 to {}", crate::scan::MAX_SAMPLE_ROWS)).into());
+    }
+    let table = st.stores.meta.table(tenant, &name).await?.ok_or_else(table_not_found)?;
+    let scanner = st.scanner(tenant, q.sample_rows).await?;
+    let streaming = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(NDJSON));
+    if !streaming {
+        return Ok(Json(run_scan(&st, &auth, table, scanner, q.dry_run, |_| {}).await?).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(8);
+    tokio::spawn(async move {
+        let total = table.row_count;
+        let mut last = Instant::now();
+        let progress = |read: u64| {
+            // A line at most every 200 ms; a slow reader skips lines rather than slowing the scan.
+            if last.elapsed() >= Duration::from_millis(200) {
+                last = Instant::now();
+                let _ = tx.try_send(json!({"progress": {"rows_read": read, "rows_total": total}}));
+            }
+        };
+        let line = match run_scan(&st, &auth, table, scanner, q.dry_run, progress).await {
+            Ok(v) => json!({"result": v}),
+            Err(e) => super::error::error_body(e.code, &e.message),
+        };
+        let _ = tx.send(line).await;
+    });
+    let lines =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|v| (Ok::<_, std::convert::Infallible>(format!("{v}\n")), rx)) },
+        );
+    let mut resp = Response::new(Body::from_stream(lines));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    Ok(resp)
+}
+
+/// Samples, scans, applies (unless `dry_run`) and audits; the answer of [`scan_table`].
+async fn run_scan<A: super::extract::Action>(
+    st: &AppState,
+    auth: &Authorized<A>,
+    table: TableRecord,
+    scanner: crate::scan::Scanner,
+    dry_run: bool,
+    progress: impl FnMut(u64) + Send,
+) -> Result<Value, MoatError> {
+    let started = Instant::now();
+    let tenant = table.tenant_id;
+    let resource = format!("table:{}", table.name);
+    let seed = st.clock.now_s().unsigned_abs() ^ table.version.unsigned_abs();
+    let scanned = async {
+        let sample = crate::scan::sample_table(&st.tables, &table, scanner.options.sample_rows, seed, progress).await?;
+        let report = tokio::task::spawn_blocking(move || sample.scan(&scanner)).await.map_err(|_| MoatError::internal("scan_failed"))?;
+        let after = if dry_run {
+            table.clone()
+        } else {
+            let proposals: Vec<ColumnRecord> = table.columns.iter().map(|c| report.column_record(&c.name, &c.data_type)).collect();
+            st.stores.meta.apply_scan(tenant, &table.name, table.version, &proposals).await?.ok_or_else(table_not_found)?
+        };
+        Ok::<_, MoatError>((report, after))
+    };
+    let (report, after) = match scanned.await {
+        Ok(v) => v,
+        Err(e) => {
+            let ev = AuditEvent::new(Some(tenant), Category::Admin, "classification.scan", Actor::of(&auth.principal), Outcome::Failure)
+                .resource(resource)
+                .details(json!({"version": table.version, "dry_run": dry_run, "error": e.code}));
+            st.record(&auth.client, ev).await?;
+            return Err(e);
+        }
+    };
+    let changes: Vec<Value> = after
+        .columns
+        .iter()
+        .filter_map(|new| {
+            let old = table.columns.iter().find(|c| c.name == new.name)?;
+            (old != new).then(|| json!({"column": new.name, "from": column_view(old), "to": column_view(new)}))
+        })
+        .collect();
+    let ev = AuditEvent::new(Some(tenant), Category::Admin, "classification.scan", Actor::of(&auth.principal), Outcome::Success)
+        .resource(resource)
+        .details(json!({
+            "version": table.version, "dry_run": dry_run, "rows_sampled": report.rows_sampled, "rows_seen": report.rows_seen,
+            "k_anonymity": report.k_anonymity, "changes": changes, "duration_ms": started.elapsed().as_millis() as u64,
+        }));
+    st.record(&auth.client, ev).await?;
+    let mut body = report.to_json();
+    if let Some(cols) = body["columns"].as_array_mut() {
+        for c in cols {
+            let label = after.columns.iter().find(|a| Some(a.name.as_str()) == c["name"].as_str()).map(column_view);
+            c["catalog"] = serde_json::to_value(label).unwrap_or(Value::Null);
+        }
+    }
+    body["table"] = json!(table.name);
+    body["version"] = json!(table.version);
+    body["dry_run"] = json!(dry_run);
+    body["changes"] = Value::Array(changes);
+    Ok(body)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     pub sql: String,
 }
@@ -453,6 +581,41 @@ struct QueryResponse {
     row_count: usize,
     truncated: bool,
     query_id: String,
+    /// The high-water mark of the result's columns: the label of the result as a whole (and of
+    /// any export made of it).
+    classification: Classification,
+}
+
+/// The label of a whole result: its most sensitive column (PUBLIC when it has none).
+fn high_water(columns: &[OutputColumn]) -> Classification {
+    columns.iter().map(|c| c.classification).max().unwrap_or(Classification::Public)
+}
+
+/// Metadata keys that carry labels inside exported Arrow data, so that the label travels with
+/// the file: `moat.classification` on the schema (the high-water mark) and on each field, and
+/// `moat.masking` on each field.
+pub const ARROW_CLASSIFICATION_KEY: &str = "moat.classification";
+pub const ARROW_MASKING_KEY: &str = "moat.masking";
+
+fn labelled_schema(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    columns: &[OutputColumn],
+    whole: Classification,
+) -> datafusion::arrow::datatypes::Schema {
+    let fields: Vec<datafusion::arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .zip(columns)
+        .map(|(f, c)| {
+            let mut meta = f.metadata().clone();
+            meta.insert(ARROW_CLASSIFICATION_KEY.into(), c.classification.to_string());
+            meta.insert(ARROW_MASKING_KEY.into(), c.masking.clone());
+            f.as_ref().clone().with_metadata(meta)
+        })
+        .collect();
+    let mut meta = schema.metadata().clone();
+    meta.insert(ARROW_CLASSIFICATION_KEY.into(), whole.to_string());
+    datafusion::arrow::datatypes::Schema::new_with_metadata(fields, meta)
 }
 
 fn set_headers(resp: &mut Response, pairs: &[(&'static str, String)]) {
@@ -510,8 +673,7 @@ pub async fn query(
     let query_id = uuid::Uuid::now_v7().to_string();
     let started = Instant::now();
     let format = ResultFormat::from_accept(&headers);
-    let (catalog, policy) = tokio::join!(st.stores.meta.list_tables(tenant), st.masking_policy(tenant));
-    let (sources, policy): (Vec<_>, _) = (catalog?.iter().map(tables::source_of).collect(), policy?);
+    let (sources, views, policy) = st.query_catalog(tenant).await?;
     let audit = |outcome, details: Value| {
         AuditEvent::new(Some(tenant), Category::DataAccess, "query.execute", Actor::of(&auth.principal), outcome)
             .resource("query")
@@ -526,7 +688,7 @@ pub async fn query(
     };
 
     let governed_at = started.elapsed();
-    let mut stream = match st.engine.start(&auth.principal, tenant, &sources, &policy, &req.sql).await {
+    let mut stream = match st.engine.start(&auth.principal, tenant, Catalog { tables: &sources, views: &views }, &policy, &req.sql).await {
         Ok(s) => s,
         Err(e) => {
             st.record(&auth.client, refused(query_details(&query_id, &req.sql, None), &e)).await?;
@@ -554,12 +716,21 @@ pub async fn query(
         st.record(&auth.client, audit(Outcome::Success, details)).await?;
         let timing = server_timing(governed_at, planned_at - governed_at, planning, out.exec, audit_started.elapsed());
         let (row_count, truncated) = (out.row_count, out.truncated);
-        let body = QueryResponse { rows: rows_json(&out.batches)?, columns: out.columns, row_count, truncated, query_id: query_id.clone() };
+        let classification = high_water(&out.columns);
+        let body = QueryResponse {
+            rows: rows_json(&out.batches)?,
+            columns: out.columns,
+            row_count,
+            truncated,
+            query_id: query_id.clone(),
+            classification,
+        };
         let mut resp = Json(body).into_response();
         set_headers(
             &mut resp,
             &[
                 ("x-moat-query-id", query_id),
+                ("x-moat-classification", classification.to_string()),
                 ("x-moat-row-count", row_count.to_string()),
                 ("x-moat-truncated", truncated.to_string()),
                 ("server-timing", timing),
@@ -580,7 +751,8 @@ pub async fn query(
     details["streamed"] = json!(true);
     st.record(&auth.client, audit(Outcome::Success, details)).await?;
     let columns_header = serde_json::to_string(&stream.columns).unwrap_or_default();
-    let encoder = Encoder::new(format, &stream.schema)?;
+    let classification = high_water(&stream.columns);
+    let encoder = Encoder::new(format, &labelled_schema(&stream.schema, &stream.columns, classification))?;
     let end = StreamEnd {
         st: st.clone(),
         client: auth.client.clone(),
@@ -629,6 +801,7 @@ pub async fn query(
             ("x-moat-streamed", "true".into()),
             ("x-moat-row-limit", st.engine.limits().max_rows.to_string()),
             ("x-moat-columns", columns_header),
+            ("x-moat-classification", classification.to_string()),
         ],
     );
     Ok(resp)

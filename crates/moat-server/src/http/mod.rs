@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod extract;
 mod meta;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,9 +54,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tables", get(data::list_tables))
         .route("/tables/{table}", get(data::get_table).put(data::put_table).delete(data::delete_table))
         .route("/tables/{table}/columns/{column}", put(data::classify_column))
+        .route("/tables/{table}/scan", post(data::scan_table))
+        .route("/views", get(views::list_views))
+        .route("/views/{view}", get(views::get_view).put(views::put_view).delete(views::delete_view))
         .route("/query", post(data::query))
         .route("/policies/password", get(admin::get_password_policy).put(admin::set_password_policy))
         .route("/policies/masking", get(admin::get_masking_policy).put(admin::set_masking_policy))
+        .route("/policies/classification", get(admin::get_classification_policy).put(admin::set_classification_policy))
         .route("/audit/events", get(audit::events))
         .route("/audit/verify", get(audit::verify))
         .route("/openapi.json", get(meta::openapi));
