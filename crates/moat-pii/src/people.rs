@@ -72,14 +72,19 @@ fn list(cell: &'static OnceLock<HashSet<&'static str>>, words: &'static str) -> 
 
 /// Whether `word` (any case, accents allowed) is a listed given name or surname.
 pub fn known_name(word: &str) -> bool {
-    let mut key = String::with_capacity(word.len());
-    for c in word.chars() {
-        let c = fold_accent(c);
-        if c.is_alphabetic() {
-            key.extend(c.to_lowercase());
+    // The folded, lower-cased key in a stack buffer (no bundled name is anywhere near 64 bytes).
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    for c in word.chars().map(fold_accent).filter(|c| c.is_alphabetic()) {
+        for l in c.to_lowercase() {
+            if len + l.len_utf8() > buf.len() {
+                return false;
+            }
+            len += l.encode_utf8(&mut buf[len..]).len();
         }
     }
-    list(&GIVEN_SET, GIVEN).contains(key.as_str()) || list(&SURNAME_SET, SURNAMES).contains(key.as_str())
+    let Ok(key) = std::str::from_utf8(&buf[..len]) else { return false };
+    list(&GIVEN_SET, GIVEN).contains(key) || list(&SURNAME_SET, SURNAMES).contains(key)
 }
 
 /// Whether `value` looks like a person's name: one to four capitalised words of letters (inner

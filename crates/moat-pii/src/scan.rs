@@ -163,15 +163,27 @@ fn street_address(v: &str) -> bool {
     if !has_digit || v.len() > 120 || !v.bytes().any(|b| b.is_ascii_alphabetic()) {
         return false;
     }
-    let words = names::tokens(v);
     const SUFFIXES: &[&str] = &["strasse", "straße", "straat", "weg", "platz", "allee", "gasse", "gracht", "plein", "laan", "ring"];
-    words.iter().any(|w| STREET_WORDS.contains(&w.as_str()) || SUFFIXES.iter().any(|s| w.len() > s.len() && w.ends_with(s)))
+    names::with_tokens(v, |words| {
+        words.iter().any(|w| STREET_WORDS.contains(w) || SUFFIXES.iter().any(|s| w.len() > s.len() && w.ends_with(s)))
+    })
 }
 
 /// UK (`SW1A 1AA`), Canadian (`K1A 0B1`) and Dutch (`1012 AB`) postal codes: shapes no other
 /// common value has.
 fn distinctive_postal(v: &str) -> bool {
-    let c: Vec<u8> = v.trim().bytes().filter(|b| *b != b' ').map(|b| b.to_ascii_uppercase()).collect();
+    let v = v.trim();
+    // The longest of these shapes is 8 bytes with its space (`SW1A 1AA`).
+    if v.len() > 10 {
+        return false;
+    }
+    let mut buf = [0u8; 10];
+    let mut len = 0;
+    for b in v.bytes().filter(|b| *b != b' ') {
+        buf[len] = b.to_ascii_uppercase();
+        len += 1;
+    }
+    let c = &buf[..len];
     let a = |i: usize| c.get(i).is_some_and(u8::is_ascii_uppercase);
     let d = |i: usize| c.get(i).is_some_and(u8::is_ascii_digit);
     let uk_inward = |i: usize| c.len() == i + 3 && d(i) && a(i + 1) && a(i + 2);
@@ -314,8 +326,7 @@ fn job_title(v: &str) -> bool {
     if v.len() > 80 || v.bytes().any(|b| b.is_ascii_digit()) {
         return false;
     }
-    let words = names::tokens(v);
-    !words.is_empty() && words.len() <= 6 && words.iter().any(|w| JOB_WORDS.contains(&w.as_str()))
+    names::with_tokens(v, |words| !words.is_empty() && words.len() <= 6 && words.iter().any(|w| JOB_WORDS.contains(w)))
 }
 
 /// A gender value, compared without allocating (case-insensitive).
@@ -325,28 +336,38 @@ fn gender(v: &str) -> bool {
 
 /// What people type for "no value" (`n/a`, `TBD`, `-`): counted as missing, like NULL.
 fn is_placeholder(v: &str) -> bool {
-    v.is_empty()
-        || matches!(
-            v.to_ascii_lowercase().as_str(),
-            "n/a"
-                | "na"
-                | "n.a."
-                | "-"
-                | "--"
-                | "?"
-                | "none"
-                | "null"
-                | "nil"
-                | "nan"
-                | "unknown"
-                | "tbd"
-                | "tba"
-                | "#n/a"
-                | "missing"
-                | "inconnu"
-                | "unbekannt"
-                | "desconocido"
-        )
+    if v.is_empty() {
+        return true;
+    }
+    // The longest placeholder has 11 bytes; compared in place, without allocating.
+    if v.len() > 11 || !v.is_ascii() {
+        return false;
+    }
+    let mut buf = [0u8; 11];
+    let lower = &mut buf[..v.len()];
+    lower.copy_from_slice(v.as_bytes());
+    lower.make_ascii_lowercase();
+    matches!(
+        std::str::from_utf8(lower).unwrap_or(""),
+        "n/a"
+            | "na"
+            | "n.a."
+            | "-"
+            | "--"
+            | "?"
+            | "none"
+            | "null"
+            | "nil"
+            | "nan"
+            | "unknown"
+            | "tbd"
+            | "tba"
+            | "#n/a"
+            | "missing"
+            | "inconnu"
+            | "unbekannt"
+            | "desconocido"
+    )
 }
 
 fn profile<'a>(values: &[Option<&'a str>], opts: &ScanOptions) -> Profile<'a> {
