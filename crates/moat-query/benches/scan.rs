@@ -189,8 +189,12 @@ async fn main() {
     println!("table: {rows} rows, {:.1} MiB Parquet, written in {:.1} s", size as f64 / 1048576.0, t0.elapsed().as_secs_f64());
 
     let partitions = std::thread::available_parallelism().map_or(2, usize::from).min(16);
-    // Raw: plain DataFusion on the same file, same parallelism.
-    let raw = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    // Raw: plain DataFusion on the same file, same parallelism, the same Parquet filter pushdown
+    // as the engine (so the ratio is the cost of governance, not of a setting).
+    let mut raw_config = SessionConfig::new().with_target_partitions(partitions);
+    raw_config.options_mut().execution.parquet.pushdown_filters = true;
+    raw_config.options_mut().execution.parquet.reorder_filters = true;
+    let raw = SessionContext::new_with_config(raw_config);
     let url = datafusion::datasource::listing::ListingTableUrl::parse(format!("{}/", table_dir.display())).unwrap();
     let opts = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     raw.register_table(

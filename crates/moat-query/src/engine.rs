@@ -366,6 +366,11 @@ impl Engine {
             .with_default_catalog_and_schema("moat", "public")
             .with_create_default_catalog_and_schema(true)
             .with_target_partitions(self.limits.target_partitions.max(1));
+        // Filters that reach the Parquet scan (only ones on raw-visible columns: see
+        // `GovernedTable::may_push`) are applied while decoding, so masks run on the surviving
+        // rows only, and pages they rule out are skipped.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
         config.options_mut().sql_parser.recursion_limit =
             datafusion::config::ConfigNonZeroUsize::try_new(self.limits.max_depth.max(1)).map_err(df_error)?;
         let pool = Arc::new(QueryPool::new(slot.pool.clone(), self.limits.memory_per_query_bytes));

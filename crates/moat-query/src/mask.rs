@@ -3,7 +3,7 @@
 //! buffer); NULL stays NULL; values of other types are cast to text first. The UDFs are used only
 //! inside governed scans and are not registered for SQL.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray};
@@ -107,9 +107,11 @@ impl MaskRule {
         s
     }
 
-    /// The DataFusion UDF applying this mask.
+    /// The DataFusion UDF applying this mask (one per scan: hash masks keep a memo of the
+    /// scan's hashes).
     pub fn udf(self) -> Arc<ScalarUDF> {
-        Arc::new(ScalarUDF::new_from_impl(MaskUdf { rule: self, signature: Signature::any(1, Volatility::Immutable) }))
+        let memo = (self == MaskRule::Hash16).then(|| Arc::new(HashMemo::default()));
+        Arc::new(ScalarUDF::new_from_impl(MaskUdf { rule: self, signature: Signature::any(1, Volatility::Immutable), memo }))
     }
 }
 
@@ -117,6 +119,7 @@ const FULL: &str = "****";
 const REDACTED: &str = "[REDACTED]";
 
 /// 16 lower-case hex characters: the first 8 bytes of SHA-256.
+#[derive(Debug, Clone, Copy)]
 pub struct Hex16([u8; 16]);
 
 impl Hex16 {
@@ -173,40 +176,93 @@ impl Views {
     }
 }
 
+/// Hashes one scan has computed, shared by its partitions, so that a value repeated across
+/// batches (a name) is hashed once per query rather than once per batch. It lives as long as the
+/// query's plan and holds only that query's values. Bounded (values of at most
+/// [`HashMemo::MAX_VALUE_BYTES`], [`HashMemo::MAX_BYTES`] in all): past the bound, new values
+/// are hashed per batch as if there were no memo.
+#[derive(Default)]
+pub struct HashMemo {
+    map: RwLock<HashMap<Box<str>, Hex16>>,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl HashMemo {
+    pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+    pub const MAX_VALUE_BYTES: usize = 256;
+}
+
+impl std::fmt::Debug for HashMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashMemo")
+    }
+}
+
 /// Masks every value of a text array (NULL stays NULL; the view of a NULL is empty).
 fn mask_strings<'a>(
     rule: MaskRule,
     values: impl ExactSizeIterator<Item = Option<&'a str>>,
     nulls: Option<NullBuffer>,
+    memo: Option<&HashMemo>,
 ) -> DfResult<ArrayRef> {
     let mut out = Views::with_capacity(values.len());
     match rule {
         MaskRule::Hash16 => {
-            // Repeated values (names) are hashed and stored once per batch.
-            let mut memo: HashMap<&str, u128> = HashMap::default();
-            for v in values {
-                let view = match v {
-                    Some(s) => match memo.get(s) {
-                        Some(view) => *view,
-                        None => {
-                            let view = out.store(hash16(s).as_str().as_bytes())?;
-                            memo.insert(s, view);
-                            view
-                        }
-                    },
-                    None => 0,
-                };
-                out.views.push(view);
+            // Repeated values are looked up once per batch here, then in the query's memo;
+            // only values new to the query are hashed.
+            let mut local: HashMap<&str, u128> = HashMap::default();
+            let mut fresh: Vec<(&str, Hex16)> = Vec::new();
+            {
+                let shared = memo.map(|m| m.map.read().unwrap_or_else(|p| p.into_inner()));
+                for v in values {
+                    let view = match v {
+                        Some(s) => match local.get(s) {
+                            Some(view) => *view,
+                            None => {
+                                let known = shared.as_ref().and_then(|m| m.get(s)).copied();
+                                let h = known.unwrap_or_else(|| hash16(s));
+                                if known.is_none() {
+                                    fresh.push((s, h));
+                                }
+                                let view = out.store(h.as_str().as_bytes())?;
+                                local.insert(s, view);
+                                view
+                            }
+                        },
+                        None => 0,
+                    };
+                    out.views.push(view);
+                }
+            }
+            if let Some(m) = memo
+                && !fresh.is_empty()
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                let mut map = m.map.write().unwrap_or_else(|p| p.into_inner());
+                for (s, h) in fresh.into_iter().filter(|(s, _)| s.len() <= HashMemo::MAX_VALUE_BYTES) {
+                    // Key bytes plus the hash and the map's own overhead, roughly.
+                    let cost = s.len() + 48;
+                    if m.bytes.load(Relaxed) + cost > HashMemo::MAX_BYTES {
+                        break;
+                    }
+                    if map.insert(s.into(), h).is_none() {
+                        m.bytes.fetch_add(cost, Relaxed);
+                    }
+                }
             }
         }
         _ => {
             let mut buf = String::with_capacity(64);
+            let mut bytes = [0u8; FAST_BYTES];
             for v in values {
                 match v {
-                    Some(s) => {
-                        rule.apply_into(s, &mut buf);
-                        out.push(buf.as_bytes())?;
-                    }
+                    Some(s) => match mask_ascii(rule, s.as_bytes(), &mut bytes) {
+                        Some(n) => out.push(&bytes[..n])?,
+                        None => {
+                            rule.apply_into(s, &mut buf);
+                            out.push(buf.as_bytes())?;
+                        }
+                    },
                     None => out.views.push(0),
                 }
             }
@@ -215,8 +271,56 @@ fn mask_strings<'a>(
     out.finish(nulls)
 }
 
+/// Longest value [`mask_ascii`] masks in place.
+const FAST_BYTES: usize = 64;
+
+/// The common case of the per-value masks, byte by byte into `out`: ASCII values of at most
+/// [`FAST_BYTES`] bytes under `last_four` or `email_partial`. Returns the masked length, or `None`
+/// for anything else (which [`MaskRule::apply_into`] handles; both give the same text).
+fn mask_ascii(rule: MaskRule, v: &[u8], out: &mut [u8; FAST_BYTES]) -> Option<usize> {
+    if v.len() > FAST_BYTES || !v.is_ascii() {
+        return None;
+    }
+    match rule {
+        MaskRule::LastFour => {
+            let alnum = v.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+            let keep_from = if alnum > 4 { alnum - 4 } else { usize::MAX };
+            let mut seen = 0;
+            for (o, &b) in out.iter_mut().zip(v) {
+                *o = if b.is_ascii_alphanumeric() {
+                    seen += 1;
+                    if seen > keep_from { b } else { b'*' }
+                } else {
+                    b
+                };
+            }
+            Some(v.len())
+        }
+        MaskRule::EmailPartial => {
+            let at = v.iter().rposition(|&b| b == b'@')?;
+            let (local, domain) = (&v[..at], &v[at + 1..]);
+            let dot = domain.iter().rposition(|&b| b == b'.')?;
+            let tld = &domain[dot + 1..];
+            let first = *local.first()?;
+            let text = [&[first][..], b"***@***.", tld];
+            let mut n = 0;
+            for part in text {
+                out.get_mut(n..n + part.len())?.copy_from_slice(part);
+                n += part.len();
+            }
+            Some(n)
+        }
+        _ => None,
+    }
+}
+
 /// Applies a mask to a whole column.
 pub fn mask_array(rule: MaskRule, input: &ArrayRef) -> DfResult<ArrayRef> {
+    mask_array_with(rule, input, None)
+}
+
+/// [`mask_array`] with the query's memo of hashes.
+fn mask_array_with(rule: MaskRule, input: &ArrayRef, memo: Option<&HashMemo>) -> DfResult<ArrayRef> {
     let n = input.len();
     let nulls = input.logical_nulls();
     match rule {
@@ -227,24 +331,40 @@ pub fn mask_array(rule: MaskRule, input: &ArrayRef) -> DfResult<ArrayRef> {
             Ok(Arc::new(StringViewArray::try_new(ScalarBuffer::from(vec![view; n]), Vec::new(), nulls)?))
         }
         _ => match input.data_type() {
-            DataType::Utf8 => mask_strings(rule, input.as_string::<i32>().iter(), nulls),
-            DataType::LargeUtf8 => mask_strings(rule, input.as_string::<i64>().iter(), nulls),
-            DataType::Utf8View => mask_strings(rule, input.as_string_view().iter(), nulls),
+            DataType::Utf8 => mask_strings(rule, input.as_string::<i32>().iter(), nulls, memo),
+            DataType::LargeUtf8 => mask_strings(rule, input.as_string::<i64>().iter(), nulls, memo),
+            DataType::Utf8View => mask_strings(rule, input.as_string_view().iter(), nulls, memo),
             _ => {
                 let text = cast(input, &DataType::Utf8)?;
                 let Some(a) = text.as_any().downcast_ref::<StringArray>() else {
                     return exec_err!("mask: expected text after cast");
                 };
-                mask_strings(rule, a.iter(), nulls)
+                mask_strings(rule, a.iter(), nulls, memo)
             }
         },
     }
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 struct MaskUdf {
     rule: MaskRule,
     signature: Signature,
+    memo: Option<Arc<HashMemo>>,
+}
+
+// Two mask UDFs are the same function when their rules are: the memo is a cache, not identity.
+impl PartialEq for MaskUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.rule == other.rule
+    }
+}
+
+impl Eq for MaskUdf {}
+
+impl std::hash::Hash for MaskUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.rule.hash(state);
+    }
 }
 
 impl ScalarUDFImpl for MaskUdf {
@@ -268,7 +388,7 @@ impl ScalarUDFImpl for MaskUdf {
             return exec_err!("mask takes one argument");
         };
         let array = arg.to_array(args.number_rows)?;
-        Ok(ColumnarValue::Array(mask_array(self.rule, &array)?))
+        Ok(ColumnarValue::Array(mask_array_with(self.rule, &array, self.memo.as_deref())?))
     }
 }
 
@@ -325,6 +445,55 @@ mod tests {
         let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(5), None]));
         let m = mask_array(MaskRule::Redact, &n).expect("mask");
         assert_eq!((m.as_string_view().value(0), m.is_null(1)), ("[REDACTED]", true));
+    }
+
+    #[test]
+    fn the_fast_paths_mask_exactly_as_the_general_one() {
+        let mut out = [0u8; FAST_BYTES];
+        for v in [
+            "123-45-6789",
+            "4242424242424242",
+            "1234",
+            "12345",
+            "",
+            "--",
+            "ab-cd",
+            "john.doe@company.com",
+            "a@b.c",
+            "@b.com",
+            "x@nodot",
+            "x@y.",
+            "a@b@c.org",
+            "first.last+tag@sub.example.co.uk",
+            "not an email",
+        ] {
+            for rule in [MaskRule::LastFour, MaskRule::EmailPartial] {
+                match mask_ascii(rule, v.as_bytes(), &mut out) {
+                    Some(n) => assert_eq!(std::str::from_utf8(&out[..n]).expect("ascii"), rule.apply(v), "{rule:?} {v:?}"),
+                    None => assert!(
+                        rule == MaskRule::EmailPartial && rule.apply(v) == FULL,
+                        "{rule:?} {v:?}: only non-addresses leave the fast path"
+                    ),
+                }
+            }
+        }
+        assert_eq!(mask_ascii(MaskRule::LastFour, "é".as_bytes(), &mut out), None, "non-ASCII takes the general path");
+        assert_eq!(mask_ascii(MaskRule::LastFour, &[b'1'; FAST_BYTES + 1], &mut out), None);
+    }
+
+    #[test]
+    fn the_memo_gives_the_same_hashes_across_batches() {
+        let memo = HashMemo::default();
+        let first: ArrayRef = Arc::new(StringArray::from(vec![Some("Ann"), Some("Bob"), None, Some("Ann")]));
+        let second: ArrayRef = Arc::new(StringArray::from(vec![Some("Bob"), Some("Cy")]));
+        let a = mask_array_with(MaskRule::Hash16, &first, Some(&memo)).expect("mask");
+        let b = mask_array_with(MaskRule::Hash16, &second, Some(&memo)).expect("mask");
+        let (a, b) = (a.as_string_view(), b.as_string_view());
+        assert_eq!(a.value(0), hash16("Ann").as_str());
+        assert_eq!((a.value(3), a.is_null(2)), (a.value(0), true));
+        assert_eq!(b.value(0), a.value(1), "a value seen in an earlier batch hashes alike");
+        assert_eq!(b.value(1), hash16("Cy").as_str());
+        assert_eq!(memo.map.read().expect("lock").len(), 3);
     }
 
     #[test]
