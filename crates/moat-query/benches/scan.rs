@@ -12,8 +12,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::Compression;
-use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use moat_core::classification::Classification;
 use moat_core::ids::{Email, TenantId, UserId};
@@ -119,7 +117,8 @@ fn schema() -> Arc<Schema> {
 
 fn write_table(dir: &std::path::Path, rows: usize) {
     let file = std::fs::File::create(dir.join("part-00000.parquet")).unwrap();
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(128 * 1024)).build();
+    // As ingest writes tables.
+    let props = moat_query::ingest::writer_properties(&moat_query::ingest::IngestLimits::default());
     let mut w = ArrowWriter::try_new(file, schema(), Some(props)).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {

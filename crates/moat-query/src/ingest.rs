@@ -298,11 +298,32 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// Rows per data page at most. Pages carry min/max in the page index, so a selective filter on
+/// a raw column decodes (and decompresses) only the pages that can hold its rows: with the
+/// writer's default of 1 MiB pages a point lookup decompressed tens of thousands of rows of
+/// every text column it returns.
+pub const PAGE_ROWS: usize = 8 * 1024;
+
+/// Largest dictionary page per column chunk. A column with more distinct values than fit falls
+/// back to plain pages; every read of a chunk decompresses its whole dictionary page, so a big
+/// one (the writer's default is 1 MiB) made each point lookup decompress megabytes of names.
+pub const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
+
+/// How tables are written: Snappy, row groups of `row_group_rows`, pages of [`PAGE_ROWS`] rows,
+/// dictionaries of at most [`DICTIONARY_PAGE_BYTES`], statistics and page index on every column.
+pub fn writer_properties(limits: &IngestLimits) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(limits.row_group_rows))
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .build()
+}
+
 /// Writes the batches as one Parquet file into `out`; returns the report and `out` (to be
 /// completed by the caller).
 pub fn write_parquet<W: Write + Send>(p: Prepared<'_>, out: W, limits: &IngestLimits) -> Result<(IngestReport, W), MoatError> {
-    let props =
-        WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(limits.row_group_rows)).build();
+    let props = writer_properties(limits);
     let write_err = |e: datafusion::parquet::errors::ParquetError| bad("write_failed", e.to_string());
     let mut writer = ArrowWriter::try_new(Counting { inner: out, n: 0 }, p.schema.clone(), Some(props)).map_err(write_err)?;
     let mut rows = 0u64;
