@@ -259,6 +259,28 @@ fn demo_prints_working_logins() {
     let o = moat(&["--json", "table", "list"], &env, None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["tables"][0]["row_count"], 1000);
+    // PII scans, policies and views, as the Admin.
+    let o = moat(
+        &["login", "--server", &srv.url, "--tenant", "acme", "--email", "admin@acme.example", "--password-stdin"],
+        &env,
+        Some(&format!("{pw}\n")),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = moat(&["--json", "scan", "--dry-run"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["scans"][0]["rows_seen"].as_u64(), v["scans"][0]["dry_run"].as_bool()), (Some(1000), Some(true)));
+    assert_error(&moat(&["policy", "show", "nope"], &env, None), 2, "unknown_policy");
+    let o = moat(&["policy", "set", "classification", "-"], &env, Some(r#"{"labels": {"zip": "RESTRICTED"}}"#));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = moat(&["--json", "scan", "--table", "customers"], &env, None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let zip = v["scans"][0]["columns"].as_array().unwrap().iter().find(|c| c["name"] == "zip").unwrap().clone();
+    assert_eq!(zip["catalog"]["classification"], "RESTRICTED", "{zip}");
+    let o = moat(&["--json", "view", "save", "contacts", "--sql", "SELECT id, email FROM customers"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["classification"], "CONFIDENTIAL");
     drop(srv);
     // A second start keeps the same logins.
     let again = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0"]);

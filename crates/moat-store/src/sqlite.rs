@@ -173,17 +173,23 @@ fn view_from_row(r: &SqliteRow) -> Result<ViewRecord> {
     })
 }
 
-/// Tables and views share one namespace per tenant: `name_taken` if `name` is in `other`
-/// (`catalog_tables` or `catalog_views`). Call inside the writing transaction.
-async fn name_free_of(conn: &mut sqlx::SqliteConnection, other: &str, tenant: TenantId, name: &str) -> Result<()> {
-    let sql = match other {
-        "catalog_tables" => "SELECT 1 FROM catalog_tables WHERE tenant_id = ? AND name = ?",
-        _ => "SELECT 1 FROM catalog_views WHERE tenant_id = ? AND name = ?",
+/// The catalog objects that share one name space per tenant.
+#[derive(Clone, Copy)]
+enum Named {
+    Table,
+    View,
+}
+
+/// Tables and views share one name space per tenant: `name_taken` if a `kind` already has
+/// `name`. Call inside the writing transaction.
+async fn name_free_of(conn: &mut sqlx::SqliteConnection, kind: Named, tenant: TenantId, name: &str) -> Result<()> {
+    let (sql, what) = match kind {
+        Named::Table => ("SELECT 1 FROM catalog_tables WHERE tenant_id = ? AND name = ?", "a table"),
+        Named::View => ("SELECT 1 FROM catalog_views WHERE tenant_id = ? AND name = ?", "a view"),
     };
     let taken = sqlx::query(sql).bind(tenant.to_string()).bind(name).fetch_optional(&mut *conn).await.map_err(db_err)?.is_some();
     if taken {
-        let what = if other == "catalog_tables" { "a table" } else { "a view" };
-        return Err(MoatError::conflict("name_taken", format!("{what} is already named {name:?}; tables and views share one namespace")));
+        return Err(MoatError::conflict("name_taken", format!("{what} is already named {name:?}; tables and views share one name space")));
     }
     Ok(())
 }
@@ -653,7 +659,7 @@ impl MetaStore for SqliteStore {
             .await
             .map_err(db_err)?;
         if existing.is_none() {
-            name_free_of(&mut tx, "catalog_views", v.tenant_id, &v.name).await?;
+            name_free_of(&mut tx, Named::View, v.tenant_id, &v.name).await?;
         }
         let (id, version, created_at, previous, old_columns) = match &existing {
             Some(r) => {
@@ -834,7 +840,7 @@ impl MetaStore for SqliteStore {
 
     async fn put_view(&self, v: &NewView) -> Result<ViewRecord> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        name_free_of(&mut tx, "catalog_tables", v.tenant_id, &v.name).await?;
+        name_free_of(&mut tx, Named::Table, v.tenant_id, &v.name).await?;
         let existing = sqlx::query("SELECT id, version, created_at FROM catalog_views WHERE tenant_id = ? AND name = ?")
             .bind(v.tenant_id.to_string())
             .bind(&v.name)
