@@ -496,7 +496,21 @@ async fn register_views(
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect).map_err(df_error)?;
-    for reference in state.resolve_table_references(&statement).map_err(df_error)? {
+    let references = state.resolve_table_references(&statement).map_err(df_error)?;
+    // A look at the catalog itself (information_schema, SHOW TABLES) lists every view that can
+    // be planned now; a broken one is left out rather than failing the listing.
+    if stack.is_empty() && references.iter().any(|r| r.schema() == Some("information_schema")) {
+        let mut names: Vec<&str> = views.keys().copied().collect();
+        names.sort_unstable();
+        for name in names {
+            if !ctx.table_exist(name).map_err(df_error)? {
+                let listed = format!("SELECT * FROM {name}");
+                let _ = Box::pin(register_views(ctx, views, &listed, &mut Vec::new(), options)).await;
+            }
+        }
+        return Ok(());
+    }
+    for reference in references {
         let name = reference.table();
         let Some(view) = views.get(name) else { continue };
         if ctx.table_exist(name).map_err(df_error)? {

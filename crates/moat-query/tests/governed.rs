@@ -377,6 +377,16 @@ async fn views_mask_like_their_tables_and_carry_their_labels() {
     assert_eq!(e.describe(&viewer, w.ta, cat, &policy, "EXPLAIN SELECT 1").await.unwrap_err().code, "explain_not_allowed");
     // A view that reads itself, directly or not.
     assert_eq!(run("SELECT * FROM loop_a").await.unwrap_err().code, "view_cycle");
+    // The catalog lists the views that can be planned (the broken loop is left out).
+    let listed = run("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
+        .await
+        .unwrap();
+    assert_eq!(
+        cells(&listed),
+        [["by_plan", "VIEW"], ["contacts", "VIEW"], ["customers", "BASE TABLE"], ["orders", "BASE TABLE"]],
+        "{}",
+        flat(&listed)
+    );
     // Nesting deeper than allowed.
     let mut deep: Vec<ViewSource> = (0..12).map(|i| view(&format!("v{i}"), &format!("SELECT * FROM v{}", i + 1))).collect();
     deep.push(view("v12", "SELECT id FROM customers"));
