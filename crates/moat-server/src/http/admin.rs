@@ -409,10 +409,22 @@ pub async fn set_password_policy(
     JsonBody(policy): JsonBody<PasswordPolicy>,
 ) -> ApiResult<Json<PasswordPolicy>> {
     policy.validate()?;
+    replace_policy(&st, &auth, crate::state::PASSWORD_POLICY, "password", policy).await
+}
+
+/// Stores a tenant policy (a setting) and audits the change, old and new documents in one
+/// `policy.{name}_update` record.
+async fn replace_policy<T: Serialize + serde::de::DeserializeOwned + Default>(
+    st: &AppState,
+    auth: &Authorized<act::PolicyUpdate>,
+    key: &str,
+    name: &str,
+    policy: T,
+) -> ApiResult<Json<T>> {
     let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
-    let before = st.password_policy(Some(tenant)).await?;
-    st.set_setting(tenant, crate::state::PASSWORD_POLICY, &policy).await?;
-    let e = admin_event(Some(tenant), &auth.principal, "policy.password_update", "policy:password".into())
+    let before: T = st.setting(tenant, key).await?;
+    st.set_setting(tenant, key, &policy).await?;
+    let e = admin_event(Some(tenant), &auth.principal, &format!("policy.{name}_update"), format!("policy:{name}"))
         .details(serde_json::json!({"from": before, "to": policy}));
     st.record(&auth.client, e).await?;
     Ok(Json(policy))
@@ -431,13 +443,7 @@ pub async fn set_masking_policy(
     JsonBody(policy): JsonBody<MaskingPolicy>,
 ) -> ApiResult<Json<MaskingPolicy>> {
     policy.validate()?;
-    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
-    let before = st.masking_policy(tenant).await?;
-    st.set_setting(tenant, crate::state::MASKING_POLICY, &policy).await?;
-    let e = admin_event(Some(tenant), &auth.principal, "policy.masking_update", "policy:masking".into())
-        .details(serde_json::json!({"from": before, "to": policy}));
-    st.record(&auth.client, e).await?;
-    Ok(Json(policy))
+    replace_policy(&st, &auth, crate::state::MASKING_POLICY, "masking", policy).await
 }
 
 pub async fn get_classification_policy(
@@ -458,11 +464,5 @@ pub async fn set_classification_policy(
     JsonBody(policy): JsonBody<ClassificationPolicy>,
 ) -> ApiResult<Json<ClassificationPolicy>> {
     policy.validate()?;
-    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
-    let before: ClassificationPolicy = st.setting(tenant, crate::state::CLASSIFICATION_POLICY).await?;
-    st.set_setting(tenant, crate::state::CLASSIFICATION_POLICY, &policy).await?;
-    let e = admin_event(Some(tenant), &auth.principal, "policy.classification_update", "policy:classification".into())
-        .details(serde_json::json!({"from": before, "to": policy}));
-    st.record(&auth.client, e).await?;
-    Ok(Json(policy))
+    replace_policy(&st, &auth, crate::state::CLASSIFICATION_POLICY, "classification", policy).await
 }
