@@ -236,6 +236,28 @@ async fn main() {
         ("selective filter on an unmasked column", "SELECT id, name, email, ssn FROM t WHERE amount > 999.5"),
         ("aggregate of unmasked columns", "SELECT region, count(*), sum(amount) FROM t GROUP BY region ORDER BY region"),
     ];
+    // MOAT_BENCH_EXPLAIN=1: print EXPLAIN ANALYZE of both sides of each query (the governed side
+    // as the engine builds it: the Viewer's masks at the scan, same session settings) and stop.
+    if std::env::var("MOAT_BENCH_EXPLAIN").is_ok() {
+        let mut config = SessionConfig::new().with_target_partitions(partitions);
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
+        let governed = SessionContext::new_with_config(config);
+        let url = datafusion::datasource::listing::ListingTableUrl::parse(format!("{}/", table_dir.display())).unwrap();
+        let opts = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let listing =
+            Arc::new(ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(opts).with_schema(schema())).unwrap());
+        let decisions: Vec<moat_query::MaskDecision> =
+            tables[0].columns.iter().map(|c| moat_query::policy::decide(Role::Viewer, Classification::Internal, c, &policy)).collect();
+        governed.register_table("t", Arc::new(moat_query::governed::GovernedTable::new(listing, &decisions))).unwrap();
+        for (label, sql) in &queries {
+            for (side, ctx) in [("raw", &raw), ("moat", &governed)] {
+                let out = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap().collect().await.unwrap();
+                println!("--- {label} ({side})\n{}", datafusion::arrow::util::pretty::pretty_format_batches(&out).unwrap());
+            }
+        }
+        return;
+    }
     // MOAT_BENCH_QUERY=<words of a label>: only those queries (for profiling one of them).
     let only = std::env::var("MOAT_BENCH_QUERY").unwrap_or_default();
     // MOAT_BENCH_SIDE=raw|moat: run one side only (the ratio is then meaningless).
