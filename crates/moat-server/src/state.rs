@@ -82,16 +82,15 @@ impl AppState {
         self.setting(tenant, MASKING_POLICY).await
     }
 
-    /// What a query of the tenant may name (its tables and views) and its masking policy, read
-    /// together.
+    /// What a query of the tenant may name (its tables, as the engine sees them, and its views)
+    /// and its masking policy, read together.
     pub async fn query_catalog(
         &self,
         tenant: moat_core::ids::TenantId,
-    ) -> Result<(Vec<moat_query::TableSource>, Vec<moat_query::ViewSource>, moat_query::policy::MaskingPolicy)> {
+    ) -> Result<(Vec<moat_query::TableSource>, Vec<moat_store::ViewRecord>, moat_query::policy::MaskingPolicy)> {
         let (tables, views, policy) =
             tokio::join!(self.stores.meta.list_tables(tenant), self.stores.meta.list_views(tenant), self.masking_policy(tenant));
-        let views = views?.into_iter().map(|v| moat_query::ViewSource { name: v.name, sql: v.sql }).collect();
-        Ok((tables?.iter().map(crate::tables::source_of).collect(), views, policy?))
+        Ok((tables?.iter().map(crate::tables::source_of).collect(), views?, policy?))
     }
 
     /// The PII scanner as configured, with the tenant's classification policy; `sample_rows`

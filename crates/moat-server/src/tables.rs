@@ -13,8 +13,8 @@ use moat_core::ids::TenantId;
 use moat_core::{MoatError, Result};
 use moat_query::ingest::{IngestLimits, IngestReport, read_csv, read_parquet, write_parquet};
 use moat_query::mask::MaskRule;
-use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage};
-use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord};
+use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage, ViewSource};
+use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord, ViewRecord};
 
 use crate::scan::{ScanReport, Scanner, TableSample};
 
@@ -154,6 +154,11 @@ pub fn retire_later(storage: TableStorage, prefix: String) {
             tracing::warn!(prefix, error = %e, "could not remove a superseded table version");
         }
     });
+}
+
+/// A view record as the engine sees it.
+pub fn view_source(v: &ViewRecord) -> ViewSource {
+    ViewSource { name: v.name.clone(), sql: v.sql.clone() }
 }
 
 /// A catalog record as the engine sees it. Unknown labels, categories or masks fail closed:

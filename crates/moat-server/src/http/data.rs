@@ -674,6 +674,7 @@ pub async fn query(
     let started = Instant::now();
     let format = ResultFormat::from_accept(&headers);
     let (sources, views, policy) = st.query_catalog(tenant).await?;
+    let views: Vec<_> = views.iter().map(tables::view_source).collect();
     let audit = |outcome, details: Value| {
         AuditEvent::new(Some(tenant), Category::DataAccess, "query.execute", Actor::of(&auth.principal), outcome)
             .resource("query")

@@ -15,6 +15,7 @@ use moat_core::MoatError;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::classification::Classification;
 use moat_query::engine::OutputColumn;
+use moat_query::policy::MaskingPolicy;
 use moat_query::{Catalog, ViewSource};
 use moat_store::{NewView, ViewRecord};
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use serde_json::json;
 use super::error::ApiResult;
 use super::extract::{Action, Authorized, JsonBody, act};
 use crate::state::AppState;
-use crate::tables::check_identifier;
+use crate::tables::{check_identifier, view_source};
 
 /// Longest description kept with a view.
 const MAX_DESCRIPTION_CHARS: usize = 1_024;
@@ -62,16 +63,16 @@ pub struct ViewList {
     pub views: Vec<ViewAnswer>,
 }
 
-/// Plans `SELECT * FROM <view>` as the caller over the tenant's current catalog.
+/// Plans `SELECT * FROM <name>` as the caller: the view's columns with their labels and masks.
 async fn describe<A: Action>(
     st: &AppState,
     auth: &Authorized<A>,
-    views: &[ViewSource],
+    catalog: Catalog<'_>,
+    policy: &MaskingPolicy,
     name: &str,
 ) -> Result<Vec<OutputColumn>, MoatError> {
     let tenant = auth.tenant.ok_or_else(view_not_found)?;
-    let (tables, _, policy) = st.query_catalog(tenant).await?;
-    st.engine.describe(&auth.principal, tenant, Catalog { tables: &tables, views }, &policy, &format!("SELECT * FROM {name}")).await
+    st.engine.describe(&auth.principal, tenant, catalog, policy, &format!("SELECT * FROM {name}")).await
 }
 
 fn answer(v: ViewRecord, described: Result<Vec<OutputColumn>, MoatError>) -> ViewAnswer {
@@ -93,17 +94,15 @@ fn answer(v: ViewRecord, described: Result<Vec<OutputColumn>, MoatError>) -> Vie
     }
 }
 
-fn sources(views: &[ViewRecord]) -> Vec<ViewSource> {
-    views.iter().map(|v| ViewSource { name: v.name.clone(), sql: v.sql.clone() }).collect()
-}
-
+/// Every view, each described over one read of the tenant's catalog.
 pub async fn list_views(State(st): State<Arc<AppState>>, auth: Authorized<act::TableRead>) -> ApiResult<Json<ViewList>> {
     let tenant = auth.tenant.ok_or_else(view_not_found)?;
-    let records = st.stores.meta.list_views(tenant).await?;
-    let all = sources(&records);
+    let (tables, records, policy) = st.query_catalog(tenant).await?;
+    let all: Vec<ViewSource> = records.iter().map(view_source).collect();
+    let catalog = Catalog { tables: &tables, views: &all };
     let mut views = Vec::with_capacity(records.len());
     for v in records {
-        let described = describe(&st, &auth, &all, &v.name).await;
+        let described = describe(&st, &auth, catalog, &policy, &v.name).await;
         views.push(answer(v, described));
     }
     Ok(Json(ViewList { views }))
@@ -115,10 +114,10 @@ pub async fn get_view(
     Path(name): Path<String>,
 ) -> ApiResult<Json<ViewAnswer>> {
     let tenant = auth.tenant.ok_or_else(view_not_found)?;
-    let records = st.stores.meta.list_views(tenant).await?;
-    let all = sources(&records);
+    let (tables, records, policy) = st.query_catalog(tenant).await?;
+    let all: Vec<ViewSource> = records.iter().map(view_source).collect();
     let v = records.into_iter().find(|v| v.name == name).ok_or_else(view_not_found)?;
-    let described = describe(&st, &auth, &all, &v.name).await;
+    let described = describe(&st, &auth, Catalog { tables: &tables, views: &all }, &policy, &v.name).await;
     Ok(Json(answer(v, described)))
 }
 
@@ -143,15 +142,13 @@ pub async fn put_view(
     if sql.is_empty() {
         return Err(MoatError::bad_request("empty_query", "a view needs its SQL").into());
     }
-    let existing = st.stores.meta.list_views(tenant).await?;
-    let mut candidate = sources(&existing);
-    candidate.retain(|v| v.name != name);
+    let (tables, existing, policy) = st.query_catalog(tenant).await?;
+    let mut candidate: Vec<ViewSource> = existing.iter().filter(|v| v.name != name).map(view_source).collect();
     candidate.push(ViewSource { name: name.clone(), sql: sql.clone() });
     // The SQL alone first (its own errors), then through the name (cycles through other views).
-    let (tables, _, policy) = st.query_catalog(tenant).await?;
     let catalog = Catalog { tables: &tables, views: &candidate };
     let checked = match st.engine.describe(&auth.principal, tenant, catalog, &policy, &sql).await {
-        Ok(_) => describe(&st, &auth, &candidate, &name).await,
+        Ok(_) => describe(&st, &auth, catalog, &policy, &name).await,
         Err(e) => Err(e),
     };
     let columns = match checked {
