@@ -500,39 +500,49 @@ async fn register_views(
     // A look at the catalog itself (information_schema, SHOW TABLES) lists every view that can
     // be planned now; a broken one is left out rather than failing the listing.
     if stack.is_empty() && references.iter().any(|r| r.schema() == Some("information_schema")) {
-        let mut names: Vec<&str> = views.keys().copied().collect();
-        names.sort_unstable();
-        for name in names {
-            if !ctx.table_exist(name).map_err(df_error)? {
-                let listed = format!("SELECT * FROM {name}");
-                let _ = Box::pin(register_views(ctx, views, &listed, &mut Vec::new(), options)).await;
-            }
+        let mut all: Vec<&ViewSource> = views.values().copied().collect();
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        for view in all {
+            let _ = register_view(ctx, views, view, &mut Vec::new(), options).await;
         }
         return Ok(());
     }
     for reference in references {
-        let name = reference.table();
-        let Some(view) = views.get(name) else { continue };
-        if ctx.table_exist(name).map_err(df_error)? {
-            continue;
+        if let Some(view) = views.get(reference.table()) {
+            register_view(ctx, views, view, stack, options).await?;
         }
-        if stack.iter().any(|s| s == name) {
-            return Err(MoatError::invalid("view_cycle", format!("view {name} reads itself (through {})", stack.join(" -> "))));
-        }
-        if stack.len() >= MAX_VIEW_DEPTH {
-            return Err(MoatError::invalid("view_too_deep", format!("views may build on views at most {MAX_VIEW_DEPTH} deep")));
-        }
-        stack.push(name.to_owned());
-        Box::pin(register_views(ctx, views, &view.sql, stack, options)).await?;
-        stack.pop();
-        let planned = ctx.sql_with_options(&view.sql, options).await.map_err(|e| {
-            let mut e = df_error(e);
-            e.message = format!("view {name}: {}", e.message);
-            e
-        })?;
-        let provider = datafusion::datasource::ViewTable::new(planned.into_unoptimized_plan(), Some(view.sql.clone()));
-        ctx.register_table(name, Arc::new(provider)).map_err(df_error)?;
     }
+    Ok(())
+}
+
+/// Registers `view` (unless it already is), after the views its SQL names.
+async fn register_view(
+    ctx: &SessionContext,
+    views: &HashMap<&str, &ViewSource>,
+    view: &ViewSource,
+    stack: &mut Vec<String>,
+    options: SQLOptions,
+) -> Result<(), MoatError> {
+    let name = view.name.as_str();
+    if ctx.table_exist(name).map_err(df_error)? {
+        return Ok(());
+    }
+    if stack.iter().any(|s| s == name) {
+        return Err(MoatError::invalid("view_cycle", format!("view {name} reads itself (through {})", stack.join(" -> "))));
+    }
+    if stack.len() >= MAX_VIEW_DEPTH {
+        return Err(MoatError::invalid("view_too_deep", format!("views may build on views at most {MAX_VIEW_DEPTH} deep")));
+    }
+    stack.push(name.to_owned());
+    Box::pin(register_views(ctx, views, &view.sql, stack, options)).await?;
+    stack.pop();
+    let planned = ctx.sql_with_options(&view.sql, options).await.map_err(|e| {
+        let mut e = df_error(e);
+        e.message = format!("view {name}: {}", e.message);
+        e
+    })?;
+    let provider = datafusion::datasource::ViewTable::new(planned.into_unoptimized_plan(), Some(view.sql.clone()));
+    ctx.register_table(name, Arc::new(provider)).map_err(df_error)?;
     Ok(())
 }
 
