@@ -158,6 +158,16 @@ async fn load_columns(conn: &mut sqlx::SqliteConnection, table_id: &str) -> Resu
     Ok(rows.iter().map(column_from_row).collect())
 }
 
+/// The catalog row of a tenant's table, by name.
+async fn table_row(conn: &mut sqlx::SqliteConnection, tenant: TenantId, name: &str) -> Result<Option<SqliteRow>> {
+    sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
+        .bind(tenant.to_string())
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)
+}
+
 fn view_from_row(r: &SqliteRow) -> Result<ViewRecord> {
     let tenant: String = r.get("tenant_id");
     Ok(ViewRecord {
@@ -652,12 +662,7 @@ impl MetaStore for SqliteStore {
 
     async fn put_table(&self, v: &NewTableVersion) -> Result<(TableRecord, Option<String>)> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let existing = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
-            .bind(v.tenant_id.to_string())
-            .bind(&v.name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let existing = table_row(&mut tx, v.tenant_id, &v.name).await?;
         if existing.is_none() {
             name_free_of(&mut tx, Named::View, v.tenant_id, &v.name).await?;
         }
@@ -770,12 +775,7 @@ impl MetaStore for SqliteStore {
 
     async fn table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>> {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        let row = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
-            .bind(tenant.to_string())
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
+        let row = table_row(&mut conn, tenant, name).await?;
         let Some(r) = row else { return Ok(None) };
         let id: String = r.get("id");
         let cols = load_columns(&mut conn, &id).await?;
@@ -798,13 +798,7 @@ impl MetaStore for SqliteStore {
 
     async fn apply_scan(&self, tenant: TenantId, table: &str, version: i64, columns: &[ColumnRecord]) -> Result<Option<TableRecord>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let Some(row) = sqlx::query("SELECT * FROM catalog_tables WHERE tenant_id = ? AND name = ?")
-            .bind(tenant.to_string())
-            .bind(table)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?
-        else {
+        let Some(row) = table_row(&mut tx, tenant, table).await? else {
             return Ok(None);
         };
         if row.get::<i64, _>("version") != version {
