@@ -245,17 +245,8 @@ impl Client {
         f.rewind().await.map_err(|e| CliError::usage("file_not_found", format!("cannot read {}: {e}", file.display())))?;
         let content_type = if parquet { "application/vnd.apache.parquet" } else { "text/csv" };
         let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let b = indicatif::ProgressBar::new(len);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let bar =
+            crate::output::progress_bar(progress, len, "{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}");
         let b2 = bar.clone();
         let stream = tokio_util::io::ReaderStream::new(f).inspect(move |chunk| {
             if let Ok(c) = chunk {

@@ -502,25 +502,14 @@ async fn scan(mut c: Client, table: Option<String>, dry_run: bool, sample_rows: 
             v["tables"].as_array().map_or(&[][..], Vec::as_slice).iter().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect()
         }
     };
-    let show_progress = !json_out && std::io::stderr().is_terminal();
     let mut results = Vec::new();
     for name in &tables {
         let mut params = vec![format!("dry_run={dry_run}")];
         if let Some(n) = sample_rows {
             params.push(format!("sample_rows={n}"));
         }
-        let bar = if show_progress {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} scanning {msg} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            b.set_message(name.clone());
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let bar = output::progress_bar(!json_out, 0, "{spinner} scanning {msg} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}");
+        bar.set_message(name.clone());
         let path = format!("/v1/tables/{}/scan?{}", urlencode(name), params.join("&"));
         let result = c
             .call_ndjson(&path, |p| {

@@ -54,3 +54,16 @@ pub fn record(v: &Value, keys: &[&str]) {
         println!("{k:<width$}  {val}");
     }
 }
+
+/// A progress bar on standard error when `show` and it is a terminal (hidden otherwise), drawn
+/// with `template` (indicatif's syntax).
+pub fn progress_bar(show: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "),
+    );
+    bar
+}
