@@ -1,6 +1,9 @@
 //! Audit events: what happened, to what, by whom, from where, with what outcome. Recorded for
-//! every login, refresh, denial and admin change. Storage and integrity (hash chain / Merkle
-//! log) live in the store; this is the content.
+//! every login, refresh, denial and admin change. The store still writes the v1 hash chain
+//! ([`chain_hash`]); the transparency log replacing it (#6, in progress) commits to the
+//! canonical bytes of [`encode_entry`] with per-trail HMAC keys ([`AuditKeys`]), as Merkle leaves
+//! ([`crate::tlog`]) under signed checkpoints ([`crate::checkpoint`]), verified by
+//! [`crate::audit_verify`].
 
 use serde::{Deserialize, Serialize};
 
@@ -172,4 +175,199 @@ pub fn chain_hash(prev_hash: &str, f: &ChainedFields<'_>) -> String {
     buf.push(b'\n');
     buf.extend_from_slice(&canonical);
     crate::secret::sha256_hex(&buf)
+}
+
+/// Version of the canonical entry encoding (the `"v"` field).
+pub const ENTRY_VERSION: u32 = 2;
+
+/// The fields of a stored record, as the log commits to them.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFields<'a> {
+    /// Tenant id or `platform`.
+    pub trail: &'a str,
+    /// 1, 2, 3… per trail, no gaps; the Merkle leaf index is `seq - 1`.
+    pub seq: i64,
+    pub ts_ms: i64,
+    /// Unique id of the event (UUIDv7), for idempotent consumers.
+    pub event_id: &'a str,
+    pub category: &'a str,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub actor: &'a serde_json::Value,
+    pub resource: Option<&'a str>,
+    pub source_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub details: &'a serde_json::Value,
+}
+
+/// The canonical entry (v2): UTF-8 JSON, one object, every key present (absent = `null`), keys
+/// sorted by their bytes at every level, no whitespace, strings escaped as RFC 8259 requires
+/// (`"`, `\`, control characters; nothing else), numbers as written by the event. These bytes
+/// are the Merkle leaf (`SHA-256(0x00 ‖ entry)`) and the HMAC input; a verifier hashes the
+/// stored bytes as they are and need not re-encode.
+pub fn encode_entry(f: &EntryFields<'_>) -> Vec<u8> {
+    let opt = |v: Option<&str>| v.map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned()));
+    let fields: [(&str, serde_json::Value); 14] = [
+        ("action", f.action.into()),
+        ("actor", f.actor.clone()),
+        ("category", f.category.into()),
+        ("details", f.details.clone()),
+        ("event_id", f.event_id.into()),
+        ("outcome", f.outcome.into()),
+        ("request_id", opt(f.request_id)),
+        ("resource", opt(f.resource)),
+        ("seq", f.seq.into()),
+        ("source_ip", opt(f.source_ip)),
+        ("trail", f.trail.into()),
+        ("ts_ms", f.ts_ms.into()),
+        ("user_agent", opt(f.user_agent)),
+        ("v", ENTRY_VERSION.into()),
+    ];
+    let mut out = Vec::with_capacity(512);
+    out.push(b'{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        canonical_string(k, &mut out);
+        out.push(b':');
+        canonical_json(v, &mut out);
+    }
+    out.push(b'}');
+    out
+}
+
+fn canonical_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json escapes exactly `"`, `\` and control characters.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes `v` with object keys sorted by their bytes, whatever the map's own order.
+pub fn canonical_json(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_unstable();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_string(k, out);
+                out.push(b':');
+                if let Some(x) = m.get(k) {
+                    canonical_json(x, out);
+                }
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(b']');
+        }
+        serde_json::Value::String(s) => canonical_string(s, out),
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
+    }
+}
+
+/// The keys of the audit trail that never enter the database: an HMAC key per trail derived
+/// from the deployment's master key (HKDF-SHA256, info `moat-audit-hmac-v1:` ‖ trail). Whoever
+/// can write the database but not read the master key cannot forge a record's HMAC.
+#[derive(Clone)]
+pub struct AuditKeys {
+    master: [u8; 32],
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKeys(..)")
+    }
+}
+
+impl AuditKeys {
+    pub fn new(master: [u8; 32]) -> Self {
+        Self { master }
+    }
+
+    /// The HMAC key of one trail (what an auditor is handed to check HMACs offline).
+    pub fn trail_key(&self, trail: &str) -> [u8; 32] {
+        use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
+        let mut out = [0u8; 32];
+        let info = [b"moat-audit-hmac-v1:".as_slice(), trail.as_bytes()];
+        // HKDF with a 32-byte output cannot fail; on the impossible error the key stays zero and
+        // every HMAC check fails closed.
+        let _ = Salt::new(HKDF_SHA256, b"moat-audit").extract(&self.master).expand(&info, HKDF_SHA256).and_then(|okm| okm.fill(&mut out));
+        out
+    }
+
+    pub fn hmac(&self, trail: &str, entry: &[u8]) -> [u8; 32] {
+        hmac_with(&self.trail_key(trail), entry)
+    }
+}
+
+/// HMAC-SHA256 of an entry under a trail key.
+pub fn hmac_with(trail_key: &[u8; 32], entry: &[u8]) -> [u8; 32] {
+    use aws_lc_rs::hmac;
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, trail_key), entry);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields<'a>(actor: &'a serde_json::Value, details: &'a serde_json::Value) -> EntryFields<'a> {
+        EntryFields {
+            trail: "platform",
+            seq: 1,
+            ts_ms: 1_700_000_000_000,
+            event_id: "0192f0c4-5b7e-7cc1-9d1e-3f0a8b2c4d5e",
+            category: "auth",
+            action: "auth.login",
+            outcome: "success",
+            actor,
+            resource: None,
+            source_ip: Some("127.0.0.1"),
+            user_agent: Some("curl/8 \"quoted\"\n"),
+            request_id: None,
+            details,
+        }
+    }
+
+    #[test]
+    fn entry_is_canonical_json_with_sorted_keys() {
+        let actor = serde_json::json!({"via": "session", "email": "a@x.example", "user_id": null});
+        let details = serde_json::json!({"z": [1, {"b": 2, "a": 1}], "a": "é"});
+        let e = encode_entry(&fields(&actor, &details));
+        let text = std::str::from_utf8(&e).expect("utf8");
+        assert_eq!(
+            text,
+            r#"{"action":"auth.login","actor":{"email":"a@x.example","user_id":null,"via":"session"},"category":"auth","details":{"a":"é","z":[1,{"a":1,"b":2}]},"event_id":"0192f0c4-5b7e-7cc1-9d1e-3f0a8b2c4d5e","outcome":"success","request_id":null,"resource":null,"seq":1,"source_ip":"127.0.0.1","trail":"platform","ts_ms":1700000000000,"user_agent":"curl/8 \"quoted\"\n","v":2}"#
+        );
+        // Parsing and re-encoding gives the same bytes.
+        let back: serde_json::Value = serde_json::from_slice(&e).expect("json");
+        let mut again = Vec::new();
+        canonical_json(&back, &mut again);
+        assert_eq!(again, e);
+    }
+
+    #[test]
+    fn hmac_keys_differ_per_trail_and_master() {
+        let k = AuditKeys::new([1; 32]);
+        assert_ne!(k.trail_key("a"), k.trail_key("b"));
+        assert_ne!(k.trail_key("a"), AuditKeys::new([2; 32]).trail_key("a"));
+        assert_eq!(k.hmac("a", b"x"), hmac_with(&k.trail_key("a"), b"x"));
+        assert_ne!(k.hmac("a", b"x"), k.hmac("a", b"y"));
+    }
 }

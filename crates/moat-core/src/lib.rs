@@ -7,7 +7,9 @@
 
 pub mod apikey;
 pub mod audit;
+pub mod audit_verify;
 pub mod authz;
+pub mod checkpoint;
 pub mod classification;
 pub mod clock;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod permission;
 pub mod principal;
 pub mod role;
 pub mod secret;
+pub mod tlog;
 pub mod token;
 
 pub use error::{ErrorKind, MoatError, Result};
