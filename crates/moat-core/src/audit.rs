@@ -207,22 +207,30 @@ pub struct EntryFields<'a> {
 /// are the Merkle leaf (`SHA-256(0x00 ‖ entry)`) and the HMAC input; a verifier hashes the
 /// stored bytes as they are and need not re-encode.
 pub fn encode_entry(f: &EntryFields<'_>) -> Vec<u8> {
-    let opt = |v: Option<&str>| v.map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned()));
-    let fields: [(&str, serde_json::Value); 14] = [
-        ("action", f.action.into()),
-        ("actor", f.actor.clone()),
-        ("category", f.category.into()),
-        ("details", f.details.clone()),
-        ("event_id", f.event_id.into()),
-        ("outcome", f.outcome.into()),
-        ("request_id", opt(f.request_id)),
-        ("resource", opt(f.resource)),
-        ("seq", f.seq.into()),
-        ("source_ip", opt(f.source_ip)),
-        ("trail", f.trail.into()),
-        ("ts_ms", f.ts_ms.into()),
-        ("user_agent", opt(f.user_agent)),
-        ("v", ENTRY_VERSION.into()),
+    // Borrowed, not converted into `Value`s: an entry is encoded once per audit append and
+    // `details` (SQL text and the like) need not be copied to be written.
+    enum Field<'a> {
+        Str(&'a str),
+        Opt(Option<&'a str>),
+        Int(i64),
+        Json(&'a serde_json::Value),
+    }
+    use Field::{Int, Json, Opt, Str};
+    let fields: [(&str, Field<'_>); 14] = [
+        ("action", Str(f.action)),
+        ("actor", Json(f.actor)),
+        ("category", Str(f.category)),
+        ("details", Json(f.details)),
+        ("event_id", Str(f.event_id)),
+        ("outcome", Str(f.outcome)),
+        ("request_id", Opt(f.request_id)),
+        ("resource", Opt(f.resource)),
+        ("seq", Int(f.seq)),
+        ("source_ip", Opt(f.source_ip)),
+        ("trail", Str(f.trail)),
+        ("ts_ms", Int(f.ts_ms)),
+        ("user_agent", Opt(f.user_agent)),
+        ("v", Int(i64::from(ENTRY_VERSION))),
     ];
     let mut out = Vec::with_capacity(512);
     out.push(b'{');
@@ -232,7 +240,12 @@ pub fn encode_entry(f: &EntryFields<'_>) -> Vec<u8> {
         }
         canonical_string(k, &mut out);
         out.push(b':');
-        canonical_json(v, &mut out);
+        match v {
+            Str(s) | Opt(Some(s)) => canonical_string(s, &mut out),
+            Opt(None) => out.extend_from_slice(b"null"),
+            Int(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Json(v) => canonical_json(v, &mut out),
+        }
     }
     out.push(b'}');
     out

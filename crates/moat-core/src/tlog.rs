@@ -184,7 +184,8 @@ pub fn nodes_of(span: Span, out: &mut Vec<NodeId>) {
         out.push(NodeId { level: n.trailing_zeros() as u8, index: span.start / n });
         return;
     }
-    let k = if n == 1 { 1 } else { split(n) };
+    // n ≥ 2 here: a single leaf is a perfect, aligned subtree.
+    let k = split(n);
     nodes_of(Span { start: span.start, end: span.start + k }, out);
     nodes_of(Span { start: span.start + k, end: span.end }, out);
 }
@@ -198,7 +199,8 @@ pub fn span_hash(span: Span, node: &impl Fn(NodeId) -> Option<Hash>) -> Option<H
     if n.is_power_of_two() && span.start.is_multiple_of(n) {
         return node(NodeId { level: n.trailing_zeros() as u8, index: span.start / n });
     }
-    let k = if n == 1 { 1 } else { split(n) };
+    // n ≥ 2 here: a single leaf is a perfect, aligned subtree.
+    let k = split(n);
     let left = span_hash(Span { start: span.start, end: span.start + k }, node)?;
     let right = span_hash(Span { start: span.start + k, end: span.end }, node)?;
     Some(node_hash(&left, &right))
