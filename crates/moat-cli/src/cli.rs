@@ -313,21 +313,84 @@ pub enum PolicyCmd {
 pub enum AuditCmd {
     /// Search events.
     Events {
+        /// Substring of the actor (email, user id).
         #[arg(long)]
         actor: Option<String>,
+        /// auth, authz, data_access, admin, agent or system.
+        #[arg(long)]
+        category: Option<String>,
+        /// An action or its prefix (`query` matches `query.run`).
         #[arg(long)]
         action: Option<String>,
+        /// success, failure or denied.
+        #[arg(long)]
+        outcome: Option<String>,
         #[arg(long)]
         resource: Option<String>,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        /// Full text: words that must all occur (any field); `word*` for a prefix.
         #[arg(long)]
         q: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Recompute the trail's hash chain.
-    Verify,
+    /// Verify the trail: every record's leaf hash and HMAC, the Merkle root, every signed
+    /// checkpoint and the published one (progress bar). With --bundle: offline, on an export.
+    Verify(VerifyArgs),
+    /// Download the trail as an export bundle (records, signed checkpoints, verifier key) for
+    /// offline verification.
+    Export {
+        /// File to write (NDJSON).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Print a trail's HMAC key (offline, on the data dir), to hand to an auditor who checks
+    /// HMACs with `verify --bundle --hmac-key-file`.
+    HmacKey {
+        /// The trail: a tenant id (a bundle's `trail`) or `platform`.
+        trail: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// The latest signed checkpoint (C2SP signed note) and the verifier key to pin.
+    Checkpoint,
+    /// Proofs against the latest signed checkpoint.
+    Proof {
+        #[command(subcommand)]
+        cmd: ProofCmd,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify this export bundle offline instead of asking the server.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// The verifier key to pin (`name+keyid+base64`, from `moat audit checkpoint`); without it
+    /// the bundle's own key is used and the result says so.
+    #[arg(long, requires = "bundle", value_name = "VKEY")]
+    pub key: Option<String>,
+    /// A checkpoint obtained elsewhere (the published file, a witness's copy) that the bundle
+    /// must agree with; repeatable.
+    #[arg(long = "checkpoint", requires = "bundle", value_name = "FILE")]
+    pub checkpoints: Vec<PathBuf>,
+    /// File holding the trail's HMAC key in hex (`moat audit hmac-key`), to check every HMAC.
+    #[arg(long, requires = "bundle", value_name = "FILE")]
+    pub hmac_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProofCmd {
+    /// That record SEQ is in the log (RFC 9162 inclusion proof).
+    Inclusion { seq: i64 },
+    /// That the log of FROM records is a prefix of today's (RFC 9162 consistency proof).
+    Consistency {
+        from: u64,
+        /// Newer size (a checkpoint's); the latest checkpoint when absent.
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }

@@ -141,18 +141,7 @@ impl Client {
 
     /// An authenticated call; refreshes an expired access token first. `Ok(None)` for 204.
     pub async fn call(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
-        // An API key in MOAT_API_KEY wins over the stored session (scripts, CI).
-        let key = std::env::var("MOAT_API_KEY").ok().filter(|k| !k.is_empty());
-        let token = match &key {
-            Some(k) => k.clone(),
-            None => {
-                let s = self.session.as_ref().ok_or_else(not_logged_in)?;
-                if s.expires_at - 30 <= now_s() {
-                    self.refresh().await?;
-                }
-                self.session.as_ref().map(|s| s.access_token.clone()).ok_or_else(not_logged_in)?
-            }
-        };
+        let token = self.bearer().await?;
         let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -161,6 +150,8 @@ impl Client {
         ok_json(resp).await
     }
 
+    /// The credential to send: an API key in MOAT_API_KEY wins over the stored session
+    /// (scripts, CI); an expired session is refreshed first.
     async fn bearer(&mut self) -> Result<String, CliError> {
         if let Some(k) = std::env::var("MOAT_API_KEY").ok().filter(|k| !k.is_empty()) {
             return Ok(k);
@@ -190,14 +181,46 @@ impl Client {
         ok_json(resp).await.map(|_| String::new())
     }
 
-    /// A POST answered with NDJSON lines (`{"progress": …}` … then `{"result": …}` or
+    /// Streams a GET's body into `out` (written beside it, then renamed: never a partial file
+    /// under that name); `on_bytes(total)` as it arrives. Returns the bytes written.
+    pub async fn download(&mut self, path: &str, out: &std::path::Path, mut on_bytes: impl FnMut(u64)) -> Result<u64, CliError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let token = self.bearer().await?;
+        let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return ok_json(resp).await.map(|_| 0);
+        }
+        let io = |what: &str, e: std::io::Error| CliError::runtime("io_error", format!("cannot {what} {}: {e}", out.display()));
+        let part = out.with_extension("part");
+        let mut f = tokio::fs::File::create(&part).await.map_err(|e| io("create", e))?;
+        let mut body = resp.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(CliError::runtime("bad_response", format!("the download broke off: {e}")));
+                }
+            };
+            f.write_all(&chunk).await.map_err(|e| io("write", e))?;
+            written += chunk.len() as u64;
+            on_bytes(written);
+        }
+        f.sync_all().await.map_err(|e| io("write", e))?;
+        tokio::fs::rename(&part, out).await.map_err(|e| io("write", e))?;
+        Ok(written)
+    }
+
+    /// A request answered with NDJSON lines (`{"progress": …}` … then `{"result": …}` or
     /// `{"error": …}`): each progress object goes to `on_progress`; returns the result.
-    pub async fn call_ndjson(&mut self, path: &str, mut on_progress: impl FnMut(&Value)) -> Result<Value, CliError> {
+    pub async fn call_ndjson(&mut self, method: Method, path: &str, mut on_progress: impl FnMut(&Value)) -> Result<Value, CliError> {
         use futures::StreamExt;
         let token = self.bearer().await?;
         let resp = self
             .http
-            .post(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .header(reqwest::header::ACCEPT, "application/x-ndjson")
             .send()

@@ -131,6 +131,17 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Tenant { cmd } => tenant(Client::new(cli.server, None)?, cmd, json_out).await,
         Command::User { cmd } => user(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
         Command::Key { cmd } => key(Client::new(cli.server, None)?, cmd, json_out).await,
+        Command::Audit { cmd: AuditCmd::HmacKey { trail, dir } } => {
+            let d = DataDir::new(dir.data_dir);
+            let key = bootstrap::audit_keys(&d)?.trail_key(&trail);
+            emit(json_out, &json!({"trail": trail, "hmac_key": hex::encode(key)}), |v| {
+                println!("{}", v["hmac_key"].as_str().unwrap_or(""))
+            });
+            Ok(())
+        }
+        Command::Audit { cmd: AuditCmd::Verify(VerifyArgs { bundle: Some(bundle), key, checkpoints, hmac_key_file }) } => {
+            verify_bundle_file(bundle, key, checkpoints, hmac_key_file, json_out).await
+        }
         Command::Audit { cmd } => audit(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
         Command::Query { sql, format } => {
             query(Client::new(cli.server, cli.in_tenant)?, &sql, if json_out { "json" } else { &format }).await
@@ -346,11 +357,94 @@ async fn key(mut c: Client, cmd: KeyCmd, json_out: bool) -> CliResult {
     Ok(())
 }
 
+/// `moat audit verify --bundle`: an export checked on this machine alone.
+async fn verify_bundle_file(
+    bundle: std::path::PathBuf,
+    key: Option<String>,
+    checkpoints: Vec<std::path::PathBuf>,
+    hmac_key_file: Option<std::path::PathBuf>,
+    json_out: bool,
+) -> CliResult {
+    use moat_core::audit_bundle::{BundleOptions, verify_bundle};
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| CliError::usage("unreadable_file", format!("cannot read {}: {e}", p.display())))
+    };
+    let pinned_key = key
+        .map(|k| moat_core::checkpoint::NoteVerifier::parse(k.trim()))
+        .transpose()
+        .map_err(|e| CliError::usage("invalid_key", format!("--key: {e}")))?;
+    let hmac_key = match &hmac_key_file {
+        None => None,
+        Some(p) => Some(
+            hex::decode(read(p)?.trim())
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .ok_or_else(|| CliError::usage("invalid_key", format!("{}: expected 64 hex digits", p.display())))?,
+        ),
+    };
+    let extra_checkpoints = checkpoints.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+    let opts = BundleOptions { pinned_key, hmac_key, extra_checkpoints };
+    let file =
+        std::fs::File::open(&bundle).map_err(|e| CliError::usage("unreadable_file", format!("cannot read {}: {e}", bundle.display())))?;
+    let bar = output::progress_bar(!json_out, 0, "{spinner} verifying [{bar:30}] {pos}/{len} records {per_sec} eta {eta}");
+    let b = bar.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        verify_bundle(std::io::BufReader::with_capacity(1 << 20, file), &opts, |done, total| {
+            b.set_length(total);
+            b.set_position(done);
+        })
+    })
+    .await
+    .map_err(|_| CliError::runtime("internal", "the verifier stopped"))?;
+    bar.finish_and_clear();
+    let r = r.map_err(|e| CliError::usage("invalid_bundle", format!("{}: {e}", bundle.display())))?;
+    let v = serde_json::to_value(&r).unwrap_or(Value::Null);
+    emit(json_out, &v, |_| {
+        if r.ok {
+            println!(
+                "bundle intact: {} records of trail {} ({} HMACs, {} signed checkpoints, signed up to record {}), root {}",
+                r.checked,
+                r.trail,
+                r.hmacs_checked,
+                r.checkpoints_checked,
+                r.checkpointed,
+                r.root.as_deref().unwrap_or("-")
+            );
+        } else {
+            println!(
+                "AUDIT TRAIL BROKEN at sequence {}: {}",
+                r.first_bad_seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                r.problem.as_deref().unwrap_or("")
+            );
+        }
+        if !r.key_pinned {
+            eprintln!("warning: checked against the bundle's own key; pin the deployment's key with --key for a real audit");
+        }
+        if r.hmacs_checked == 0 {
+            eprintln!("note: HMACs not checked (no --hmac-key-file)");
+        }
+    });
+    if !r.ok {
+        return Err(CliError::runtime("audit_log_broken", "the audit trail failed verification"));
+    }
+    Ok(())
+}
+
 async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
     match cmd {
-        AuditCmd::Events { actor, action, resource, from, to, q, limit } => {
+        AuditCmd::Events { actor, category, action, outcome, resource, from, to, q, limit } => {
             let mut params = vec![format!("limit={limit}")];
-            for (k, v) in [("actor", actor), ("action", action), ("resource", resource), ("from", from), ("to", to), ("q", q)] {
+            let filters = [
+                ("actor", actor),
+                ("category", category),
+                ("action", action),
+                ("outcome", outcome),
+                ("resource", resource),
+                ("from", from),
+                ("to", to),
+                ("q", q),
+            ];
+            for (k, v) in filters {
                 if let Some(v) = v {
                     params.push(format!("{k}={}", urlencode(&v)));
                 }
@@ -371,19 +465,78 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
                 output::table(&rows, &["seq", "time_at", "action", "outcome", "actor", "resource", "source_ip"]);
             });
         }
-        AuditCmd::Verify => {
-            let v = c.call(Method::GET, "/v1/audit/verify", None).await?;
+        // Offline forms are answered in `run` without a server.
+        AuditCmd::HmacKey { .. } | AuditCmd::Verify(VerifyArgs { bundle: Some(_), .. }) => {}
+        AuditCmd::Export { out } => {
+            let bar = output::progress_bar(!json_out, 0, "{spinner} exporting {bytes} {bytes_per_sec}");
+            let bytes = c.download("/v1/audit/export", &out, |n| bar.set_position(n)).await;
+            bar.finish_and_clear();
+            let bytes = bytes?;
+            emit(json_out, &json!({"file": out, "bytes": bytes}), |_| {
+                println!("audit trail exported to {} ({bytes} bytes); verify with `moat audit verify --bundle`", out.display())
+            });
+        }
+        AuditCmd::Verify(_) => {
+            let bar = output::progress_bar(!json_out, 0, "{spinner} verifying [{bar:30}] {pos}/{len} records {per_sec} eta {eta}");
+            let result = c
+                .call_ndjson(Method::GET, "/v1/audit/verify", |p| {
+                    bar.set_length(p["records_total"].as_u64().unwrap_or(0));
+                    bar.set_position(p["records_verified"].as_u64().unwrap_or(0));
+                })
+                .await;
+            bar.finish_and_clear();
+            let v = result?;
             let ok = v["ok"].as_bool().unwrap_or(false);
             emit(json_out, &v, |v| {
                 if ok {
-                    println!("audit trail intact: {} records, head {}", v["checked"], v["head"].as_str().unwrap_or("-"));
+                    println!(
+                        "audit trail intact: {} records ({} HMACs, {} signed checkpoints{}), root {}",
+                        v["checked"],
+                        v["hmacs_checked"],
+                        v["checkpoints_checked"],
+                        v["published_size"].as_u64().map(|s| format!(", published checkpoint at {s}")).unwrap_or_default(),
+                        v["head"].as_str().unwrap_or("-")
+                    );
                 } else {
-                    println!("AUDIT TRAIL BROKEN at sequence {}: {}", v["first_bad_seq"], v["problem"].as_str().unwrap_or(""));
+                    println!(
+                        "AUDIT TRAIL BROKEN at sequence {}: {}",
+                        v["first_bad_seq"].as_i64().map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                        v["problem"].as_str().unwrap_or("")
+                    );
                 }
             });
             if !ok {
-                return Err(CliError::runtime("audit_chain_broken", "the audit trail failed verification"));
+                return Err(CliError::runtime("audit_log_broken", "the audit trail failed verification"));
             }
+        }
+        AuditCmd::Checkpoint => {
+            let v = c.call(Method::GET, "/v1/audit/checkpoint", None).await?;
+            emit(json_out, &v, |v| {
+                println!("verifier key: {}", v["verifier_key"].as_str().unwrap_or("-"));
+                print!("{}", v["note"].as_str().unwrap_or(""));
+            });
+        }
+        AuditCmd::Proof { cmd } => {
+            let path = match cmd {
+                ProofCmd::Inclusion { seq } => format!("/v1/audit/proof/inclusion?seq={seq}"),
+                ProofCmd::Consistency { from, to } => {
+                    format!("/v1/audit/proof/consistency?from={from}{}", to.map(|t| format!("&to={t}")).unwrap_or_default())
+                }
+            };
+            let v = c.call(Method::GET, &path, None).await?;
+            emit(json_out, &v, |v| {
+                if let Some(seq) = v["seq"].as_i64() {
+                    println!("record {seq} (leaf {}, hash {})", v["leaf_index"], v["leaf_hash"].as_str().unwrap_or("-"));
+                } else {
+                    println!("log of {} records is a prefix of the log of {}", v["from"], v["to"]);
+                }
+                println!("proof ({} hashes):", v["proof"].as_array().map_or(0, Vec::len));
+                for h in v["proof"].as_array().map_or(&[][..], Vec::as_slice) {
+                    println!("  {}", h.as_str().unwrap_or(""));
+                }
+                println!("against checkpoint (verifier key {}):", v["checkpoint"]["verifier_key"].as_str().unwrap_or("-"));
+                print!("{}", v["checkpoint"]["note"].as_str().unwrap_or(""));
+            });
         }
     }
     Ok(())
@@ -512,7 +665,7 @@ async fn scan(mut c: Client, table: Option<String>, dry_run: bool, sample_rows: 
         bar.set_message(name.clone());
         let path = format!("/v1/tables/{}/scan?{}", urlencode(name), params.join("&"));
         let result = c
-            .call_ndjson(&path, |p| {
+            .call_ndjson(Method::POST, &path, |p| {
                 bar.set_length(p["rows_total"].as_u64().unwrap_or(0));
                 bar.set_position(p["rows_read"].as_u64().unwrap_or(0));
             })

@@ -1,9 +1,7 @@
 //! Audit events: what happened, to what, by whom, from where, with what outcome. Recorded for
-//! every login, refresh, denial and admin change. The store still writes the v1 hash chain
-//! ([`chain_hash`]); the transparency log replacing it (#6, in progress) commits to the
-//! canonical bytes of [`encode_entry`] with per-trail HMAC keys ([`AuditKeys`]), as Merkle leaves
-//! ([`crate::tlog`]) under signed checkpoints ([`crate::checkpoint`]), verified by
-//! [`crate::audit_verify`].
+//! every login, refresh, denial and admin change; the canonical bytes a record is committed to
+//! ([`encode_entry`]) and the per-trail HMAC keys ([`AuditKeys`]). The Merkle log over those
+//! bytes is [`crate::tlog`], its signed checkpoints [`crate::checkpoint`]; storage is the store's.
 
 use serde::{Deserialize, Serialize};
 
@@ -127,54 +125,6 @@ impl AuditEvent {
         self.details = d;
         self
     }
-}
-
-/// Hash of an empty trail: where every chain starts.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The fields of a stored record that the chain covers, in their fixed order.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChainedFields<'a> {
-    pub trail: &'a str,
-    pub seq: i64,
-    pub ts_ms: i64,
-    pub category: &'a str,
-    pub action: &'a str,
-    pub outcome: &'a str,
-    pub actor: &'a serde_json::Value,
-    pub resource: Option<&'a str>,
-    pub source_ip: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-    pub details: &'a serde_json::Value,
-}
-
-/// Canonical encoding (v1): a JSON array of the fields above in that order; objects inside
-/// `actor`/`details` have their keys sorted (serde_json's map is ordered), no whitespace.
-/// `hash = hex(SHA-256("moat-audit-v1\n" || prev_hash_hex || "\n" || canonical))`.
-pub fn chain_hash(prev_hash: &str, f: &ChainedFields<'_>) -> String {
-    let canonical = serde_json::to_vec(&(
-        f.trail,
-        f.seq,
-        f.ts_ms,
-        f.category,
-        f.action,
-        f.outcome,
-        f.actor,
-        f.resource,
-        f.source_ip,
-        f.user_agent,
-        f.request_id,
-        f.details,
-    ))
-    // Serialising plain strings, numbers and Values cannot fail.
-    .unwrap_or_default();
-    let mut buf = Vec::with_capacity(canonical.len() + 80);
-    buf.extend_from_slice(b"moat-audit-v1\n");
-    buf.extend_from_slice(prev_hash.as_bytes());
-    buf.push(b'\n');
-    buf.extend_from_slice(&canonical);
-    crate::secret::sha256_hex(&buf)
 }
 
 /// Version of the canonical entry encoding (the `"v"` field).

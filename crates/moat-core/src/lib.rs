@@ -7,6 +7,7 @@
 
 pub mod apikey;
 pub mod audit;
+pub mod audit_bundle;
 pub mod audit_verify;
 pub mod authz;
 pub mod checkpoint;

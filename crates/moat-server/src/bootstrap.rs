@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{Email, UserId};
 use moat_core::password::{PasswordPolicy, hash_password};
@@ -13,6 +13,7 @@ use moat_core::role::Role;
 use moat_core::token::{ACCESS_TTL_S, KeySet, SigningKey};
 use moat_core::{MoatError, Result};
 use moat_store::NewUser;
+use moat_store::audit_log::CheckpointKey;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DataDir, default_toml};
@@ -72,6 +73,7 @@ pub async fn init(dir: &DataDir, now: UnixSeconds) -> Result<InitOutcome> {
     if list_keys(dir)?.is_empty() {
         new_signing_key(dir, now)?;
     }
+    checkpoint_seed(dir)?;
     let cfg = Config::default();
     moat_store::open(&cfg.store_url(&dir.root)).await?;
     // The store holds password hashes and the audit trail: owner only.
@@ -87,6 +89,43 @@ pub async fn init(dir: &DataDir, now: UnixSeconds) -> Result<InitOutcome> {
     fs::write(&tmp, default_toml()).map_err(|e| io_err("write", &tmp, e))?;
     fs::rename(&tmp, dir.config_file()).map_err(|e| io_err("write", &dir.config_file(), e))?;
     Ok(InitOutcome::Created)
+}
+
+/// The deployment's master key (32 random bytes, hex, in `master.key`, owner-only).
+pub fn master_key(dir: &DataDir) -> Result<[u8; 32]> {
+    let path = dir.master_key();
+    let text = fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| MoatError::invalid("bad_master_key", format!("{}: expected 64 hex digits", path.display())))
+}
+
+/// The audit trail's HMAC keys, derived from the master key (never stored in the database).
+pub fn audit_keys(dir: &DataDir) -> Result<AuditKeys> {
+    Ok(AuditKeys::new(master_key(dir)?))
+}
+
+/// The Ed25519 seed that signs audit checkpoints; created on first use (data dirs made before
+/// the transparency log have none).
+pub fn checkpoint_seed(dir: &DataDir) -> Result<[u8; 32]> {
+    let path = dir.checkpoint_key();
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            create_private_dir(parent)?;
+        }
+        let seed = moat_core::checkpoint::generate_seed().map_err(|_| MoatError::internal("keygen"))?;
+        write_secret_file(&path, format!("{}\n", hex::encode(seed)).as_bytes())?;
+    }
+    let text = fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| MoatError::invalid("bad_checkpoint_key", format!("{}: expected 64 hex digits", path.display())))
+}
+
+pub fn checkpoint_key(dir: &DataDir, cfg: &Config) -> Result<CheckpointKey> {
+    CheckpointKey::new(&cfg.audit.origin, checkpoint_seed(dir)?)
 }
 
 fn new_signing_key(dir: &DataDir, now: UnixSeconds) -> Result<String> {
@@ -177,7 +216,7 @@ pub async fn create_super_admin(dir: &DataDir, email: &str, password: &str, now:
     let event = AuditEvent::new(None, Category::Admin, "superadmin.create", Actor::system("cli"), Outcome::Success)
         .resource(format!("user:{id}"))
         .details(serde_json::json!({"email": email.as_str()}));
-    stores.audit.append(&event, now * 1000).await?;
+    moat_store::audit_log::append_one(&*stores.audit, &audit_keys(dir)?, event, now * 1000).await?;
     Ok(id)
 }
 

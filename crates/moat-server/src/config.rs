@@ -20,7 +20,37 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// PII discovery (`moat_pii`): on ingest and on demand.
     pub scan: crate::scan::ScanConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Name of this deployment in checkpoint origins: trail `t` is the log
+    /// `{origin}/audit/{t}` (no spaces, no `+`; a host name is customary).
+    pub origin: String,
+    /// Where signed checkpoints are published (`{dir}/{trail}/checkpoint`; relative paths are
+    /// inside the data dir; empty = not published). Point it at storage that leaves the host.
+    pub publish_dir: String,
+    /// A trail that grew gets a signed checkpoint at most this often.
+    pub checkpoint_interval_ms: u64,
+    /// Events waiting for a commit before callers wait for room.
+    pub queue: usize,
+    /// Most events committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            origin: "moat.local".into(),
+            publish_dir: "checkpoints".into(),
+            checkpoint_interval_ms: 500,
+            queue: 16_384,
+            max_batch: 4_096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +278,16 @@ impl Config {
         if self.ingest.timeout_ms < 1000 {
             return Err(config_error("ingest.timeout_ms: must be at least 1000"));
         }
+        let au = &self.audit;
+        if !moat_core::checkpoint::is_key_name(&format!("{}/audit/platform", au.origin)) || au.origin.is_empty() {
+            return Err(config_error("audit.origin: must be non-empty, without spaces or '+'"));
+        }
+        if au.checkpoint_interval_ms < 10 || au.checkpoint_interval_ms > 1_000 {
+            return Err(config_error("audit.checkpoint_interval_ms: must be between 10 and 1000 (a checkpoint at least every second)"));
+        }
+        if au.queue == 0 || au.max_batch == 0 || au.max_batch > 100_000 {
+            return Err(config_error("audit.queue: queue and max_batch must be positive (max_batch at most 100000)"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error("log.format: must be \"text\" or \"json\""));
         }
@@ -264,6 +304,18 @@ impl Config {
     pub fn table_data_dir(&self, data_dir: &Path) -> PathBuf {
         let p = Path::new(&self.ingest.data_dir);
         if p.is_absolute() { p.to_path_buf() } else { data_dir.join(p) }
+    }
+
+    /// Where checkpoints are published, if anywhere.
+    pub fn publish_dir(&self, data_dir: &Path) -> Option<PathBuf> {
+        let p = Path::new(&self.audit.publish_dir);
+        if self.audit.publish_dir.is_empty() {
+            None
+        } else if p.is_absolute() {
+            Some(p.to_path_buf())
+        } else {
+            Some(data_dir.join(p))
+        }
     }
 
     /// The store URL with a relative SQLite path resolved inside `data_dir`.
@@ -322,6 +374,13 @@ max_columns = {i_cols}
 data_dir = "{i_dir}"   # relative paths are inside the data dir
 timeout_ms = {i_timeout}   # one upload's deadline
 
+[audit]
+origin = "{a_origin}"   # checkpoint origins are {{origin}}/audit/{{trail}}
+publish_dir = "{a_pub}"   # signed checkpoints; relative = inside the data dir; "" = off
+checkpoint_interval_ms = {a_int}
+queue = {a_queue}
+max_batch = {a_batch}
+
 [log]
 level = "{level}"
 format = "{format}"   # text | json
@@ -352,6 +411,11 @@ format = "{format}"   # text | json
         i_cols = d.ingest.max_columns,
         i_dir = d.ingest.data_dir,
         i_timeout = d.ingest.timeout_ms,
+        a_origin = d.audit.origin,
+        a_pub = d.audit.publish_dir,
+        a_int = d.audit.checkpoint_interval_ms,
+        a_queue = d.audit.queue,
+        a_batch = d.audit.max_batch,
         level = d.log.level,
         format = d.log.format,
     )
@@ -383,6 +447,10 @@ impl DataDir {
     }
     pub fn signing_dir(&self) -> PathBuf {
         self.root.join("keys").join("signing")
+    }
+    /// The Ed25519 seed that signs audit checkpoints.
+    pub fn checkpoint_key(&self) -> PathBuf {
+        self.root.join("keys").join("audit-checkpoint.key")
     }
 }
 

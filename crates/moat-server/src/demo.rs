@@ -8,6 +8,7 @@ use moat_core::ids::{Email, Slug, TenantId, UserId};
 use moat_core::password::hash_password;
 use moat_core::role::Role;
 use moat_core::{MoatError, Result};
+use moat_store::audit_log::append_one;
 use moat_store::{NewTenant, NewUser};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,8 @@ use crate::bootstrap::{load_config, write_secret_file};
 use crate::config::DataDir;
 
 pub const DEMO_TENANTS: [(&str, &str); 2] = [("acme", "Acme Corporation"), ("globex", "Globex Corporation")];
-pub const DEMO_USERS: [(&str, Role); 3] = [("admin", Role::Admin), ("analyst", Role::Editor), ("viewer", Role::Viewer)];
+pub const DEMO_USERS: [(&str, Role); 4] =
+    [("admin", Role::Admin), ("analyst", Role::Editor), ("viewer", Role::Viewer), ("auditor", Role::Auditor)];
 pub const DEMO_SUPER_ADMIN: &str = "superadmin@moat.example";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +54,7 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
     };
     let cfg = load_config(dir)?;
     let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
+    let keys = crate::bootstrap::audit_keys(dir)?;
     let hash = hash_password(&password)?;
     let system = || Actor::system("demo");
     let sa = Email::parse(DEMO_SUPER_ADMIN)?;
@@ -61,13 +64,8 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
             .meta
             .create_user(&NewUser { id, tenant_id: None, email: sa, role: Role::SuperAdmin, password_hash: hash.clone(), now })
             .await?;
-        stores
-            .audit
-            .append(
-                &AuditEvent::new(None, Category::Admin, "superadmin.create", system(), Outcome::Success).resource(format!("user:{id}")),
-                now * 1000,
-            )
-            .await?;
+        let e = AuditEvent::new(None, Category::Admin, "superadmin.create", system(), Outcome::Success).resource(format!("user:{id}"));
+        append_one(&*stores.audit, &keys, e, now * 1000).await?;
     }
     for (slug, name) in DEMO_TENANTS {
         let tenant = match stores.meta.tenant_by_slug(slug).await? {
@@ -77,14 +75,9 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
                     .meta
                     .create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(slug)?, name: name.into(), now }, None)
                     .await?;
-                stores
-                    .audit
-                    .append(
-                        &AuditEvent::new(Some(t.id), Category::Admin, "tenant.create", system(), Outcome::Success)
-                            .resource(format!("tenant:{slug}")),
-                        now * 1000,
-                    )
-                    .await?;
+                let e = AuditEvent::new(Some(t.id), Category::Admin, "tenant.create", system(), Outcome::Success)
+                    .resource(format!("tenant:{slug}"));
+                append_one(&*stores.audit, &keys, e, now * 1000).await?;
                 t
             }
         };
@@ -99,7 +92,7 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
                 let e = AuditEvent::new(Some(tenant.id), Category::Admin, "user.create", system(), Outcome::Success)
                     .resource(format!("user:{id}"))
                     .details(serde_json::json!({"email": email, "role": role}));
-                stores.audit.append(&e, now * 1000).await?;
+                append_one(&*stores.audit, &keys, e, now * 1000).await?;
             }
         }
     }
@@ -107,7 +100,7 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
     for (i, (slug, _)) in DEMO_TENANTS.iter().enumerate() {
         let tenant = stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::internal("demo_tenant_missing"))?;
         if stores.meta.table(tenant.id, "customers").await?.is_none() {
-            seed_customers(&stores, &tables, tenant.id, 0x5eed_0000 + i as u64, now).await?;
+            seed_customers(&stores, &keys, &tables, tenant.id, 0x5eed_0000 + i as u64, now).await?;
         }
     }
     Ok(DemoCredentials { password, super_admin: DEMO_SUPER_ADMIN.into(), tenants: listing() })
@@ -173,6 +166,7 @@ pub fn customers_csv(seed: u64) -> String {
 
 async fn seed_customers(
     stores: &moat_store::Stores,
+    keys: &moat_core::audit::AuditKeys,
     tables: &moat_query::TableStorage,
     tenant: TenantId,
     seed: u64,
@@ -197,7 +191,7 @@ async fn seed_customers(
     let e = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::system("demo"), Outcome::Success)
         .resource("table:customers")
         .details(serde_json::json!({"rows": report.rows, "version": 1, "scan": imported.scan.as_ref().map(|s| s.to_json())}));
-    stores.audit.append(&e, now * 1000).await?;
+    append_one(&*stores.audit, keys, e, now * 1000).await?;
     Ok(())
 }
 

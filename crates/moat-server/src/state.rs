@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use moat_core::audit::AuditEvent;
+use moat_core::audit::{AuditEvent, AuditKeys};
 use moat_core::authz::{Authorizer, RoleAuthorizer};
 use moat_core::clock::{Clock, SystemClock};
 use moat_core::lockout::LockoutPolicy;
@@ -11,6 +11,7 @@ use moat_core::token::KeySet;
 use moat_core::{MoatError, Result};
 use moat_query::TableStorage;
 use moat_store::Stores;
+use moat_store::audit_log::{AuditLog, AuditLogConfig, CheckpointKey, CheckpointSink, Checkpointer, DirSink};
 
 use crate::config::{Config, DataDir};
 use crate::http::extract::ClientInfo;
@@ -34,6 +35,14 @@ pub struct AppState {
     pub tables: TableStorage,
     /// Where uploads wait while they are converted.
     pub spool_dir: std::path::PathBuf,
+    /// The group-commit audit writer: the only way records are appended while serving.
+    pub audit: AuditLog,
+    /// HMAC keys of the trails (from the master key; never in the store).
+    pub audit_keys: AuditKeys,
+    /// Signs checkpoints; names each trail's log.
+    pub checkpoint_key: CheckpointKey,
+    /// Where checkpoints are published, if anywhere.
+    pub checkpoint_sink: Option<Arc<dyn CheckpointSink>>,
 }
 
 impl AppState {
@@ -54,6 +63,24 @@ impl AppState {
             crate::bootstrap::create_private_dir(&tmp)?;
         }
         let engine = Arc::new(moat_query::Engine::new(config.query.clone(), tables.clone(), Some(dir.spill_dir())));
+        let audit_keys = crate::bootstrap::audit_keys(dir)?;
+        let checkpoint_key = crate::bootstrap::checkpoint_key(dir, &config)?;
+        let carried = stores.audit.import_legacy(&audit_keys).await?;
+        if carried > 0 {
+            tracing::info!(records = carried, "carried the v1 audit trail into the transparency log");
+        }
+        let a = &config.audit;
+        let audit = AuditLog::start(
+            stores.audit.clone(),
+            audit_keys.clone(),
+            AuditLogConfig { queue: a.queue, max_batch: a.max_batch, enqueue_timeout: std::time::Duration::from_secs(5) },
+        );
+        let checkpoint_sink = config.publish_dir(&dir.root).map(|d| Arc::new(DirSink::new(d)) as Arc<dyn CheckpointSink>);
+        let checkpointer = Checkpointer::new(stores.audit.clone(), checkpoint_key.clone(), checkpoint_sink.clone());
+        let cp_clock = clock.clone();
+        tokio::spawn(
+            checkpointer.run(audit.clone(), std::time::Duration::from_millis(a.checkpoint_interval_ms), move || now_ms(&*cp_clock)),
+        );
         Ok(Self {
             config,
             stores,
@@ -65,6 +92,10 @@ impl AppState {
             engine,
             tables,
             spool_dir: dir.spool_dir(),
+            audit,
+            audit_keys,
+            checkpoint_key,
+            checkpoint_sink,
         })
     }
 
@@ -126,8 +157,7 @@ impl AppState {
     /// Appends an audit record stamped with the client. If the trail cannot be written the
     /// request is refused (503 `audit_unavailable`): nothing is served unrecorded.
     pub async fn record(&self, client: &ClientInfo, event: AuditEvent) -> Result<()> {
-        let ts_ms = self.clock.now_s() * 1000 + i64::from(subsec_ms());
-        match self.stores.audit.append(&client.stamp(event), ts_ms).await {
+        match self.audit.append(client.stamp(event), now_ms(&*self.clock)).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(code = e.code, "audit append failed; refusing the request");
@@ -135,6 +165,11 @@ impl AppState {
             }
         }
     }
+}
+
+/// Record time: the clock's second and the system's millisecond within it.
+pub fn now_ms(clock: &dyn Clock) -> i64 {
+    clock.now_s() * 1000 + i64::from(subsec_ms())
 }
 
 /// Milliseconds within the current second, for ordering records inside one second. Taken from

@@ -2,7 +2,7 @@
 //! (unique slugs), so suites can share one database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
 use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy};
 use moat_core::role::Role;
@@ -38,7 +38,7 @@ pub async fn run_all(s: &Stores) {
     lockout_counts_atomically(s).await;
     refresh_rotation_and_reuse(s).await;
     api_keys(s).await;
-    audit_chain(s).await;
+    audit_log(s).await;
     catalog(s).await;
     views(s).await;
 }
@@ -262,19 +262,111 @@ pub async fn api_keys(s: &Stores) {
     assert!(!s.meta.api_key_by_hash(&nk.key_hash).await.unwrap().unwrap().tenant_active);
 }
 
-pub async fn audit_chain(s: &Stores) {
-    let t = tenant(s).await;
+fn login_failure(t: TenantId, i: i64) -> NewAuditEntry {
+    let e = AuditEvent::new(Some(t), Category::Auth, "auth.login", Actor::anonymous(Some("a@b.example")), Outcome::Failure)
+        .resource(format!("user:{i}"))
+        .details(serde_json::json!({"attempt": i, "note": "quote \" and é"}));
+    NewAuditEntry { event: e, ts_ms: NOW * 1000 + i, event_id: uuid::Uuid::now_v7().to_string() }
+}
+
+/// The transparency log: batches across trails, sequence numbers without gaps, entries that
+/// verify from their bytes, nodes that yield proofs to the stored head, checkpoints, search.
+pub async fn audit_log(s: &Stores) {
+    use moat_core::audit_verify::{EntryView, TrailVerifier};
+    use moat_core::tlog;
+    let keys = AuditKeys::new([9; 32]);
+    let (t, u) = (tenant(s).await, tenant(s).await);
+    // Interleaved trails in one batch, then more batches.
+    let mut batch = Vec::new();
     for i in 0..5 {
-        let e = AuditEvent::new(Some(t.id), Category::Auth, "auth.login", Actor::anonymous(Some("a@b.example")), Outcome::Failure)
-            .resource(format!("user:{i}"));
-        let r = s.audit.append(&e, NOW * 1000 + i).await.unwrap();
-        assert_eq!(r.seq, i + 1);
+        batch.push(login_failure(t.id, i));
+        batch.push(login_failure(u.id, i));
     }
-    let rep = s.audit.verify_chain(Some(t.id)).await.unwrap();
-    assert!(rep.ok && rep.checked == 5, "{rep:?}");
+    let recs = s.audit.append_batch(&batch, &keys).await.unwrap();
+    assert_eq!(recs.iter().filter(|r| r.trail == t.id.to_string()).map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    for i in 5..23 {
+        s.audit.append_batch(&[login_failure(t.id, i)], &keys).await.unwrap();
+    }
+    assert!(s.audit.append_batch(&[], &keys).await.unwrap().is_empty());
+    let trail = t.id.to_string();
+    let head = s.audit.trail_head(&trail).await.unwrap();
+    assert_eq!(head.size, 23);
+    assert_eq!(s.audit.trail_head("nobody").await.unwrap(), TrailHead { size: 0, root: tlog::empty_root() });
+    let heads = s.audit.trail_heads().await.unwrap();
+    assert!(heads.iter().any(|(n, h)| *n == trail && *h == head));
+
+    // Every entry verifies from its bytes and HMAC; the recomputed root is the stored head.
+    let mut v = TrailVerifier::new(&trail, Some(keys.trail_key(&trail)));
+    let mut after = 0;
+    loop {
+        let page = s.audit.entries(&trail, after, 7).await.unwrap();
+        let Some(last) = page.last().map(|e| e.seq) else { break };
+        for e in &page {
+            let (leaf, mac) = (hex::decode(&e.leaf_hash).unwrap(), hex::decode(&e.hmac).unwrap());
+            v.entry(&EntryView { seq: e.seq, entry: e.entry.as_bytes(), leaf_hash: Some(&leaf), hmac: Some(&mac) }).unwrap();
+            let r = AuditRecord::from_entry(e.entry.as_bytes(), &leaf).unwrap();
+            assert_eq!(e.index.as_ref().unwrap().action, r.action);
+        }
+        after = last;
+    }
+    assert_eq!(v.finish().unwrap().root, head.root);
+
+    // Proofs from stored nodes lead to the head.
+    for index in [0u64, 7, 22] {
+        let spans = tlog::inclusion_ranges(index, 23).unwrap();
+        let mut ids = vec![tlog::NodeId { level: 0, index }];
+        for sp in &spans {
+            tlog::nodes_of(*sp, &mut ids);
+        }
+        let nodes = s.audit.nodes(&trail, &ids).await.unwrap();
+        let proof: Vec<_> = spans.iter().map(|sp| tlog::span_hash(*sp, &|id| nodes.get(&id).copied()).unwrap()).collect();
+        let leaf = nodes[&tlog::NodeId { level: 0, index }];
+        tlog::verify_inclusion(index, 23, &leaf, &proof, &head.root).unwrap();
+    }
+
+    // Checkpoints: stored once per size, latest, paged.
+    for size in [5u64, 23] {
+        let cp = CheckpointRecord { trail: trail.clone(), size, ts_ms: NOW * 1000, note: format!("note {size}\n") };
+        s.audit.put_checkpoint(&cp).await.unwrap();
+        s.audit.put_checkpoint(&cp).await.unwrap();
+    }
+    assert_eq!(s.audit.latest_checkpoint(&trail).await.unwrap().unwrap().size, 23);
+    assert_eq!(s.audit.checkpoints(&trail, 5, 10).await.unwrap().len(), 1);
+    assert!(s.audit.latest_checkpoint(&u.id.to_string()).await.unwrap().is_none());
+
+    // Search, scoped to the trail.
     let f = AuditFilter { resource: Some("user:3".into()), limit: 100, ..Default::default() };
-    assert_eq!(s.audit.list(Some(t.id), &f).await.unwrap().len(), 1);
+    let found = s.audit.list(Some(t.id), &f).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].details["note"], "quote \" and é");
     let f = AuditFilter { action: Some("auth".into()), limit: 100, ..Default::default() };
-    assert_eq!(s.audit.list(Some(t.id), &f).await.unwrap().len(), 5, "action prefix");
-    assert_eq!(s.audit.list(None, &f).await.unwrap().iter().filter(|r| r.trail == t.id.to_string()).count(), 0, "trails are separate");
+    assert_eq!(s.audit.list(Some(t.id), &f).await.unwrap().len(), 23, "action prefix");
+    let f = AuditFilter { q: Some("attempt\":4".into()), limit: 100, ..Default::default() };
+    assert_eq!(s.audit.list(Some(u.id), &f).await.unwrap().len(), 1, "full text over the entry");
+    assert_eq!(s.audit.list(None, &f).await.unwrap().len(), 0, "trails are separate");
+    let count = |trail: Option<TenantId>, f: AuditFilter| async move { s.audit.list(trail, &AuditFilter { limit: 100, ..f }).await };
+    let text = |q: &str| AuditFilter { q: Some(q.into()), ..Default::default() };
+    // Words, all required; FTS5 syntax in the input is inert (words, not operators).
+    assert_eq!(count(Some(t.id), text("quote AND")).await.unwrap().len(), 23);
+    assert_eq!(count(Some(t.id), text("quote OR nowhere")).await.unwrap().len(), 0);
+    assert_eq!(count(Some(t.id), text("NEAR( \"")).await.unwrap().len(), 0);
+    assert_eq!(count(Some(t.id), text("\" * ()")).await.unwrap().len(), 0, "nothing searchable");
+    assert_eq!(count(Some(t.id), text("fail*")).await.unwrap().len(), 23, "prefix");
+    // Pages in seq order, with or without words.
+    for q in [None, Some("quote".to_owned())] {
+        let page = |after| AuditFilter { q: q.clone(), after_seq: Some(after), limit: 10, ..Default::default() };
+        let seqs = |v: Vec<AuditRecord>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.audit.list(Some(t.id), &page(0)).await.unwrap()), (1..=10).collect::<Vec<_>>());
+        assert_eq!(seqs(s.audit.list(Some(t.id), &page(20)).await.unwrap()), vec![21, 22, 23]);
+    }
+    let by = |category: &str, outcome: &str| AuditFilter {
+        category: Some(category.into()),
+        outcome: Some(outcome.into()),
+        ..Default::default()
+    };
+    assert_eq!(count(Some(t.id), by("auth", "failure")).await.unwrap().len(), 23);
+    assert_eq!(count(Some(t.id), by("admin", "failure")).await.unwrap().len(), 0);
+    assert_eq!(count(Some(t.id), by("auth", "success")).await.unwrap().len(), 0);
+    let mixed = AuditFilter { q: Some("quote".into()), actor: Some("a@b".into()), from_ms: Some(NOW * 1000 + 20), ..by("auth", "failure") };
+    assert_eq!(count(Some(t.id), mixed).await.unwrap().len(), 3, "words and columns together");
 }

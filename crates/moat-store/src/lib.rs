@@ -2,28 +2,31 @@
 //!
 //! Three traits split by concern — [`MetaStore`] (tenants, users, API keys, lockout),
 //! [`SessionStore`] (login sessions and refresh-token families) and [`AuditStore`] (the
-//! append-only trail). [`sqlite::SqliteStore`] is the embedded default; the PostgreSQL backend
+//! append-only transparency log, fed by the group-commit writer in [`audit_log`]). [`sqlite::SqliteStore`] is the embedded default; the PostgreSQL backend
 //! implements the same traits and must pass the same [`conformance`] suite.
 //!
 //! Every tenant-scoped method takes the tenant explicitly and filters by it: a caller cannot
 //! ask for "user X" without saying in which tenant, so a wrong id from another tenant reads as
 //! absent.
 
+pub mod audit_log;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod records;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use moat_core::Result;
 use moat_core::apikey::StoredKey;
-use moat_core::audit::AuditEvent;
+use moat_core::audit::AuditKeys;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
 use moat_core::role::Role;
+use moat_core::tlog::{Hash, NodeId};
 
 pub use records::*;
 
@@ -123,13 +126,33 @@ pub trait SessionStore: Send + Sync {
     async fn revoke_user_sessions(&self, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64>;
 }
 
+/// The audit trail: one transparency log per trail (a tenant, or `platform`). Appends come
+/// from the group-commit writer ([`audit_log::AuditLog`]); everything else reads.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends durably (the transaction has committed when this returns) and chains it.
-    async fn append(&self, e: &AuditEvent, ts_ms: i64) -> Result<AuditRecord>;
+    /// Appends a batch in one transaction: each entry gets the next sequence number of its
+    /// trail, its canonical bytes, leaf hash and HMAC under `keys`; the trails' Merkle nodes and
+    /// frontiers move with them. All or nothing; durable when this returns.
+    async fn append_batch(&self, batch: &[NewAuditEntry], keys: &AuditKeys) -> Result<Vec<Appended>>;
+    /// Search, oldest first.
     async fn list(&self, trail: Option<TenantId>, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
-    /// Recomputes the hash chain of a trail.
-    async fn verify_chain(&self, trail: Option<TenantId>) -> Result<ChainReport>;
+    /// Size and root of a trail as the store keeps them (empty tree if it has no records).
+    async fn trail_head(&self, trail: &str) -> Result<TrailHead>;
+    /// Every trail with its head, for the checkpointer.
+    async fn trail_heads(&self) -> Result<Vec<(String, TrailHead)>>;
+    /// Stored hashes of the given nodes (level 0 = leaves); missing ones are left out.
+    async fn nodes(&self, trail: &str, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>>;
+    /// Rows with `seq > after`, in order, at most `limit`.
+    async fn entries(&self, trail: &str, after: i64, limit: u32) -> Result<Vec<StoredEntry>>;
+    /// Records a signed checkpoint (idempotent for the same trail and size).
+    async fn put_checkpoint(&self, cp: &CheckpointRecord) -> Result<()>;
+    async fn latest_checkpoint(&self, trail: &str) -> Result<Option<CheckpointRecord>>;
+    /// Checkpoints with `size > after_size`, oldest first, at most `limit`.
+    async fn checkpoints(&self, trail: &str, after_size: u64, limit: u32) -> Result<Vec<CheckpointRecord>>;
+    /// Carries records of an older trail format into the log (once, at start-up); how many.
+    async fn import_legacy(&self, _keys: &AuditKeys) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// The backends a server runs on.

@@ -1,5 +1,6 @@
 //! Plain records passed in and out of the stores.
 
+use moat_core::audit::AuditEvent;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, Slug, TenantId, UserId};
 use moat_core::role::Role;
@@ -143,23 +144,46 @@ pub enum RefreshOutcome {
 
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
+    /// Substring of the actor (its email, id or channel).
     pub actor: Option<String>,
+    pub category: Option<String>,
+    /// An action or an action prefix (`query` matches `query.run`).
     pub action: Option<String>,
     pub resource: Option<String>,
+    pub outcome: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
-    /// Substring search over action, resource, actor and details.
+    /// Full-text search: words that must all occur in the entry (any field); `word*` for a prefix.
     pub q: Option<String>,
     pub limit: u32,
     /// Return records with seq greater than this (paging).
     pub after_seq: Option<i64>,
 }
 
+/// An event on its way into the log: the writer stamps the time and a unique id.
+#[derive(Debug, Clone)]
+pub struct NewAuditEntry {
+    pub event: AuditEvent,
+    pub ts_ms: i64,
+    /// UUIDv7, unique across trails: consumers of the event stream dedupe by it.
+    pub event_id: String,
+}
+
+/// What an append answers: where the record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub trail: String,
+    pub seq: i64,
+    pub leaf_hash: moat_core::tlog::Hash,
+}
+
+/// A record as read back: the fields of its canonical entry, plus its leaf hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub trail: String,
     pub ts_ms: i64,
+    pub event_id: String,
     pub category: String,
     pub action: String,
     pub outcome: String,
@@ -169,18 +193,93 @@ pub struct AuditRecord {
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub details: serde_json::Value,
-    pub prev_hash: String,
+    /// Hex SHA-256 Merkle leaf hash of the entry.
     pub hash: String,
 }
 
+impl AuditRecord {
+    /// The record a canonical entry encodes; `None` if the bytes are not a v2 entry.
+    pub fn from_entry(entry: &[u8], leaf_hash: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct E {
+            v: u32,
+            trail: String,
+            seq: i64,
+            ts_ms: i64,
+            event_id: String,
+            category: String,
+            action: String,
+            outcome: String,
+            actor: serde_json::Value,
+            resource: Option<String>,
+            source_ip: Option<String>,
+            user_agent: Option<String>,
+            request_id: Option<String>,
+            details: serde_json::Value,
+        }
+        let e: E = serde_json::from_slice(entry).ok()?;
+        (e.v == moat_core::audit::ENTRY_VERSION).then(|| Self {
+            seq: e.seq,
+            trail: e.trail,
+            ts_ms: e.ts_ms,
+            event_id: e.event_id,
+            category: e.category,
+            action: e.action,
+            outcome: e.outcome,
+            actor: e.actor,
+            resource: e.resource,
+            source_ip: e.source_ip,
+            user_agent: e.user_agent,
+            request_id: e.request_id,
+            details: e.details,
+            hash: hex::encode(leaf_hash),
+        })
+    }
+}
+
+/// One stored row of the log, as verification reads it: the committed bytes, what the store
+/// says about them, and the index columns search uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainReport {
-    pub ok: bool,
-    pub checked: u64,
-    /// Hash of the last record checked.
-    pub head: Option<String>,
-    /// First bad sequence number and what is wrong with it.
-    pub first_bad: Option<(i64, String)>,
+pub struct StoredEntry {
+    pub seq: i64,
+    /// The canonical entry (UTF-8 JSON).
+    pub entry: String,
+    /// Hex leaf hash as stored.
+    pub leaf_hash: String,
+    /// Hex HMAC-SHA256 under the trail key.
+    pub hmac: String,
+    /// Index columns (absent in an export, where only the entry counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexColumns>,
+}
+
+/// The columns a store keeps beside an entry for search; verification checks they agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexColumns {
+    pub ts_ms: i64,
+    pub event_id: String,
+    pub category: String,
+    pub action: String,
+    pub outcome: String,
+    pub actor: String,
+    pub resource: Option<String>,
+}
+
+/// Size and root of a trail's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailHead {
+    pub size: u64,
+    pub root: moat_core::tlog::Hash,
+}
+
+/// A signed checkpoint as stored and published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub trail: String,
+    pub size: u64,
+    pub ts_ms: i64,
+    /// The C2SP signed note.
+    pub note: String,
 }
 
 /// One column of a catalogued table.

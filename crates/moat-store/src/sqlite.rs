@@ -1,18 +1,20 @@
 //! The embedded SQLite backend: one file in the data dir, WAL journal, `synchronous=FULL` so a
 //! committed write (an acknowledged audit record, a created user) survives a crash.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use moat_core::apikey::{LAST_USED_GRANULARITY_S, StoredKey};
-use moat_core::audit::{AuditEvent, ChainedFields, GENESIS_HASH, chain_hash};
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, encode_entry};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
 use moat_core::permission::Permission;
 use moat_core::role::Role;
+use moat_core::tlog::{Frontier, Hash, NodeId, leaf_hash};
 use moat_core::{MoatError, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -26,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "catalog", include_str!("../migrations/sqlite/0003_catalog.sql")),
     (4, "tenant_settings", include_str!("../migrations/sqlite/0004_tenant_settings.sql")),
     (5, "catalog_views", include_str!("../migrations/sqlite/0005_catalog_views.sql")),
+    (6, "audit_tlog", include_str!("../migrations/sqlite/0006_audit_tlog.sql")),
 ];
 
 pub struct SqliteStore {
@@ -266,44 +269,6 @@ fn key_from_row(r: &SqliteRow) -> Result<ApiKeyRecord> {
         last_used_at: r.get("last_used_at"),
         revoked_at: r.get("revoked_at"),
     })
-}
-
-fn audit_from_row(r: &SqliteRow) -> Result<AuditRecord> {
-    let actor: String = r.get("actor");
-    let details: String = r.get("details");
-    Ok(AuditRecord {
-        seq: r.get("seq"),
-        trail: r.get("trail"),
-        ts_ms: r.get("ts_ms"),
-        category: r.get("category"),
-        action: r.get("action"),
-        outcome: r.get("outcome"),
-        actor: serde_json::from_str(&actor).map_err(|_| corrupt("audit actor"))?,
-        resource: r.get("resource"),
-        source_ip: r.get("source_ip"),
-        user_agent: r.get("user_agent"),
-        request_id: r.get("request_id"),
-        details: serde_json::from_str(&details).map_err(|_| corrupt("audit details"))?,
-        prev_hash: r.get("prev_hash"),
-        hash: r.get("hash"),
-    })
-}
-
-fn fields_of(r: &AuditRecord) -> ChainedFields<'_> {
-    ChainedFields {
-        trail: &r.trail,
-        seq: r.seq,
-        ts_ms: r.ts_ms,
-        category: &r.category,
-        action: &r.action,
-        outcome: &r.outcome,
-        actor: &r.actor,
-        resource: r.resource.as_deref(),
-        source_ip: r.source_ip.as_deref(),
-        user_agent: r.user_agent.as_deref(),
-        request_id: r.request_id.as_deref(),
-        details: &r.details,
-    }
 }
 
 async fn insert_user(conn: &mut sqlx::SqliteConnection, u: &NewUser) -> Result<UserRecord> {
@@ -1063,142 +1028,389 @@ impl SessionStore for SqliteStore {
     }
 }
 
+fn audit_unavailable(e: sqlx::Error) -> MoatError {
+    tracing::error!(error = %e, "audit append failed");
+    MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
+}
+
+fn hash_of(b: &[u8]) -> Result<Hash> {
+    b.try_into().map_err(|_| corrupt("audit hash"))
+}
+
+fn frontier_of(size: i64, bytes: &[u8]) -> Result<Frontier> {
+    let hashes = bytes.chunks(32).map(hash_of).collect::<Result<Vec<_>>>()?;
+    Frontier::from_parts(size as u64, hashes).ok_or_else(|| corrupt("audit frontier"))
+}
+
+/// Rows per multi-row INSERT (12 parameters each, far below SQLite's limit).
+const INSERT_CHUNK: usize = 200;
+
+/// Bits of a search rowid that hold the seq; the trail's number is above them.
+const SEARCH_SEQ_BITS: u32 = 40;
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// A search text as an FTS5 query that cannot be anything else: each word a quoted phrase
+/// (tokenised like the index), all required; a trailing `*` keeps its prefix meaning. `None`
+/// when nothing searchable is left.
+fn fts_query(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split_whitespace()
+        .filter_map(|w| {
+            let (word, prefix) = match w.strip_suffix('*') {
+                Some(w) => (w, "*"),
+                None => (w, ""),
+            };
+            word.chars().any(char::is_alphanumeric).then(|| format!("\"{}\"{prefix}", word.replace('"', "\"\"")))
+        })
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" AND "))
+}
+
+/// The search index rowid of a record: a trail's records are one contiguous range, in seq order.
+fn search_rowid(num: i64, seq: i64) -> i64 {
+    (num << SEARCH_SEQ_BITS) | seq
+}
+
+/// A trail's number and tree, inside an append transaction; a new trail is numbered here.
+async fn trail_state(tx: &mut sqlx::SqliteConnection, trail: &str) -> Result<(i64, Frontier)> {
+    let row = sqlx::query("SELECT num, size, frontier FROM audit_trails WHERE trail = ?")
+        .bind(trail)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(audit_unavailable)?;
+    if let Some(r) = row {
+        return Ok((r.get("num"), frontier_of(r.get("size"), &r.get::<Vec<u8>, _>("frontier"))?));
+    }
+    let num: i64 = sqlx::query_scalar(
+        "INSERT INTO audit_trails (trail, num, size, frontier)
+         VALUES (?, (SELECT coalesce(max(num), 0) + 1 FROM audit_trails), 0, x'') RETURNING num",
+    )
+    .bind(trail)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(audit_unavailable)?;
+    Ok((num, Frontier::new()))
+}
+
+fn record_from_row(r: &SqliteRow) -> Result<AuditRecord> {
+    let entry: Vec<u8> = r.get("entry");
+    let leaf: Vec<u8> = r.get("leaf_hash");
+    AuditRecord::from_entry(&entry, &leaf).ok_or_else(|| corrupt("audit entry"))
+}
+
 #[async_trait]
 impl AuditStore for SqliteStore {
-    async fn append(&self, e: &AuditEvent, ts_ms: i64) -> Result<AuditRecord> {
-        let trail = platform_key(e.tenant_id);
-        let actor = serde_json::to_value(&e.actor).map_err(|_| MoatError::internal("encode_actor"))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let last = sqlx::query("SELECT seq, hash FROM audit_events WHERE trail = ? ORDER BY seq DESC LIMIT 1")
-            .bind(&trail)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let (seq, prev_hash) = match last {
-            Some(r) => (r.get::<i64, _>("seq") + 1, r.get::<String, _>("hash")),
-            None => (1, GENESIS_HASH.to_owned()),
-        };
-        let mut rec = AuditRecord {
-            seq,
-            trail,
-            ts_ms,
-            category: e.category.as_str().to_owned(),
-            action: e.action.clone(),
-            outcome: e.outcome.as_str().to_owned(),
-            actor,
-            resource: e.resource.clone(),
-            source_ip: e.source_ip.clone(),
-            user_agent: e.user_agent.clone(),
-            request_id: e.request_id.clone(),
-            details: e.details.clone(),
-            prev_hash,
-            hash: String::new(),
-        };
-        rec.hash = chain_hash(&rec.prev_hash, &fields_of(&rec));
-        sqlx::query(
-            "INSERT INTO audit_events (trail, seq, ts_ms, category, action, outcome, actor, resource, source_ip, user_agent, request_id, details, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.trail)
-        .bind(rec.seq)
-        .bind(rec.ts_ms)
-        .bind(&rec.category)
-        .bind(&rec.action)
-        .bind(&rec.outcome)
-        .bind(rec.actor.to_string())
-        .bind(&rec.resource)
-        .bind(&rec.source_ip)
-        .bind(&rec.user_agent)
-        .bind(&rec.request_id)
-        .bind(rec.details.to_string())
-        .bind(&rec.prev_hash)
-        .bind(&rec.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "audit append failed");
-            MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
-        })?;
-        tx.commit().await.map_err(|e| {
-            tracing::error!(error = %e, "audit commit failed");
-            MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
-        })?;
-        Ok(rec)
+    async fn append_batch(&self, batch: &[NewAuditEntry], keys: &AuditKeys) -> Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(audit_unavailable)?;
+        // Per trail: its number (search rowids) and its tree as it grows through the batch.
+        let mut trails: HashMap<String, (i64, Frontier)> = HashMap::new();
+        let mut nodes: Vec<(String, NodeId, Hash)> = Vec::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut out = Vec::with_capacity(batch.len());
+        for n in batch {
+            let trail = platform_key(n.event.tenant_id);
+            if !trails.contains_key(&trail) {
+                let state = trail_state(&mut tx, &trail).await?;
+                trails.insert(trail.clone(), state);
+            }
+            let Some((num, f)) = trails.get_mut(&trail) else { continue };
+            let e = &n.event;
+            let actor = serde_json::to_value(&e.actor).map_err(|_| MoatError::internal("encode_actor"))?;
+            let seq = f.size() as i64 + 1;
+            let entry = encode_entry(&EntryFields {
+                trail: &trail,
+                seq,
+                ts_ms: n.ts_ms,
+                event_id: &n.event_id,
+                category: e.category.as_str(),
+                action: &e.action,
+                outcome: e.outcome.as_str(),
+                actor: &actor,
+                resource: e.resource.as_deref(),
+                source_ip: e.source_ip.as_deref(),
+                user_agent: e.user_agent.as_deref(),
+                request_id: e.request_id.as_deref(),
+                details: &e.details,
+            });
+            let leaf = leaf_hash(&entry);
+            let mac = keys.hmac(&trail, &entry);
+            f.append(leaf, |id, h| nodes.push((trail.clone(), id, h)));
+            out.push(Appended { trail: trail.clone(), seq, leaf_hash: leaf });
+            rows.push((trail, seq, n, actor.to_string(), entry, leaf, mac, search_rowid(*num, seq)));
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_log (trail, seq, ts_ms, event_id, category, action, outcome, actor, resource, entry, leaf_hash, hmac) ",
+            );
+            q.push_values(chunk, |mut b, (trail, seq, n, actor, entry, leaf, mac, _)| {
+                b.push_bind(trail)
+                    .push_bind(*seq)
+                    .push_bind(n.ts_ms)
+                    .push_bind(&n.event_id)
+                    .push_bind(n.event.category.as_str())
+                    .push_bind(&n.event.action)
+                    .push_bind(n.event.outcome.as_str())
+                    .push_bind(actor)
+                    .push_bind(&n.event.resource)
+                    .push_bind(entry)
+                    .push_bind(leaf.as_slice())
+                    .push_bind(mac.as_slice());
+            });
+            q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_search (rowid, body) ");
+            q.push_values(chunk, |mut b, row| {
+                b.push_bind(row.7).push_bind(String::from_utf8_lossy(&row.4));
+            });
+            q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
+        }
+        for chunk in nodes.chunks(INSERT_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_nodes (trail, level, idx, hash) ");
+            q.push_values(chunk, |mut b, (trail, id, h)| {
+                b.push_bind(trail).push_bind(i64::from(id.level)).push_bind(id.index as i64).push_bind(h.as_slice());
+            });
+            q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
+        }
+        for (trail, (_, f)) in &trails {
+            sqlx::query("UPDATE audit_trails SET size = ?, frontier = ? WHERE trail = ?")
+                .bind(f.size() as i64)
+                .bind(f.hashes().concat())
+                .bind(trail)
+                .execute(&mut *tx)
+                .await
+                .map_err(audit_unavailable)?;
+        }
+        tx.commit().await.map_err(audit_unavailable)?;
+        Ok(out)
     }
 
     async fn list(&self, trail: Option<TenantId>, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let like =
-            |s: &Option<String>| s.as_ref().map(|v| format!("%{}%", v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE trail = ?
-               AND (? IS NULL OR actor LIKE ? ESCAPE '\\')
-               AND (? IS NULL OR action = ? OR action LIKE ? || '.%')
-               AND (? IS NULL OR resource = ?)
-               AND (? IS NULL OR ts_ms >= ?)
-               AND (? IS NULL OR ts_ms < ?)
-               AND (? IS NULL OR (action || ' ' || COALESCE(resource, '') || ' ' || actor || ' ' || details) LIKE ? ESCAPE '\\')
-               AND (? IS NULL OR seq > ?)
-             ORDER BY seq LIMIT ?",
-        )
-        .bind(platform_key(trail))
-        .bind(&f.actor)
-        .bind(like(&f.actor))
-        .bind(&f.action)
-        .bind(&f.action)
-        .bind(&f.action)
-        .bind(&f.resource)
-        .bind(&f.resource)
-        .bind(f.from_ms)
-        .bind(f.from_ms)
-        .bind(f.to_ms)
-        .bind(f.to_ms)
-        .bind(&f.q)
-        .bind(like(&f.q))
-        .bind(f.after_seq)
-        .bind(f.after_seq)
-        .bind(i64::from(f.limit.clamp(1, 10_000)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(audit_from_row).collect()
+        let trail = platform_key(trail);
+        let limit = i64::from(f.limit.clamp(1, 10_000));
+        let after = f.after_seq.unwrap_or(0).max(0);
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT l.entry, l.leaf_hash FROM ");
+        if let Some(text) = &f.q {
+            // Full text: the trail's rowid range of the index, read in order, joined to the log.
+            let Some(matching) = fts_query(text) else { return Ok(vec![]) };
+            let num: Option<i64> = sqlx::query_scalar("SELECT num FROM audit_trails WHERE trail = ?")
+                .bind(&trail)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+            let Some(num) = num else { return Ok(vec![]) };
+            let base = search_rowid(num, 0);
+            q.push("audit_search JOIN audit_log l ON l.trail = ").push_bind(trail.clone());
+            q.push(" AND l.seq = audit_search.rowid - ").push_bind(base);
+            q.push(" WHERE audit_search MATCH ").push_bind(matching);
+            q.push(" AND audit_search.rowid > ").push_bind(base + after);
+            q.push(" AND audit_search.rowid < ").push_bind(search_rowid(num + 1, 0));
+        } else {
+            q.push("audit_log l WHERE l.trail = ").push_bind(trail.clone()).push(" AND l.seq > ").push_bind(after);
+        }
+        if let Some(actor) = &f.actor {
+            q.push(" AND l.actor LIKE ").push_bind(format!("%{}%", like_escape(actor))).push(" ESCAPE '\\'");
+        }
+        if let Some(action) = &f.action {
+            // The action or anything below it (`query` → `query.run`): `query.` ≤ a < `query/`,
+            // a range the (trail, action, seq) index serves.
+            q.push(" AND (l.action = ").push_bind(action.clone());
+            q.push(" OR (l.action >= ").push_bind(format!("{action}."));
+            q.push(" AND l.action < ").push_bind(format!("{action}/")).push("))");
+        }
+        for (col, v) in [("l.category", &f.category), ("l.resource", &f.resource), ("l.outcome", &f.outcome)] {
+            if let Some(v) = v {
+                q.push(format_args!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(from) = f.from_ms {
+            q.push(" AND l.ts_ms >= ").push_bind(from);
+        }
+        if let Some(to) = f.to_ms {
+            q.push(" AND l.ts_ms < ").push_bind(to);
+        }
+        q.push(if f.q.is_some() { " ORDER BY audit_search.rowid" } else { " ORDER BY l.seq" });
+        q.push(" LIMIT ").push_bind(limit);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(record_from_row).collect()
     }
 
-    async fn verify_chain(&self, trail: Option<TenantId>) -> Result<ChainReport> {
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE trail = ? ORDER BY seq")
-            .bind(platform_key(trail))
+    async fn trail_head(&self, trail: &str) -> Result<TrailHead> {
+        let row = sqlx::query("SELECT size, frontier FROM audit_trails WHERE trail = ?")
+            .bind(trail)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let f = match row {
+            Some(r) => frontier_of(r.get("size"), &r.get::<Vec<u8>, _>("frontier"))?,
+            None => Frontier::new(),
+        };
+        Ok(TrailHead { size: f.size(), root: f.root() })
+    }
+
+    async fn trail_heads(&self) -> Result<Vec<(String, TrailHead)>> {
+        let rows =
+            sqlx::query("SELECT trail, size, frontier FROM audit_trails ORDER BY trail").fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let f = frontier_of(r.get("size"), &r.get::<Vec<u8>, _>("frontier"))?;
+                Ok((r.get("trail"), TrailHead { size: f.size(), root: f.root() }))
+            })
+            .collect()
+    }
+
+    async fn nodes(&self, trail: &str, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>> {
+        // Leaves are the rows' own hashes; inner nodes are stored. One query each, whatever
+        // the proof size (a proof has at most 2 log2(n) nodes, far below the parameter limit).
+        let (leaves, inner): (Vec<&NodeId>, Vec<&NodeId>) = ids.iter().partition(|id| id.level == 0);
+        let mut out = HashMap::with_capacity(ids.len());
+        if !leaves.is_empty() {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT seq, leaf_hash FROM audit_log WHERE trail = ");
+            q.push_bind(trail).push(" AND seq IN (");
+            let mut sep = q.separated(", ");
+            for id in &leaves {
+                sep.push_bind(id.index as i64 + 1);
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await.map_err(db_err)? {
+                let id = NodeId { level: 0, index: (r.get::<i64, _>("seq") - 1) as u64 };
+                out.insert(id, hash_of(&r.get::<Vec<u8>, _>("leaf_hash"))?);
+            }
+        }
+        if !inner.is_empty() {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT level, idx, hash FROM audit_nodes WHERE trail = ");
+            q.push_bind(trail).push(" AND (level, idx) IN (VALUES ");
+            let mut sep = q.separated(", ");
+            for id in &inner {
+                sep.push("(").push_bind_unseparated(i64::from(id.level)).push_unseparated(", ");
+                sep.push_bind_unseparated(id.index as i64).push_unseparated(")");
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await.map_err(db_err)? {
+                let level = u8::try_from(r.get::<i64, _>("level")).map_err(|_| corrupt("audit node level"))?;
+                let id = NodeId { level, index: r.get::<i64, _>("idx") as u64 };
+                out.insert(id, hash_of(&r.get::<Vec<u8>, _>("hash"))?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn entries(&self, trail: &str, after: i64, limit: u32) -> Result<Vec<StoredEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit_log WHERE trail = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(trail)
+            .bind(after)
+            .bind(i64::from(limit.clamp(1, 100_000)))
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-        let mut prev = GENESIS_HASH.to_owned();
-        let mut checked = 0u64;
-        for (i, row) in rows.iter().enumerate() {
-            let rec = match audit_from_row(row) {
-                Ok(r) => r,
-                Err(_) => {
-                    let seq: i64 = row.get("seq");
-                    return Ok(ChainReport {
-                        ok: false,
-                        checked,
-                        head: Some(prev),
-                        first_bad: Some((seq, "record does not decode".into())),
-                    });
-                }
-            };
-            let problem = if rec.seq != i as i64 + 1 {
-                Some(format!("expected sequence {}, found {}", i + 1, rec.seq))
-            } else if rec.prev_hash != prev {
-                Some("prev_hash does not match the previous record".into())
-            } else if chain_hash(&rec.prev_hash, &fields_of(&rec)) != rec.hash {
-                Some("hash does not match the record's content".into())
-            } else {
-                None
-            };
-            if let Some(p) = problem {
-                return Ok(ChainReport { ok: false, checked, head: Some(prev), first_bad: Some((rec.seq, p)) });
-            }
-            prev = rec.hash;
-            checked += 1;
-        }
-        Ok(ChainReport { ok: true, checked, head: (checked > 0).then_some(prev), first_bad: None })
+        Ok(rows
+            .iter()
+            .map(|r| StoredEntry {
+                seq: r.get("seq"),
+                // Not UTF-8 is a finding for the verifier, not a read error.
+                entry: String::from_utf8_lossy(&r.get::<Vec<u8>, _>("entry")).into_owned(),
+                leaf_hash: hex::encode(r.get::<Vec<u8>, _>("leaf_hash")),
+                hmac: hex::encode(r.get::<Vec<u8>, _>("hmac")),
+                index: Some(IndexColumns {
+                    ts_ms: r.get("ts_ms"),
+                    event_id: r.get("event_id"),
+                    category: r.get("category"),
+                    action: r.get("action"),
+                    outcome: r.get("outcome"),
+                    actor: r.get("actor"),
+                    resource: r.get("resource"),
+                }),
+            })
+            .collect())
     }
+
+    async fn put_checkpoint(&self, cp: &CheckpointRecord) -> Result<()> {
+        sqlx::query("INSERT INTO audit_checkpoints (trail, size, ts_ms, note) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(&cp.trail)
+            .bind(cp.size as i64)
+            .bind(cp.ts_ms)
+            .bind(&cp.note)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self, trail: &str) -> Result<Option<CheckpointRecord>> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints WHERE trail = ? ORDER BY size DESC LIMIT 1")
+            .bind(trail)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.as_ref().map(checkpoint_from_row))
+    }
+
+    async fn import_legacy(&self, keys: &AuditKeys) -> Result<u64> {
+        self.import_v1(keys).await
+    }
+
+    async fn checkpoints(&self, trail: &str, after_size: u64, limit: u32) -> Result<Vec<CheckpointRecord>> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints WHERE trail = ? AND size > ? ORDER BY size LIMIT ?")
+            .bind(trail)
+            .bind(after_size as i64)
+            .bind(i64::from(limit.clamp(1, 100_000)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(checkpoint_from_row).collect())
+    }
+}
+
+impl SqliteStore {
+    /// Carries the records of the v1 hash-chained trail (before migration 6) into the log, each
+    /// trail in one transaction, in their order, once. Returns how many were carried.
+    async fn import_v1(&self, keys: &AuditKeys) -> Result<u64> {
+        let trails: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT trail FROM audit_events_v1 WHERE trail NOT IN (SELECT trail FROM audit_trails) ORDER BY trail",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut carried = 0;
+        for trail in trails {
+            let rows = sqlx::query("SELECT * FROM audit_events_v1 WHERE trail = ? ORDER BY seq")
+                .bind(&trail)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+            let tenant = if trail == "platform" { None } else { Some(TenantId::parse(&trail).ok_or_else(|| corrupt("v1 audit trail"))?) };
+            let mut batch = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let text = |c: &str| serde_json::Value::String(r.get::<String, _>(c));
+                let json =
+                    |c: &str| serde_json::from_str::<serde_json::Value>(&r.get::<String, _>(c)).map_err(|_| corrupt("v1 audit json"));
+                let event = AuditEvent {
+                    tenant_id: tenant,
+                    category: serde_json::from_value(text("category")).map_err(|_| corrupt("v1 audit category"))?,
+                    action: r.get("action"),
+                    actor: serde_json::from_value::<Actor>(json("actor")?).map_err(|_| corrupt("v1 audit actor"))?,
+                    resource: r.get("resource"),
+                    outcome: serde_json::from_value(text("outcome")).map_err(|_| corrupt("v1 audit outcome"))?,
+                    source_ip: r.get("source_ip"),
+                    user_agent: r.get("user_agent"),
+                    request_id: r.get("request_id"),
+                    details: json("details")?,
+                };
+                let seq: i64 = r.get("seq");
+                batch.push(NewAuditEntry { event, ts_ms: r.get("ts_ms"), event_id: format!("v1-{trail}-{seq}") });
+            }
+            carried += self.append_batch(&batch, keys).await?.len() as u64;
+        }
+        Ok(carried)
+    }
+}
+
+fn checkpoint_from_row(r: &SqliteRow) -> CheckpointRecord {
+    CheckpointRecord { trail: r.get("trail"), size: r.get::<i64, _>("size") as u64, ts_ms: r.get("ts_ms"), note: r.get("note") }
 }

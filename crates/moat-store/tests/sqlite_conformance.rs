@@ -12,6 +12,30 @@ async fn file_store() -> (tempfile::TempDir, Stores, SqliteStore) {
     (dir, stores, raw)
 }
 
+/// The migrations up to `version`, as an older build left a store.
+const OLD_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_foundation.sql")),
+    (2, include_str!("../migrations/sqlite/0002_tenant_password_policy.sql")),
+    (3, include_str!("../migrations/sqlite/0003_catalog.sql")),
+    (4, include_str!("../migrations/sqlite/0004_tenant_settings.sql")),
+    (5, include_str!("../migrations/sqlite/0005_catalog_views.sql")),
+];
+
+/// A store file migrated only up to `version` (an older build's), open for raw writes.
+async fn old_store(path: &std::path::Path, version: i64) -> sqlx::SqlitePool {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.expect("pool");
+    sqlx::query("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("t");
+    for (v, sql) in OLD_MIGRATIONS.iter().filter(|(v, _)| *v <= version) {
+        sqlx::raw_sql(*sql).execute(&pool).await.expect("migrate");
+        sqlx::query("INSERT INTO schema_migrations VALUES (?, 'old', 0)").bind(v).execute(&pool).await.expect("record");
+    }
+    pool
+}
+
 #[tokio::test]
 async fn conformance_on_sqlite() {
     let (_dir, s, _) = file_store().await;
@@ -21,11 +45,31 @@ async fn conformance_on_sqlite() {
 #[tokio::test]
 async fn audit_rows_cannot_be_updated_or_deleted() {
     let (_dir, s, raw) = file_store().await;
-    conformance::audit_chain(&s).await;
-    let upd = sqlx::query("UPDATE audit_events SET outcome = 'success'").execute(raw.pool()).await;
-    assert!(upd.unwrap_err().to_string().contains("append-only"));
-    let del = sqlx::query("DELETE FROM audit_events").execute(raw.pool()).await;
-    assert!(del.unwrap_err().to_string().contains("append-only"));
+    conformance::audit_log(&s).await;
+    // A row in the kept v1 table (triggers fire per row).
+    sqlx::query(
+        "INSERT INTO audit_events_v1 (trail, seq, ts_ms, category, action, outcome, actor, resource, source_ip, user_agent, request_id, details, prev_hash, hash)
+         VALUES ('platform', 1, 1, 'admin', 'x', 'success', '{}', NULL, NULL, NULL, NULL, '{}', 'p', 'h')",
+    )
+    .execute(raw.pool())
+    .await
+    .expect("v1 row");
+    for sql in [
+        "UPDATE audit_log SET outcome = 'success'",
+        "DELETE FROM audit_log",
+        "UPDATE audit_nodes SET hash = x'00'",
+        "DELETE FROM audit_nodes",
+        "UPDATE audit_checkpoints SET note = 'forged'",
+        "DELETE FROM audit_checkpoints",
+        "DELETE FROM audit_trails",
+        "UPDATE audit_events_v1 SET outcome = 'success'",
+        "DELETE FROM audit_events_v1",
+    ] {
+        let e = sqlx::query(sql).execute(raw.pool()).await.expect_err(sql).to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    let shrink = sqlx::query("UPDATE audit_trails SET size = size - 1").execute(raw.pool()).await;
+    assert!(shrink.expect_err("shrink").to_string().contains("only grow"));
 }
 
 #[tokio::test]
@@ -33,7 +77,7 @@ async fn reopening_applies_migrations_once() {
     let (dir, _s, _) = file_store().await;
     let again = SqliteStore::open(&dir.path().join("moat.db")).await.expect("reopen");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(again.pool()).await.expect("count");
-    assert_eq!(n, 5);
+    assert_eq!(n, 6);
 }
 
 /// A store created before tenant settings existed keeps its password policies.
@@ -42,19 +86,7 @@ async fn migration_moves_password_policies_into_settings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("old.db");
     {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(opts).await.expect("pool");
-        sqlx::query("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-            .execute(&pool)
-            .await
-            .expect("t");
-        for (v, sql) in [
-            (1, include_str!("../migrations/sqlite/0001_foundation.sql")),
-            (2, include_str!("../migrations/sqlite/0002_tenant_password_policy.sql")),
-        ] {
-            sqlx::raw_sql(sql).execute(&pool).await.expect("migrate");
-            sqlx::query("INSERT INTO schema_migrations VALUES (?, 'old', 0)").bind(v).execute(&pool).await.expect("record");
-        }
+        let pool = old_store(&path, 2).await;
         sqlx::query("INSERT INTO tenants (id, slug, name, status, created_at, updated_at, password_policy) VALUES ('0192f0c2-0000-7000-8000-000000000001', 'old', 'Old', 'active', 1, 1, '{\"min_chars\":20}')")
             .execute(&pool)
             .await
@@ -65,4 +97,38 @@ async fn migration_moves_password_policies_into_settings() {
     let t = moat_core::ids::TenantId::parse("0192f0c2-0000-7000-8000-000000000001").expect("id");
     use moat_store::MetaStore;
     assert_eq!(s.tenant_setting(t, "password_policy").await.expect("read").as_deref(), Some("{\"min_chars\":20}"));
+}
+
+/// A store written before the transparency log keeps its trail: the v1 records are carried
+/// into the log, in order, once.
+#[tokio::test]
+async fn v1_audit_trail_is_carried_into_the_log() {
+    use moat_core::audit::AuditKeys;
+    use moat_store::AuditStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    {
+        let pool = old_store(&path, 5).await;
+        for seq in 1..=3 {
+            sqlx::query(
+                "INSERT INTO audit_events (trail, seq, ts_ms, category, action, outcome, actor, resource, source_ip, user_agent, request_id, details, prev_hash, hash)
+                 VALUES ('platform', ?, ?, 'admin', 'tenant.create', 'success', '{\"via\":\"cli\",\"super_admin\":false}', 'tenant:acme', NULL, NULL, NULL, '{\"n\":1}', 'x', 'y')",
+            )
+            .bind(seq)
+            .bind(1_000 + seq)
+            .execute(&pool)
+            .await
+            .expect("v1 row");
+        }
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&path).await.expect("open migrates");
+    let keys = AuditKeys::new([1; 32]);
+    assert_eq!(store.import_legacy(&keys).await.expect("import"), 3);
+    assert_eq!(store.import_legacy(&keys).await.expect("again"), 0, "once");
+    let rows = store.entries("platform", 0, 10).await.expect("entries");
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let rec = moat_store::AuditRecord::from_entry(rows[2].entry.as_bytes(), &[]).expect("v2 entry");
+    assert_eq!((rec.ts_ms, rec.action.as_str(), rec.details["n"].as_i64()), (1_003, "tenant.create", Some(1)));
+    assert_eq!(store.trail_head("platform").await.expect("head").size, 3);
 }

@@ -328,8 +328,6 @@ pub struct ScanQuery {
     pub tenant: Option<String>,
 }
 
-const NDJSON: &str = "application/x-ndjson";
-
 /// Runs the PII scanner on a table now (Admin): reads the current version back from storage,
 /// samples it, and (unless `dry_run`) gives every column not labelled by hand the label the
 /// tenant's classification policy makes of the scanner's proposal. Manual labels stay; the
@@ -351,35 +349,24 @@ pub async fn scan_table(
     }
     let table = st.stores.meta.table(tenant, &name).await?.ok_or_else(table_not_found)?;
     let scanner = st.scanner(tenant, q.sample_rows).await?;
-    let streaming = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(NDJSON));
-    if !streaming {
+    if !super::ndjson::wanted(&headers) {
         return Ok(Json(run_scan(&st, &auth, table, scanner, q.dry_run, |_| {}).await?).into_response());
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(8);
-    tokio::spawn(async move {
+    Ok(super::ndjson::respond(move |progress| async move {
         let total = table.row_count;
         let mut last = Instant::now();
-        let progress = |read: u64| {
-            // A line at most every 200 ms; a slow reader skips lines rather than slowing the scan.
+        let report = |read: u64| {
+            // A line at most every 200 ms.
             if last.elapsed() >= Duration::from_millis(200) {
                 last = Instant::now();
-                let _ = tx.try_send(json!({"progress": {"rows_read": read, "rows_total": total}}));
+                progress.send(json!({"rows_read": read, "rows_total": total}));
             }
         };
-        let line = match run_scan(&st, &auth, table, scanner, q.dry_run, progress).await {
+        match run_scan(&st, &auth, table, scanner, q.dry_run, report).await {
             Ok(v) => json!({"result": v}),
             Err(e) => super::error::error_body(e.code, &e.message),
-        };
-        let _ = tx.send(line).await;
-    });
-    let lines =
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|v| (Ok::<_, std::convert::Infallible>(format!("{v}\n")), rx)) },
-        );
-    let mut resp = Response::new(Body::from_stream(lines));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
-    Ok(resp)
+        }
+    }))
 }
 
 /// Samples, scans, applies (unless `dry_run`) and audits; the answer of [`scan_table`].

@@ -16,11 +16,19 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// 200 when every dependency answers; 503 naming the one that does not.
+/// Ready when the store answers and the audit trail is being written (a server that cannot
+/// record refuses requests, so a load balancer should send them elsewhere).
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    match st.stores.meta.ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready", "checks": {"store": "ok"}})).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not_ready", "checks": {"store": "unreachable"}})))
-            .into_response(),
+    let store = st.stores.meta.ping().await.is_ok();
+    let audit = st.audit.is_healthy();
+    let checks = serde_json::json!({
+        "store": if store { "ok" } else { "unreachable" },
+        "audit": if audit { "ok" } else { "unavailable" },
+    });
+    if store && audit {
+        Json(serde_json::json!({"status": "ready", "checks": checks})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not_ready", "checks": checks}))).into_response()
     }
 }
 

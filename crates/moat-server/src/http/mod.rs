@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod extract;
 mod meta;
+pub mod ndjson;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -63,6 +64,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/policies/classification", get(admin::get_classification_policy).put(admin::set_classification_policy))
         .route("/audit/events", get(audit::events))
         .route("/audit/verify", get(audit::verify))
+        .route("/audit/checkpoint", get(audit::checkpoint))
+        .route("/audit/export", get(audit::export))
+        .route("/audit/proof/inclusion", get(audit::inclusion))
+        .route("/audit/proof/consistency", get(audit::consistency))
         .route("/openapi.json", get(meta::openapi));
     Router::new()
         .route("/healthz", get(meta::healthz))

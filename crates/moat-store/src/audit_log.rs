@@ -1,0 +1,308 @@
+//! The audit writer and the checkpointer.
+//!
+//! [`AuditLog`]: one task per process drains a bounded queue and commits whatever has gathered
+//! in one transaction (group commit: while one commit waits for its fsync the next batch fills).
+//! A caller's [`AuditLog::append`] returns only once its record is durable; if the store cannot
+//! write, every waiting caller gets `audit_unavailable` and the log reports itself unhealthy
+//! (`/readyz`) until a later commit succeeds. Nothing is acknowledged before it is on disk.
+//!
+//! [`Checkpointer`]: signs a C2SP checkpoint of every trail that grew, at most one per trail per
+//! interval, stores it and publishes it to a [`CheckpointSink`] off the database (a directory
+//! by default) so that truncation or a split view of the log is detectable by anyone holding an
+//! earlier checkpoint.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moat_core::audit::{AuditEvent, AuditKeys};
+use moat_core::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
+use moat_core::{MoatError, Result};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::{Appended, AuditStore, CheckpointRecord, NewAuditEntry};
+
+fn unavailable() -> MoatError {
+    MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditLogConfig {
+    /// Events waiting for a commit before `append` waits for room.
+    pub queue: usize,
+    /// Most events in one transaction.
+    pub max_batch: usize,
+    /// How long `append` waits for room in a full queue before refusing.
+    pub enqueue_timeout: Duration,
+}
+
+impl Default for AuditLogConfig {
+    fn default() -> Self {
+        Self { queue: 16_384, max_batch: 4_096, enqueue_timeout: Duration::from_secs(5) }
+    }
+}
+
+struct Job {
+    entry: NewAuditEntry,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    healthy: AtomicBool,
+    committed: AtomicU64,
+    batches: AtomicU64,
+    /// Signalled after each successful commit; one listener (the checkpointer), which finds a
+    /// stored permit if a commit happened while it was busy.
+    grew: Notify,
+}
+
+/// Handle to the writer; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Arc<dyn AuditStore>, keys: AuditKeys, cfg: AuditLogConfig) -> Self {
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let shared = Arc::new(Shared { healthy: AtomicBool::new(true), ..Shared::default() });
+        tokio::spawn(run(store, keys, rx, shared.clone(), cfg.max_batch.max(1)));
+        Self { tx, shared, timeout: cfg.enqueue_timeout }
+    }
+
+    /// Appends and waits until the record is durable.
+    pub async fn append(&self, event: AuditEvent, ts_ms: i64) -> Result<Appended> {
+        let (reply, rx) = oneshot::channel();
+        let entry = NewAuditEntry { event, ts_ms, event_id: uuid::Uuid::now_v7().to_string() };
+        match tokio::time::timeout(self.timeout, self.tx.send(Job { entry, reply })).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(unavailable()),
+            Err(_) => {
+                tracing::error!("audit queue full for {:?}; refusing", self.timeout);
+                return Err(unavailable());
+            }
+        }
+        rx.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+
+    /// False after a failed commit, until one succeeds.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records committed and transactions used since start (for benchmarks and metrics).
+    pub fn stats(&self) -> (u64, u64) {
+        (self.shared.committed.load(Ordering::Relaxed), self.shared.batches.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once a commit has happened since the last call (one listener only).
+    pub async fn grown(&self) {
+        self.shared.grew.notified().await;
+    }
+}
+
+async fn run(store: Arc<dyn AuditStore>, keys: AuditKeys, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>, max_batch: usize) {
+    let mut entries = Vec::with_capacity(max_batch);
+    let mut replies = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        entries.push(first.entry);
+        replies.push(first.reply);
+        while entries.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => {
+                    entries.push(j.entry);
+                    replies.push(j.reply);
+                }
+                Err(_) => break,
+            }
+        }
+        match store.append_batch(&entries, &keys).await {
+            Ok(records) if records.len() == replies.len() => {
+                shared.healthy.store(true, Ordering::Relaxed);
+                shared.committed.fetch_add(records.len() as u64, Ordering::Relaxed);
+                shared.batches.fetch_add(1, Ordering::Relaxed);
+                shared.grew.notify_one();
+                for (reply, rec) in replies.drain(..).zip(records) {
+                    // A caller that gave up waiting still has its record committed.
+                    let _ = reply.send(Ok(rec));
+                }
+            }
+            Ok(_) | Err(_) => {
+                shared.healthy.store(false, Ordering::Relaxed);
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(unavailable()));
+                }
+            }
+        }
+        entries.clear();
+        replies.clear();
+    }
+}
+
+/// Appends one event outside a running writer (offline tools: `moat superadmin create`, the
+/// demo seed); durable when it returns.
+pub async fn append_one(store: &dyn AuditStore, keys: &AuditKeys, event: AuditEvent, ts_ms: i64) -> Result<Appended> {
+    let entry = NewAuditEntry { event, ts_ms, event_id: uuid::Uuid::now_v7().to_string() };
+    store.append_batch(std::slice::from_ref(&entry), keys).await?.pop().ok_or_else(unavailable)
+}
+
+/// Where signed checkpoints are published, off the database.
+#[async_trait]
+pub trait CheckpointSink: Send + Sync {
+    async fn publish(&self, cp: &CheckpointRecord) -> Result<()>;
+    /// The latest checkpoint published for a trail, if any.
+    async fn latest(&self, trail: &str) -> Result<Option<String>>;
+    /// Where it publishes, for logs and reports.
+    fn describe(&self) -> String;
+}
+
+/// Publishes to `{dir}/{trail}/checkpoint`, replaced atomically (write, fsync, rename). Point it
+/// at a mount that leaves the host (a bucket mount, a synced folder) or let a witness poll it.
+pub struct DirSink {
+    dir: PathBuf,
+}
+
+impl DirSink {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+fn sink_err(what: &str, e: std::io::Error) -> MoatError {
+    tracing::error!(error = %e, what, "checkpoint sink");
+    MoatError::unavailable("checkpoint_sink_unavailable", format!("cannot {what} the published checkpoint"))
+}
+
+#[async_trait]
+impl CheckpointSink for DirSink {
+    async fn publish(&self, cp: &CheckpointRecord) -> Result<()> {
+        let dir = self.dir.join(&cp.trail);
+        let note = cp.note.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir).map_err(|e| sink_err("write", e))?;
+            let tmp = dir.join("checkpoint.tmp");
+            let mut f = std::fs::File::create(&tmp).map_err(|e| sink_err("write", e))?;
+            f.write_all(note.as_bytes()).map_err(|e| sink_err("write", e))?;
+            f.sync_all().map_err(|e| sink_err("write", e))?;
+            std::fs::rename(&tmp, dir.join("checkpoint")).map_err(|e| sink_err("write", e))
+        })
+        .await
+        .map_err(|_| MoatError::internal("sink_task"))?
+    }
+
+    async fn latest(&self, trail: &str) -> Result<Option<String>> {
+        match tokio::fs::read_to_string(self.dir.join(trail).join("checkpoint")).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(sink_err("read", e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// The deployment's checkpoint signing key and naming: trail `t` is logged under origin
+/// `{deployment}/audit/{t}`, and that origin is the key name of its signatures.
+#[derive(Clone)]
+pub struct CheckpointKey {
+    deployment: String,
+    seed: [u8; 32],
+}
+
+impl std::fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointKey").field("deployment", &self.deployment).finish_non_exhaustive()
+    }
+}
+
+impl CheckpointKey {
+    pub fn new(deployment: &str, seed: [u8; 32]) -> Result<Self> {
+        let k = Self { deployment: deployment.to_owned(), seed };
+        k.signer("platform")?;
+        Ok(k)
+    }
+
+    pub fn origin(&self, trail: &str) -> String {
+        format!("{}/audit/{trail}", self.deployment)
+    }
+
+    pub fn signer(&self, trail: &str) -> Result<NoteSigner> {
+        NoteSigner::from_seed(&self.origin(trail), &self.seed)
+            .map_err(|e| MoatError::invalid("bad_audit_origin", format!("audit.origin: {e}")))
+    }
+
+    /// The verifier key of a trail, as auditors pin it.
+    pub fn verifier(&self, trail: &str) -> Result<NoteVerifier> {
+        Ok(self.signer(trail)?.verifier())
+    }
+}
+
+/// Signs and publishes checkpoints of every trail that grew.
+pub struct Checkpointer {
+    store: Arc<dyn AuditStore>,
+    key: CheckpointKey,
+    sink: Option<Arc<dyn CheckpointSink>>,
+    /// Size of the last checkpoint signed per trail.
+    signed: HashMap<String, u64>,
+}
+
+impl Checkpointer {
+    pub fn new(store: Arc<dyn AuditStore>, key: CheckpointKey, sink: Option<Arc<dyn CheckpointSink>>) -> Self {
+        Self { store, key, sink, signed: HashMap::new() }
+    }
+
+    /// One round: a checkpoint for every trail whose size moved past its last one. Returns the
+    /// checkpoints made.
+    pub async fn round(&mut self, now_ms: i64) -> Result<Vec<CheckpointRecord>> {
+        let mut made = Vec::new();
+        for (trail, head) in self.store.trail_heads().await? {
+            let last = match self.signed.get(&trail) {
+                Some(s) => *s,
+                None => self.store.latest_checkpoint(&trail).await?.map_or(0, |c| c.size),
+            };
+            if head.size <= last {
+                self.signed.insert(trail, last);
+                continue;
+            }
+            let note = {
+                let signer = self.key.signer(&trail)?;
+                let body = Checkpoint { origin: signer.name().to_owned(), size: head.size, root: head.root, extensions: vec![] }.body();
+                signer.sign(&body).map_err(|_| MoatError::internal("checkpoint_sign"))?
+            };
+            let cp = CheckpointRecord { trail: trail.clone(), size: head.size, ts_ms: now_ms, note };
+            self.store.put_checkpoint(&cp).await?;
+            if let Some(sink) = &self.sink {
+                // The checkpoint is stored; a sink outage is logged and retried next round.
+                if let Err(e) = sink.publish(&cp).await {
+                    tracing::error!(code = e.code, sink = sink.describe(), "checkpoint not published");
+                    continue;
+                }
+            }
+            self.signed.insert(trail, head.size);
+            made.push(cp);
+        }
+        Ok(made)
+    }
+
+    /// Runs a round after each commit, at most one per `interval`, forever: a record is in a
+    /// signed, published checkpoint within `interval` plus one round.
+    pub async fn run(mut self, log: AuditLog, interval: Duration, clock: impl Fn() -> i64 + Send) {
+        loop {
+            log.grown().await;
+            if let Err(e) = self.round(clock()).await {
+                tracing::error!(code = e.code, "checkpoint round failed");
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The audit trail as a transparency log, from the auditor's side and the attacker's: signed
+//! checkpoints that verify with nothing but the verifier key, proofs that lead to them, and a
+//! tamper suite run by someone with write access to the database (triggers dropped) — every
+//! tampering detected and named by `/v1/audit/verify`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use moat_core::checkpoint::{Checkpoint, NoteVerifier};
+use moat_core::tlog;
+use moat_testkit::TestServer;
+use serde_json::{Value, json};
+
+/// A tenant with some history, and its admin's token.
+async fn history(s: &TestServer) -> String {
+    let admin = s.tenant_with_admin("acme").await;
+    for i in 0..6 {
+        s.user(&admin, "acme", &format!("u{i}@acme.example"), "viewer").await;
+    }
+    admin
+}
+
+/// Waits until the trail's published checkpoint covers every record so far.
+async fn checkpointed(s: &TestServer, admin: &str) -> Value {
+    for _ in 0..100 {
+        let cp = s.get("/v1/audit/checkpoint", admin).await;
+        let events = s.get("/v1/audit/events?limit=1000", admin).await;
+        // The read itself is audited: a checkpoint covering everything up to it will do.
+        let last = events.body["events"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
+        if cp.status == 200 && cp.body["size"].as_u64().unwrap() >= last {
+            return cp.body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no checkpoint within 10 s");
+}
+
+fn b64s(v: &Value) -> Vec<Vec<u8>> {
+    v.as_array().unwrap().iter().map(|h| STANDARD.decode(h.as_str().unwrap()).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn checkpoints_and_proofs_verify_with_the_public_key_alone() {
+    let s = TestServer::start().await;
+    let admin = history(&s).await;
+    let cp = checkpointed(&s, &admin).await;
+    let verifier = NoteVerifier::parse(cp["verifier_key"].as_str().unwrap()).unwrap();
+    let body = Checkpoint::parse_body(verifier.open(cp["note"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(body.origin, cp["origin"].as_str().unwrap());
+    assert!(body.origin.starts_with("moat.local/audit/"), "{}", body.origin);
+    assert_eq!(hex::encode(body.root), cp["root"].as_str().unwrap());
+
+    // The published copy is the same note.
+    let trail = body.origin.rsplit('/').next().unwrap().to_owned();
+    let published = std::fs::read_to_string(s.dir.path().join("data/checkpoints").join(&trail).join("checkpoint")).unwrap();
+    assert!(verifier.open(&published).is_ok());
+
+    // Inclusion: record 3 (a user.create) is in the signed tree.
+    let p = s.get("/v1/audit/proof/inclusion?seq=3", &admin).await;
+    assert_eq!(p.status, 200, "{:?}", p.body);
+    let note = p.body["checkpoint"]["note"].as_str().unwrap();
+    let signed = Checkpoint::parse_body(verifier.open(note).unwrap()).unwrap();
+    let events = s.get("/v1/audit/events?limit=3", &admin).await;
+    let leaf: [u8; 32] = hex::decode(events.body["events"][2]["hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    assert_eq!(hex::encode(leaf), p.body["leaf_hash"].as_str().unwrap());
+    tlog::verify_inclusion(2, signed.size, &leaf, &b64s(&p.body["proof"]), &signed.root).expect("inclusion verifies");
+    // Not for another leaf.
+    assert!(tlog::verify_inclusion(3, signed.size, &leaf, &b64s(&p.body["proof"]), &signed.root).is_err());
+
+    // Consistency: the log of 4 records is a prefix of the latest checkpoint.
+    let old_root = {
+        let r = s.get("/v1/audit/events?limit=4", &admin).await;
+        let leaves: Vec<[u8; 32]> = r.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| hex::decode(e["hash"].as_str().unwrap()).unwrap().try_into().unwrap())
+            .collect();
+        tlog::root_of(&leaves)
+    };
+    let c = s.get("/v1/audit/proof/consistency?from=4", &admin).await;
+    assert_eq!(c.status, 200, "{:?}", c.body);
+    let to = Checkpoint::parse_body(verifier.open(c.body["checkpoint"]["note"].as_str().unwrap()).unwrap()).unwrap();
+    tlog::verify_consistency(4, to.size, &b64s(&c.body["proof"]), &old_root, &to.root).expect("consistent");
+
+    // Bad requests are named errors.
+    assert_eq!(s.get("/v1/audit/proof/inclusion?seq=0", &admin).await.code(), "not_in_checkpoint");
+    assert_eq!(s.get("/v1/audit/proof/inclusion?seq=99999", &admin).await.code(), "not_in_checkpoint");
+    assert_eq!(s.get("/v1/audit/proof/inclusion?seq=x", &admin).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/proof/consistency?from=0", &admin).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/proof/consistency?from=1&to=99999", &admin).await.code(), "no_checkpoint");
+
+    // The verify report covers the HMACs and the checkpoints.
+    let v = s.get("/v1/audit/verify", &admin).await;
+    assert_eq!(v.body["ok"], true, "{:?}", v.body);
+    assert_eq!(v.body["hmacs_checked"], v.body["checked"]);
+    assert!(v.body["checkpoints_checked"].as_u64().unwrap() >= 2, "stored and published: {:?}", v.body);
+    assert!(v.body["published_size"].as_u64().unwrap() >= 8);
+    // And with progress lines.
+    let r = s
+        .http
+        .get(format!("{}/v1/audit/verify", s.base))
+        .bearer_auth(&admin)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["result"]["ok"], true, "{text}");
+    assert!(text.lines().any(|l| l.contains("records_verified")), "{text}");
+}
+
+/// The trail after an attacker with database access ran `sql` (triggers dropped first).
+async fn verify_after(tamper: impl FnOnce(&str, &str) -> Vec<String>) -> Value {
+    let s = TestServer::start().await;
+    let admin = history(&s).await;
+    let other = s.tenant_with_admin("globex").await;
+    checkpointed(&s, &admin).await;
+    checkpointed(&s, &other).await;
+    let tenant = |slug: &str| {
+        let st = s.state.clone();
+        let slug = slug.to_owned();
+        async move { st.stores.meta.tenant_by_slug(&slug).await.unwrap().unwrap().id.to_string() }
+    };
+    let (a, b) = (tenant("acme").await, tenant("globex").await);
+    let db = s.dir.path().join("data/moat.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    for t in ["audit_log_no_update", "audit_log_no_delete", "audit_checkpoints_no_delete", "audit_trails_grow_only"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}"))).execute(&pool).await.unwrap();
+    }
+    for sql in tamper(&a, &b) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    pool.close().await;
+    let v = s.get("/v1/audit/verify", &admin).await;
+    if v.status == 503 {
+        // A forged row sits where the next record goes: the writer cannot append, so the server
+        // fails closed (even verifying is refused, being unrecordable) and says so on /readyz;
+        // the operator verifies the store directly.
+        assert_eq!(v.code(), "audit_unavailable");
+        let ready = s.send(reqwest::Method::GET, "/readyz", None, None, None).await;
+        assert_eq!(ready.body["checks"]["audit"], "unavailable", "{:?}", ready.body);
+        let r = moat_server::http::audit::verify_trail(&s.state, &a, |_, _| {}).await.unwrap();
+        return serde_json::to_value(r).unwrap();
+    }
+    assert_eq!(v.status, 200, "{:?}", v.body);
+    v.body
+}
+
+fn assert_broken(v: &Value, seq: Option<i64>, words: &str) {
+    assert_eq!(v["ok"], false, "{v:?}");
+    if let Some(seq) = seq {
+        assert_eq!(v["first_bad_seq"], json!(seq), "{v:?}");
+    }
+    assert!(v["problem"].as_str().unwrap().contains(words), "{words:?} not in {v:?}");
+}
+
+#[tokio::test]
+async fn an_edited_record_is_named() {
+    let v = verify_after(|a, _| {
+        vec![format!(
+            "UPDATE audit_log SET entry = CAST(replace(CAST(entry AS TEXT), '\"category\":\"', '\"category\":\"x') AS BLOB) WHERE trail = '{a}' AND seq = 3"
+        )]
+    })
+    .await;
+    assert_broken(&v, Some(3), "edited");
+}
+
+#[tokio::test]
+async fn a_flipped_bit_is_named() {
+    let v = verify_after(|a, _| {
+        vec![format!(
+            "UPDATE audit_log SET entry = CAST(replace(CAST(entry AS TEXT), '\"seq\"', '\"sEq\"') AS BLOB) WHERE trail = '{a}' AND seq = 2"
+        )]
+    })
+    .await;
+    assert_broken(&v, Some(2), "edited");
+}
+
+#[tokio::test]
+async fn an_edited_search_column_is_named() {
+    let v = verify_after(|a, _| vec![format!("UPDATE audit_log SET action = 'auth.logout' WHERE trail = '{a}' AND seq = 3")]).await;
+    assert_broken(&v, Some(3), "search columns");
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_named() {
+    let v = verify_after(|a, _| vec![format!("DELETE FROM audit_log WHERE trail = '{a}' AND seq = 4")]).await;
+    assert_broken(&v, Some(4), "missing");
+}
+
+#[tokio::test]
+async fn reordered_records_are_named() {
+    let v = verify_after(|a, _| {
+        vec![
+            format!("UPDATE audit_log SET seq = -1 WHERE trail = '{a}' AND seq = 2"),
+            format!("UPDATE audit_log SET seq = 2 WHERE trail = '{a}' AND seq = 3"),
+            format!("UPDATE audit_log SET seq = 3 WHERE trail = '{a}' AND seq = -1"),
+        ]
+    })
+    .await;
+    assert_broken(&v, Some(2), "reordered");
+}
+
+#[tokio::test]
+async fn an_inserted_record_is_named() {
+    let v = verify_after(|a, _| {
+        vec![
+            format!("UPDATE audit_log SET seq = -(seq + 1) WHERE trail = '{a}' AND seq >= 3"),
+            format!("UPDATE audit_log SET seq = -seq WHERE trail = '{a}' AND seq < 0"),
+            format!(
+                "INSERT INTO audit_log SELECT trail, 3, ts_ms, event_id || 'x', category, action, outcome, actor, resource, entry, leaf_hash, hmac FROM audit_log WHERE trail = '{a}' AND seq = 2"
+            ),
+        ]
+    })
+    .await;
+    assert_broken(&v, Some(3), "reordered");
+}
+
+#[tokio::test]
+async fn a_truncated_tail_is_named_even_with_the_stored_checkpoints_gone() {
+    // The attacker removes the newest records and every stored checkpoint; the published
+    // checkpoint, off the database, still covers them.
+    let v = verify_after(|a, _| {
+        vec![format!("DELETE FROM audit_log WHERE trail = '{a}' AND seq > 5"), format!("DELETE FROM audit_checkpoints WHERE trail = '{a}'")]
+    })
+    .await;
+    assert_broken(&v, Some(6), "removed from the end");
+}
+
+#[tokio::test]
+async fn records_swapped_between_tenants_are_named() {
+    let v = verify_after(|a, b| {
+        vec![
+            format!("UPDATE audit_log SET trail = 'swap' WHERE trail = '{a}' AND seq = 1"),
+            format!("UPDATE audit_log SET trail = '{a}' WHERE trail = '{b}' AND seq = 1"),
+            format!("UPDATE audit_log SET trail = '{b}' WHERE trail = 'swap' AND seq = 1"),
+        ]
+    })
+    .await;
+    assert_broken(&v, Some(1), "moved between trails");
+}
+
+/// The export bundle: verified offline by moat's verifier with the pinned key, the trail's
+/// HMAC key and the published checkpoint, and by an independent Python verifier (when
+/// `MOAT_TEST_PYTHON` is set); a forged copy fails both, at the same record. Another tenant's
+/// export holds none of this tenant's records.
+#[tokio::test]
+async fn an_export_verifies_offline_and_independently() {
+    use moat_core::audit_bundle::{BundleHeader, BundleOptions, verify_bundle};
+    let s = TestServer::start().await;
+    let admin = history(&s).await;
+    let other = s.tenant_with_admin("globex").await;
+    let cp = checkpointed(&s, &admin).await;
+    let export = |token: String| {
+        let req = s.http.get(format!("{}/v1/audit/export", s.base)).bearer_auth(token);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+            r.text().await.unwrap()
+        }
+    };
+    let bundle = export(admin.clone()).await;
+    let header: BundleHeader = serde_json::from_str(bundle.lines().next().unwrap()).unwrap();
+    assert_eq!(header.verifier_key, cp["verifier_key"].as_str().unwrap());
+    let published = std::fs::read_to_string(s.dir.path().join("data/checkpoints").join(&header.trail).join("checkpoint")).unwrap();
+    let opts = || BundleOptions {
+        pinned_key: Some(NoteVerifier::parse(cp["verifier_key"].as_str().unwrap()).unwrap()),
+        hmac_key: Some(s.state.audit_keys.trail_key(&header.trail)),
+        extra_checkpoints: vec![published.clone()],
+    };
+    let r = verify_bundle(bundle.as_bytes(), &opts(), |_, _| {}).unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.checked, r.hmacs_checked), (header.size, header.size));
+    assert!(r.checkpointed >= cp["size"].as_u64().unwrap() && r.checkpoints_checked >= 2, "{r:?}");
+    // The bundle ends with its own export record.
+    let last: Value = serde_json::from_str(bundle.lines().last().unwrap()).unwrap();
+    assert!(last["entry"].as_str().unwrap().contains("\"action\":\"audit.export\""), "{last}");
+
+    // A forged copy: one record's resource changed.
+    let forged = bundle.replacen("user:", "usEr:", 1);
+    let bad_seq = forged.lines().skip(1).find(|l| l.contains("usEr:")).map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].clone());
+    let f = verify_bundle(forged.as_bytes(), &opts(), |_, _| {}).unwrap();
+    assert!(!f.ok && f.problem.as_deref().unwrap().contains("edited"), "{f:?}");
+    assert_eq!(bad_seq.and_then(|v| v.as_i64()), f.first_bad_seq);
+
+    // Globex's bundle is globex's trail only.
+    let theirs = export(other).await;
+    assert!(!theirs.contains(&header.trail), "another tenant's export names acme's trail");
+
+    // The same verdicts from code that is not moat's.
+    let Ok(python) = std::env::var("MOAT_TEST_PYTHON") else {
+        eprintln!("skipped the Python verifier: set MOAT_TEST_PYTHON=python3 (with `cryptography` installed)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/verify_audit_bundle.py");
+    let run = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::write(dir.path().join("published"), &published).unwrap();
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .arg(&path)
+            .args(["--key", cp["verifier_key"].as_str().unwrap()])
+            .args(["--hmac-key", &hex::encode(s.state.audit_keys.trail_key(&header.trail))])
+            .arg("--checkpoint")
+            .arg(dir.path().join("published"))
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("python: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, py) = run("bundle.ndjson", &bundle);
+    assert_eq!(code, Some(0), "{py}");
+    assert_eq!(py["root"].as_str(), r.root.as_deref(), "same root from an independent implementation");
+    assert_eq!((py["checked"].as_u64(), py["hmacs_checked"].as_u64()), (Some(r.checked), Some(r.checked)));
+    let (code, py) = run("forged.ndjson", &forged);
+    assert_eq!(code, Some(1), "{py}");
+    assert_eq!(py["first_bad_seq"].as_i64(), f.first_bad_seq, "{py}");
+    // A truncated copy (the last two records cut, header unchanged) fails in both.
+    let truncated: String = bundle.lines().take(bundle.lines().count() - 2).map(|l| format!("{l}\n")).collect();
+    let (code, py) = run("truncated.ndjson", &truncated);
+    assert_eq!(code, Some(1), "{py}");
+    assert!(!verify_bundle(truncated.as_bytes(), &opts(), |_, _| {}).unwrap().ok);
+}
+
+/// Fail closed: while the audit store cannot write, audited requests are refused with 503
+/// `audit_unavailable` (a query's answer never leaves unrecorded) and `/readyz` says so; once it
+/// can write again, service resumes and the trail still verifies.
+#[tokio::test]
+async fn an_unwritable_audit_store_refuses_requests_and_readyz_says_so() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(s.dir.path().join("data/moat.db"));
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    sqlx::query("CREATE TRIGGER audit_fault BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let q = s.query(&admin, "SELECT 4242 AS answer").await;
+    assert_eq!((q.status.as_u16(), q.code()), (503, "audit_unavailable"), "{:?}", q.body);
+    assert!(!q.body.to_string().contains("4242"), "no answer without its record: {:?}", q.body);
+    let login = s.login_raw(Some("acme"), "admin@acme.example", moat_testkit::PASSWORD).await;
+    assert_eq!((login.status.as_u16(), login.code()), (503, "audit_unavailable"), "{:?}", login.body);
+    let ready = s.send(reqwest::Method::GET, "/readyz", None, None, None).await;
+    assert_eq!(ready.status.as_u16(), 503);
+    assert_eq!(ready.body["checks"]["audit"], "unavailable", "{:?}", ready.body);
+
+    sqlx::query("DROP TRIGGER audit_fault").execute(&pool).await.unwrap();
+    pool.close().await;
+    let q = s.query(&admin, "SELECT 4242 AS answer").await;
+    assert_eq!(q.status.as_u16(), 200, "{:?}", q.body);
+    let ready = s.send(reqwest::Method::GET, "/readyz", None, None, None).await;
+    assert_eq!(ready.status.as_u16(), 200, "{:?}", ready.body);
+    let v = s.get("/v1/audit/verify", &admin).await;
+    assert_eq!(v.body["ok"], true, "{:?}", v.body);
+}
