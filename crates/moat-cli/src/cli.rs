@@ -367,8 +367,15 @@ pub enum AuditCmd {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Verify this export bundle offline instead of asking the server.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     pub bundle: Option<PathBuf>,
+    /// Verify the store of this data dir directly (offline, on the host; works while the server
+    /// is down or refusing writes): every trail, or the one named by --trail.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: a tenant slug or id, or `platform`.
+    #[arg(long, requires = "data_dir")]
+    pub trail: Option<String>,
     /// The verifier key to pin (`name+keyid+base64`, from `moat audit checkpoint`); without it
     /// the bundle's own key is used and the result says so.
     #[arg(long, requires = "bundle", value_name = "VKEY")]

@@ -139,8 +139,11 @@ pub async fn run(cli: Cli) -> CliResult {
             });
             Ok(())
         }
-        Command::Audit { cmd: AuditCmd::Verify(VerifyArgs { bundle: Some(bundle), key, checkpoints, hmac_key_file }) } => {
+        Command::Audit { cmd: AuditCmd::Verify(VerifyArgs { bundle: Some(bundle), key, checkpoints, hmac_key_file, .. }) } => {
             verify_bundle_file(bundle, key, checkpoints, hmac_key_file, json_out).await
+        }
+        Command::Audit { cmd: AuditCmd::Verify(VerifyArgs { data_dir: Some(d), trail, .. }) } => {
+            verify_store(DataDir::new(d), trail, json_out).await
         }
         Command::Audit { cmd } => audit(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
         Command::Query { sql, format } => {
@@ -357,6 +360,59 @@ async fn key(mut c: Client, cmd: KeyCmd, json_out: bool) -> CliResult {
     Ok(())
 }
 
+/// `moat audit verify --data-dir`: the store verified in place, every trail or one.
+async fn verify_store(dir: DataDir, trail: Option<String>, json_out: bool) -> CliResult {
+    use moat_store::audit_log::{CheckpointSink, DirSink, verify_trail};
+    let cfg = bootstrap::load_config(&dir)?;
+    let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
+    let keys = bootstrap::audit_keys(&dir)?;
+    let checkpoint_key = bootstrap::checkpoint_key(&dir, &cfg)?;
+    let sink = cfg.publish_dir(&dir.root).map(DirSink::new);
+    let trails = match trail.as_deref() {
+        None => stores.audit.trail_heads().await?.into_iter().map(|(t, _)| t).collect(),
+        Some("platform") => vec!["platform".to_owned()],
+        Some(t) if moat_core::ids::TenantId::parse(t).is_some() => vec![t.to_owned()],
+        Some(slug) => match stores.meta.tenant_by_slug(slug).await? {
+            Some(t) => vec![t.id.to_string()],
+            None => return Err(CliError::usage("unknown_trail", format!("--trail: no tenant {slug:?} (a slug, a tenant id or platform)"))),
+        },
+    };
+    let mut reports = Vec::new();
+    for t in &trails {
+        let bar = output::progress_bar(!json_out, 0, "{spinner} verifying {msg} [{bar:30}] {pos}/{len} records {per_sec}");
+        bar.set_message(t.clone());
+        let r = verify_trail(&*stores.audit, &keys, &checkpoint_key, sink.as_ref().map(|s| s as &dyn CheckpointSink), t, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await;
+        bar.finish_and_clear();
+        reports.push(json!({"trail": t, "report": r?}));
+    }
+    let ok = reports.iter().all(|r| r["report"]["ok"].as_bool() == Some(true));
+    emit(json_out, &json!({"ok": ok, "trails": reports}), |v| {
+        for r in v["trails"].as_array().map_or(&[][..], Vec::as_slice) {
+            let (t, rep) = (r["trail"].as_str().unwrap_or(""), &r["report"]);
+            if rep["ok"].as_bool() == Some(true) {
+                println!(
+                    "{t}: intact, {} records ({} HMACs, {} signed checkpoints)",
+                    rep["checked"], rep["hmacs_checked"], rep["checkpoints_checked"]
+                );
+            } else {
+                println!(
+                    "{t}: AUDIT TRAIL BROKEN at sequence {}: {}",
+                    rep["first_bad_seq"].as_i64().map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                    rep["problem"].as_str().unwrap_or("")
+                );
+            }
+        }
+    });
+    if !ok {
+        return Err(CliError::runtime("audit_log_broken", "the audit trail failed verification"));
+    }
+    Ok(())
+}
+
 /// `moat audit verify --bundle`: an export checked on this machine alone.
 async fn verify_bundle_file(
     bundle: std::path::PathBuf,
@@ -466,7 +522,9 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
             });
         }
         // Offline forms are answered in `run` without a server.
-        AuditCmd::HmacKey { .. } | AuditCmd::Verify(VerifyArgs { bundle: Some(_), .. }) => {}
+        AuditCmd::HmacKey { .. }
+        | AuditCmd::Verify(VerifyArgs { bundle: Some(_), .. })
+        | AuditCmd::Verify(VerifyArgs { data_dir: Some(_), .. }) => {}
         AuditCmd::Export { out } => {
             let bar = output::progress_bar(!json_out, 0, "{spinner} exporting {bytes} {bytes_per_sec}");
             let bytes = c.download("/v1/audit/export", &out, |n| bar.set_position(n)).await;

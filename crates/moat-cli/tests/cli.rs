@@ -422,6 +422,14 @@ fn a_killed_server_loses_no_acknowledged_audit_record() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 5, "the load did not run: {} acknowledged", acked.len());
+    // Verified in place while the server is down: every trail intact.
+    let o = moat(&["--json", "audit", "verify", "--data-dir", ds], &[], None);
+    assert!(o.status.success(), "{} {}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["trails"].as_array().unwrap().len(), 2, "platform and acme: {v}");
+    let o = moat(&["audit", "verify", "--data-dir", ds, "--trail", "acme"], &[], None);
+    assert!(text(&o.stdout).contains("intact"), "{}", text(&o.stdout));
+    assert_error(&moat(&["audit", "verify", "--data-dir", ds, "--trail", "nope"], &[], None), 2, "unknown_trail");
 
     let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0"]);
     let o = moat(&["--json", "--server", &srv.url, "audit", "events", "--action", "auth.login", "--limit", "1000"], &boss_env, None);

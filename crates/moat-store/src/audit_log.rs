@@ -10,6 +10,8 @@
 //! interval, stores it and publishes it to a [`CheckpointSink`] off the database (a directory
 //! by default) so that truncation or a split view of the log is detectable by anyone holding an
 //! earlier checkpoint.
+//!
+//! [`verify_trail`]: one trail verified in the store, as the server and the offline CLI run it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,11 +21,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moat_core::audit::{AuditEvent, AuditKeys};
+use moat_core::audit_verify::{EntryView, Problem, TrailVerifier};
 use moat_core::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use moat_core::{MoatError, Result};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::{Appended, AuditStore, CheckpointRecord, NewAuditEntry};
+use crate::{Appended, AuditStore, CheckpointRecord, NewAuditEntry, StoredEntry};
 
 fn unavailable() -> MoatError {
     MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
@@ -305,4 +309,154 @@ impl Checkpointer {
             tokio::time::sleep(interval).await;
         }
     }
+}
+
+/// What verifying a trail in the store established.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    /// Records verified (all of them when `ok`).
+    pub checked: u64,
+    /// Hex Merkle root over the verified records.
+    pub head: Option<String>,
+    pub origin: String,
+    pub hmacs_checked: u64,
+    pub checkpoints_checked: u64,
+    /// Size of the published checkpoint, when one was found.
+    pub published_size: Option<u64>,
+    pub first_bad_seq: Option<i64>,
+    pub problem: Option<String>,
+}
+
+/// Page size of verification reads.
+const VERIFY_PAGE: u32 = 10_000;
+
+/// Whether a row's search columns say what its entry says (the entry is the truth; a search
+/// column edited to hide a record from a filter is a finding).
+fn index_agrees(e: &StoredEntry) -> bool {
+    use std::borrow::Cow;
+    /// Only the indexed fields, borrowed where possible (verification reads every record).
+    #[derive(Deserialize)]
+    struct Indexed<'a> {
+        ts_ms: i64,
+        #[serde(borrow)]
+        event_id: Cow<'a, str>,
+        #[serde(borrow)]
+        category: Cow<'a, str>,
+        #[serde(borrow)]
+        action: Cow<'a, str>,
+        #[serde(borrow)]
+        outcome: Cow<'a, str>,
+        actor: serde_json::Value,
+        #[serde(borrow)]
+        resource: Option<Cow<'a, str>>,
+    }
+    let Some(ix) = &e.index else { return true };
+    // An entry that does not parse was already reported by the verifier.
+    let Ok(r) = serde_json::from_str::<Indexed<'_>>(&e.entry) else { return true };
+    let actor: Option<serde_json::Value> = serde_json::from_str(&ix.actor).ok();
+    ix.ts_ms == r.ts_ms
+        && ix.event_id == r.event_id
+        && ix.category == r.category
+        && ix.action == r.action
+        && ix.outcome == r.outcome
+        && ix.resource.as_deref() == r.resource.as_deref()
+        && actor.as_ref() == Some(&r.actor)
+}
+
+/// Verifies one trail in the store (and its published checkpoint, if a sink is given): every
+/// record, every HMAC, every stored checkpoint, the store's own head. `progress(done, total)`
+/// after each page. What the server's `/v1/audit/verify` and the offline `moat audit verify
+/// --data-dir` run.
+pub async fn verify_trail(
+    audit: &dyn AuditStore,
+    keys: &AuditKeys,
+    checkpoint_key: &CheckpointKey,
+    sink: Option<&dyn CheckpointSink>,
+    trail: &str,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    let verifier = checkpoint_key.verifier(trail)?;
+    let mut v = TrailVerifier::new(trail, Some(keys.trail_key(trail)));
+    let mut report = VerifyReport {
+        ok: false,
+        checked: 0,
+        head: None,
+        origin: verifier.name().to_owned(),
+        hmacs_checked: 0,
+        checkpoints_checked: 0,
+        published_size: None,
+        first_bad_seq: None,
+        problem: None,
+    };
+    let fail = |mut r: VerifyReport, checked: u64, p: Problem| {
+        r.checked = checked;
+        r.first_bad_seq = p.seq;
+        r.problem = Some(p.what);
+        r
+    };
+    let mut after = 0u64;
+    loop {
+        let page = audit.checkpoints(trail, after, VERIFY_PAGE).await?;
+        let Some(last) = page.last().map(|c| c.size) else { break };
+        for cp in &page {
+            if let Err(p) = v.checkpoint(&cp.note, &verifier) {
+                let what = format!("stored checkpoint of size {}: {}", cp.size, p.what);
+                return Ok(fail(report, 0, Problem { seq: p.seq, what }));
+            }
+        }
+        after = last;
+    }
+    if let Some(sink) = sink
+        && let Some(note) = sink.latest(trail).await?
+    {
+        if let Err(p) = v.checkpoint(&note, &verifier) {
+            return Ok(fail(report, 0, Problem { seq: p.seq, what: format!("published checkpoint: {}", p.what) }));
+        }
+        report.published_size =
+            verifier.open(&note).ok().and_then(|t| moat_core::checkpoint::Checkpoint::parse_body(t).ok()).map(|c| c.size);
+    }
+    let head = audit.trail_head(trail).await?;
+    let mut after = 0i64;
+    loop {
+        let page = audit.entries(trail, after, VERIFY_PAGE).await?;
+        let Some(last) = page.last().map(|e| e.seq) else { break };
+        for e in &page {
+            let leaf = hex::decode(&e.leaf_hash).unwrap_or_default();
+            let mac = hex::decode(&e.hmac).unwrap_or_default();
+            let view = EntryView { seq: e.seq, entry: e.entry.as_bytes(), leaf_hash: Some(&leaf), hmac: Some(&mac) };
+            if let Err(p) = v.entry(&view) {
+                let checked = v.size();
+                return Ok(fail(report, checked, p));
+            }
+            if !index_agrees(e) {
+                let checked = v.size() - 1;
+                return Ok(fail(
+                    report,
+                    checked,
+                    Problem { seq: Some(e.seq), what: "the record's search columns differ from its entry".into() },
+                ));
+            }
+        }
+        after = last;
+        progress(v.size(), head.size.max(v.size()));
+    }
+    let checked = v.size();
+    let s = match v.finish() {
+        Ok(s) => s,
+        Err(p) => return Ok(fail(report, checked, p)),
+    };
+    report.hmacs_checked = s.hmacs_checked;
+    report.checkpoints_checked = s.checkpoints_checked;
+    report.checked = s.size;
+    if s.size != head.size || s.root != head.root {
+        let p = Problem {
+            seq: Some(s.size.min(head.size) as i64 + 1),
+            what: format!("the store's trail head ({} records) does not match its {} records", head.size, s.size),
+        };
+        return Ok(fail(report, checked, p));
+    }
+    report.ok = true;
+    report.head = (s.size > 0).then(|| hex::encode(s.root));
+    Ok(report)
 }

@@ -10,8 +10,8 @@ use base64::Engine;
 use futures::StreamExt;
 use moat_core::MoatError;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
-use moat_core::audit_verify::{EntryView, Problem, TrailVerifier};
 use moat_core::tlog;
+use moat_store::audit_log::VerifyReport;
 use moat_store::{AuditFilter, AuditRecord};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -104,145 +104,10 @@ pub fn trail_of(tenant: Option<moat_core::ids::TenantId>) -> String {
     tenant.map_or_else(|| "platform".to_owned(), |t| t.to_string())
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct VerifyReport {
-    pub ok: bool,
-    /// Records verified (all of them when `ok`).
-    pub checked: u64,
-    /// Hex Merkle root over the verified records.
-    pub head: Option<String>,
-    pub origin: String,
-    pub hmacs_checked: u64,
-    pub checkpoints_checked: u64,
-    /// Size of the published checkpoint, when one was found.
-    pub published_size: Option<u64>,
-    pub first_bad_seq: Option<i64>,
-    pub problem: Option<String>,
-}
-
-/// Page size of verification reads.
-const VERIFY_PAGE: u32 = 10_000;
-
-/// Whether a row's search columns say what its entry says (the entry is the truth; a search
-/// column edited to hide a record from a filter is a finding).
-fn index_agrees(e: &moat_store::StoredEntry) -> bool {
-    use std::borrow::Cow;
-    /// Only the indexed fields, borrowed where possible (verification reads every record).
-    #[derive(Deserialize)]
-    struct Indexed<'a> {
-        ts_ms: i64,
-        #[serde(borrow)]
-        event_id: Cow<'a, str>,
-        #[serde(borrow)]
-        category: Cow<'a, str>,
-        #[serde(borrow)]
-        action: Cow<'a, str>,
-        #[serde(borrow)]
-        outcome: Cow<'a, str>,
-        actor: serde_json::Value,
-        #[serde(borrow)]
-        resource: Option<Cow<'a, str>>,
-    }
-    let Some(ix) = &e.index else { return true };
-    // An entry that does not parse was already reported by the verifier.
-    let Ok(r) = serde_json::from_str::<Indexed<'_>>(&e.entry) else { return true };
-    let actor: Option<serde_json::Value> = serde_json::from_str(&ix.actor).ok();
-    ix.ts_ms == r.ts_ms
-        && ix.event_id == r.event_id
-        && ix.category == r.category
-        && ix.action == r.action
-        && ix.outcome == r.outcome
-        && ix.resource.as_deref() == r.resource.as_deref()
-        && actor.as_ref() == Some(&r.actor)
-}
-
-/// Verifies one trail from the store (and the published checkpoint): every record, every HMAC,
-/// every stored checkpoint, the store's own head. `progress(done, total)` after each page.
-pub async fn verify_trail(st: &AppState, trail: &str, mut progress: impl FnMut(u64, u64)) -> moat_core::Result<VerifyReport> {
-    let audit = &st.stores.audit;
-    let verifier = st.checkpoint_key.verifier(trail)?;
-    let mut v = TrailVerifier::new(trail, Some(st.audit_keys.trail_key(trail)));
-    let mut report = VerifyReport {
-        ok: false,
-        checked: 0,
-        head: None,
-        origin: verifier.name().to_owned(),
-        hmacs_checked: 0,
-        checkpoints_checked: 0,
-        published_size: None,
-        first_bad_seq: None,
-        problem: None,
-    };
-    let fail = |mut r: VerifyReport, checked: u64, p: Problem| {
-        r.checked = checked;
-        r.first_bad_seq = p.seq;
-        r.problem = Some(p.what);
-        r
-    };
-    let mut after = 0u64;
-    loop {
-        let page = audit.checkpoints(trail, after, VERIFY_PAGE).await?;
-        let Some(last) = page.last().map(|c| c.size) else { break };
-        for cp in &page {
-            if let Err(p) = v.checkpoint(&cp.note, &verifier) {
-                let what = format!("stored checkpoint of size {}: {}", cp.size, p.what);
-                return Ok(fail(report, 0, Problem { seq: p.seq, what }));
-            }
-        }
-        after = last;
-    }
-    if let Some(sink) = &st.checkpoint_sink
-        && let Some(note) = sink.latest(trail).await?
-    {
-        if let Err(p) = v.checkpoint(&note, &verifier) {
-            return Ok(fail(report, 0, Problem { seq: p.seq, what: format!("published checkpoint: {}", p.what) }));
-        }
-        report.published_size =
-            verifier.open(&note).ok().and_then(|t| moat_core::checkpoint::Checkpoint::parse_body(t).ok()).map(|c| c.size);
-    }
-    let head = audit.trail_head(trail).await?;
-    let mut after = 0i64;
-    loop {
-        let page = audit.entries(trail, after, VERIFY_PAGE).await?;
-        let Some(last) = page.last().map(|e| e.seq) else { break };
-        for e in &page {
-            let leaf = hex::decode(&e.leaf_hash).unwrap_or_default();
-            let mac = hex::decode(&e.hmac).unwrap_or_default();
-            let view = EntryView { seq: e.seq, entry: e.entry.as_bytes(), leaf_hash: Some(&leaf), hmac: Some(&mac) };
-            if let Err(p) = v.entry(&view) {
-                let checked = v.size();
-                return Ok(fail(report, checked, p));
-            }
-            if !index_agrees(e) {
-                let checked = v.size() - 1;
-                return Ok(fail(
-                    report,
-                    checked,
-                    Problem { seq: Some(e.seq), what: "the record's search columns differ from its entry".into() },
-                ));
-            }
-        }
-        after = last;
-        progress(v.size(), head.size.max(v.size()));
-    }
-    let checked = v.size();
-    let s = match v.finish() {
-        Ok(s) => s,
-        Err(p) => return Ok(fail(report, checked, p)),
-    };
-    report.hmacs_checked = s.hmacs_checked;
-    report.checkpoints_checked = s.checkpoints_checked;
-    report.checked = s.size;
-    if s.size != head.size || s.root != head.root {
-        let p = Problem {
-            seq: Some(s.size.min(head.size) as i64 + 1),
-            what: format!("the store's trail head ({} records) does not match its {} records", head.size, s.size),
-        };
-        return Ok(fail(report, checked, p));
-    }
-    report.ok = true;
-    report.head = (s.size > 0).then(|| hex::encode(s.root));
-    Ok(report)
+/// Verifies one trail of this server's store against its keys and published checkpoint.
+pub async fn verify_trail(st: &AppState, trail: &str, progress: impl FnMut(u64, u64)) -> moat_core::Result<VerifyReport> {
+    let sink = st.checkpoint_sink.as_deref();
+    moat_store::audit_log::verify_trail(&*st.stores.audit, &st.audit_keys, &st.checkpoint_key, sink, trail, progress).await
 }
 
 pub async fn verify(
