@@ -10,6 +10,8 @@ pub mod audit;
 pub mod audit_bundle;
 pub mod audit_verify;
 pub mod authz;
+#[cfg(feature = "testing")]
+pub mod bench;
 pub mod checkpoint;
 pub mod classification;
 pub mod clock;

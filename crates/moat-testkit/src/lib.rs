@@ -12,7 +12,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-pub mod bench;
+/// Benchmark helpers (percentiles, rows beside a baseline), shared with the store benches.
+pub use moat_core::bench;
 
 pub use reqwest;
 pub use serde_json;

@@ -8,7 +8,7 @@
 //! - search at that size: "queries by analyst X on table Y in the last 90 days" (columns), the
 //!   same with a full-text word, and a first page unfiltered as the baseline.
 //!
-//! `cargo bench -p moat-testkit --profile bench-fast --bench audit`
+//! `cargo bench -p moat-store --profile bench-fast --bench audit`
 //! Env: MOAT_BENCH_SECS (load duration, default 3), MOAT_BENCH_WRITERS (default 512),
 //! MOAT_BENCH_RECORDS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
 use moat_core::audit_verify::{EntryView, TrailVerifier};
+use moat_core::bench::Stats;
 use moat_core::ids::TenantId;
 use moat_core::tlog;
 use moat_store::audit_log::{AuditLog, AuditLogConfig, CheckpointKey, Checkpointer};
 use moat_store::sqlite::SqliteStore;
 use moat_store::{AuditStore, NewAuditEntry, Stores};
-use moat_testkit::bench::Stats;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -234,7 +234,7 @@ async fn main() {
 
     let leaf = tlog::leaf_hash(b"x");
     let proof = vec![[0u8; 32]; 20];
-    let v = moat_testkit::bench::measure(10_000, || {
+    let v = moat_core::bench::measure(10_000, || {
         let _ = std::hint::black_box(tlog::verify_inclusion(5, head.size, &leaf, &proof, &head.root));
     });
     println!("inclusion proof verification                   p50={:.2?}", v.p50);
