@@ -279,11 +279,23 @@ impl AuditKeys {
 
 /// HMAC-SHA256 of an entry under a trail key.
 pub fn hmac_with(trail_key: &[u8; 32], entry: &[u8]) -> [u8; 32] {
-    use aws_lc_rs::hmac;
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, trail_key), entry);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(tag.as_ref());
-    out
+    TrailMac::new(trail_key).tag(entry)
+}
+
+/// A trail key ready to tag many entries (the HMAC key schedule done once, not per record).
+pub struct TrailMac(aws_lc_rs::hmac::Key);
+
+impl TrailMac {
+    pub fn new(trail_key: &[u8; 32]) -> Self {
+        Self(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, trail_key))
+    }
+
+    pub fn tag(&self, entry: &[u8]) -> [u8; 32] {
+        let tag = aws_lc_rs::hmac::sign(&self.0, entry);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::audit::hmac_with;
+use crate::audit::TrailMac;
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::secret::ct_eq;
 use crate::tlog::{Frontier, Hash, leaf_hash};
@@ -63,7 +63,7 @@ struct Position<'a> {
 
 pub struct TrailVerifier {
     trail: String,
-    hmac_key: Option<[u8; 32]>,
+    hmac_key: Option<TrailMac>,
     frontier: Frontier,
     /// Checkpoint roots by size, signatures already verified.
     checkpoints: BTreeMap<u64, Hash>,
@@ -75,7 +75,7 @@ impl TrailVerifier {
     pub fn new(trail: &str, hmac_key: Option<[u8; 32]>) -> Self {
         Self {
             trail: trail.to_owned(),
-            hmac_key,
+            hmac_key: hmac_key.as_ref().map(TrailMac::new),
             frontier: Frontier::new(),
             checkpoints: BTreeMap::new(),
             checkpoints_checked: 0,
@@ -139,7 +139,7 @@ impl TrailVerifier {
         }
         if let Some(key) = &self.hmac_key {
             let Some(mac) = e.hmac else { return Err(Problem::at(e.seq, "no HMAC")) };
-            if !ct_eq(mac, &hmac_with(key, e.entry)) {
+            if !ct_eq(mac, &key.tag(e.entry)) {
                 return Err(Problem::at(e.seq, "HMAC does not match (written without the audit key)"));
             }
             self.hmacs_checked += 1;

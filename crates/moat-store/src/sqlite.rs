@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moat_core::apikey::{LAST_USED_GRANULARITY_S, StoredKey};
-use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, encode_entry};
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, TrailMac, encode_entry};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
@@ -1108,18 +1108,19 @@ impl AuditStore for SqliteStore {
             return Ok(vec![]);
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(audit_unavailable)?;
-        // Per trail: its number (search rowids) and its tree as it grows through the batch.
-        let mut trails: HashMap<String, (i64, Frontier)> = HashMap::new();
+        // Per trail: its number (search rowids), its tree as it grows through the batch, and its
+        // HMAC key (derived once per batch, not per record).
+        let mut trails: HashMap<String, (i64, Frontier, TrailMac)> = HashMap::new();
         let mut nodes: Vec<(String, NodeId, Hash)> = Vec::new();
         let mut rows = Vec::with_capacity(batch.len());
         let mut out = Vec::with_capacity(batch.len());
         for n in batch {
             let trail = platform_key(n.event.tenant_id);
             if !trails.contains_key(&trail) {
-                let state = trail_state(&mut tx, &trail).await?;
-                trails.insert(trail.clone(), state);
+                let (num, f) = trail_state(&mut tx, &trail).await?;
+                trails.insert(trail.clone(), (num, f, TrailMac::new(&keys.trail_key(&trail))));
             }
-            let Some((num, f)) = trails.get_mut(&trail) else { continue };
+            let Some((num, f, mac_key)) = trails.get_mut(&trail) else { continue };
             let e = &n.event;
             let actor = serde_json::to_value(&e.actor).map_err(|_| MoatError::internal("encode_actor"))?;
             let seq = f.size() as i64 + 1;
@@ -1139,7 +1140,7 @@ impl AuditStore for SqliteStore {
                 details: &e.details,
             });
             let leaf = leaf_hash(&entry);
-            let mac = keys.hmac(&trail, &entry);
+            let mac = mac_key.tag(&entry);
             f.append(leaf, |id, h| nodes.push((trail.clone(), id, h)));
             out.push(Appended { trail: trail.clone(), seq, leaf_hash: leaf });
             rows.push((trail, seq, n, actor.to_string(), entry, leaf, mac, search_rowid(*num, seq)));
@@ -1178,7 +1179,7 @@ impl AuditStore for SqliteStore {
             });
             q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
         }
-        for (trail, (_, f)) in &trails {
+        for (trail, (_, f, _)) in &trails {
             sqlx::query("UPDATE audit_trails SET size = ?, frontier = ? WHERE trail = ?")
                 .bind(f.size() as i64)
                 .bind(f.hashes().concat())
