@@ -360,6 +360,12 @@ async fn key(mut c: Client, cmd: KeyCmd, json_out: bool) -> CliResult {
     Ok(())
 }
 
+/// The line a failed verification prints, whichever way it ran.
+fn broken(first_bad_seq: Option<i64>, problem: Option<&str>) -> String {
+    let seq = first_bad_seq.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    format!("AUDIT TRAIL BROKEN at sequence {seq}: {}", problem.unwrap_or(""))
+}
+
 /// `moat audit verify --data-dir`: the store verified in place, every trail or one.
 async fn verify_store(dir: DataDir, trail: Option<String>, json_out: bool) -> CliResult {
     use moat_store::audit_log::{CheckpointSink, DirSink, verify_trail};
@@ -370,8 +376,7 @@ async fn verify_store(dir: DataDir, trail: Option<String>, json_out: bool) -> Cl
     let sink = cfg.publish_dir(&dir.root).map(DirSink::new);
     let trails = match trail.as_deref() {
         None => stores.audit.trail_heads().await?.into_iter().map(|(t, _)| t).collect(),
-        Some("platform") => vec!["platform".to_owned()],
-        Some(t) if moat_core::ids::TenantId::parse(t).is_some() => vec![t.to_owned()],
+        Some(t) if moat_core::audit::trail_tenant(t).is_some() => vec![t.to_owned()],
         Some(slug) => match stores.meta.tenant_by_slug(slug).await? {
             Some(t) => vec![t.id.to_string()],
             None => return Err(CliError::usage("unknown_trail", format!("--trail: no tenant {slug:?} (a slug, a tenant id or platform)"))),
@@ -399,11 +404,7 @@ async fn verify_store(dir: DataDir, trail: Option<String>, json_out: bool) -> Cl
                     rep["checked"], rep["hmacs_checked"], rep["checkpoints_checked"]
                 );
             } else {
-                println!(
-                    "{t}: AUDIT TRAIL BROKEN at sequence {}: {}",
-                    rep["first_bad_seq"].as_i64().map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                    rep["problem"].as_str().unwrap_or("")
-                );
+                println!("{t}: {}", broken(rep["first_bad_seq"].as_i64(), rep["problem"].as_str()));
             }
         }
     });
@@ -467,11 +468,7 @@ async fn verify_bundle_file(
                 r.root.as_deref().unwrap_or("-")
             );
         } else {
-            println!(
-                "AUDIT TRAIL BROKEN at sequence {}: {}",
-                r.first_bad_seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                r.problem.as_deref().unwrap_or("")
-            );
+            println!("{}", broken(r.first_bad_seq, r.problem.as_deref()));
         }
         if !r.key_pinned {
             eprintln!("warning: checked against the bundle's own key; pin the deployment's key with --key for a real audit");
@@ -556,11 +553,7 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
                         v["head"].as_str().unwrap_or("-")
                     );
                 } else {
-                    println!(
-                        "AUDIT TRAIL BROKEN at sequence {}: {}",
-                        v["first_bad_seq"].as_i64().map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                        v["problem"].as_str().unwrap_or("")
-                    );
+                    println!("{}", broken(v["first_bad_seq"].as_i64(), v["problem"].as_str()));
                 }
             });
             if !ok {

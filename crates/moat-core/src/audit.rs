@@ -127,6 +127,20 @@ impl AuditEvent {
     }
 }
 
+/// The trail of events outside any tenant (platform administration, Super Admin sign-ins).
+pub const PLATFORM_TRAIL: &str = "platform";
+
+/// The trail an event of `tenant` goes to: the tenant's id, or [`PLATFORM_TRAIL`].
+pub fn trail_name(tenant: Option<TenantId>) -> String {
+    tenant.map_or_else(|| PLATFORM_TRAIL.to_owned(), |t| t.to_string())
+}
+
+/// The tenant a trail name stands for (`Some(None)` for the platform trail); `None` if the name
+/// is neither.
+pub fn trail_tenant(trail: &str) -> Option<Option<TenantId>> {
+    if trail == PLATFORM_TRAIL { Some(None) } else { TenantId::parse(trail).map(Some) }
+}
+
 /// Version of the canonical entry encoding (the `"v"` field).
 pub const ENTRY_VERSION: u32 = 2;
 
@@ -335,6 +349,14 @@ mod tests {
         let mut again = Vec::new();
         canonical_json(&back, &mut again);
         assert_eq!(again, e);
+    }
+
+    #[test]
+    fn trail_names_round_trip() {
+        let t = TenantId::new();
+        assert_eq!(trail_tenant(&trail_name(Some(t))), Some(Some(t)));
+        assert_eq!(trail_tenant(&trail_name(None)), Some(None));
+        assert_eq!(trail_tenant("acme"), None, "a slug is not a trail name");
     }
 
     #[test]

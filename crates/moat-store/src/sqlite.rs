@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moat_core::apikey::{LAST_USED_GRANULARITY_S, StoredKey};
-use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, TrailMac, encode_entry};
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, TrailMac, encode_entry, trail_name, trail_tenant};
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
@@ -1115,7 +1115,7 @@ impl AuditStore for SqliteStore {
         let mut rows = Vec::with_capacity(batch.len());
         let mut out = Vec::with_capacity(batch.len());
         for n in batch {
-            let trail = platform_key(n.event.tenant_id);
+            let trail = trail_name(n.event.tenant_id);
             if !trails.contains_key(&trail) {
                 let (num, f) = trail_state(&mut tx, &trail).await?;
                 trails.insert(trail.clone(), (num, f, TrailMac::new(&keys.trail_key(&trail))));
@@ -1193,7 +1193,7 @@ impl AuditStore for SqliteStore {
     }
 
     async fn list(&self, trail: Option<TenantId>, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let trail = platform_key(trail);
+        let trail = trail_name(trail);
         let limit = i64::from(f.limit.clamp(1, 10_000));
         let after = f.after_seq.unwrap_or(0).max(0);
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT l.entry, l.leaf_hash FROM ");
@@ -1385,7 +1385,7 @@ impl SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-            let tenant = if trail == "platform" { None } else { Some(TenantId::parse(&trail).ok_or_else(|| corrupt("v1 audit trail"))?) };
+            let tenant = trail_tenant(&trail).ok_or_else(|| corrupt("v1 audit trail"))?;
             let mut batch = Vec::with_capacity(rows.len());
             for r in &rows {
                 let text = |c: &str| serde_json::Value::String(r.get::<String, _>(c));

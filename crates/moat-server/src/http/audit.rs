@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use futures::StreamExt;
 use moat_core::MoatError;
-use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
+use moat_core::audit::{Actor, AuditEvent, Category, Outcome, trail_name};
 use moat_core::tlog;
 use moat_store::audit_log::VerifyReport;
 use moat_store::{AuditFilter, AuditRecord};
@@ -99,11 +99,6 @@ pub async fn events(
     Ok(Json(EventPage { events, next_after }))
 }
 
-/// Trail name of a tenant (or the platform) in the log.
-pub fn trail_of(tenant: Option<moat_core::ids::TenantId>) -> String {
-    tenant.map_or_else(|| "platform".to_owned(), |t| t.to_string())
-}
-
 /// Verifies one trail of this server's store against its keys and published checkpoint.
 pub async fn verify_trail(st: &AppState, trail: &str, progress: impl FnMut(u64, u64)) -> moat_core::Result<VerifyReport> {
     let sink = st.checkpoint_sink.as_deref();
@@ -115,7 +110,7 @@ pub async fn verify(
     auth: Authorized<act::AuditVerify>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
-    let trail = trail_of(auth.tenant);
+    let trail = trail_name(auth.tenant);
     if !super::ndjson::wanted(&headers) {
         let r = verify_trail(&st, &trail, |_, _| {}).await?;
         record_verify(&st, &auth, &r).await?;
@@ -182,7 +177,7 @@ async fn latest_checkpoint(st: &AppState, trail: &str) -> moat_core::Result<moat
 
 /// `GET /v1/audit/checkpoint`: the latest signed checkpoint of the caller's trail.
 pub async fn checkpoint(State(st): State<Arc<AppState>>, auth: Authorized<act::AuditRead>) -> ApiResult<Json<CheckpointView>> {
-    let trail = trail_of(auth.tenant);
+    let trail = trail_name(auth.tenant);
     let cp = latest_checkpoint(&st, &trail).await?;
     Ok(Json(checkpoint_view(&st, &cp)?))
 }
@@ -233,7 +228,7 @@ pub async fn inclusion(
     auth: Authorized<act::AuditRead>,
     QueryParams(q): QueryParams<InclusionQuery>,
 ) -> ApiResult<Json<InclusionProofView>> {
-    let trail = trail_of(auth.tenant);
+    let trail = trail_name(auth.tenant);
     let cp = latest_checkpoint(&st, &trail).await?;
     if q.seq < 1 || q.seq as u64 > cp.size {
         return Err(MoatError::not_found(
@@ -275,7 +270,7 @@ pub async fn consistency(
     auth: Authorized<act::AuditRead>,
     QueryParams(q): QueryParams<ConsistencyQuery>,
 ) -> ApiResult<Json<ConsistencyProofView>> {
-    let trail = trail_of(auth.tenant);
+    let trail = trail_name(auth.tenant);
     let cp = match q.to {
         None => latest_checkpoint(&st, &trail).await?,
         Some(to) => st
@@ -309,7 +304,7 @@ enum ExportAt {
 /// signed checkpoints, records), streamed page by page, for offline verification.
 pub async fn export(State(st): State<Arc<AppState>>, auth: Authorized<act::AuditRead>) -> ApiResult<axum::response::Response> {
     use moat_core::audit_bundle::{BUNDLE_FORMAT, BundleCheckpoint, BundleHeader, BundleRecord};
-    let trail = trail_of(auth.tenant);
+    let trail = trail_name(auth.tenant);
     let verifier = st.checkpoint_key.verifier(&trail)?;
     // Recorded before the first byte leaves (an export that cannot be audited is refused), and
     // before the head is read: the bundle ends with its own export record.
