@@ -17,6 +17,10 @@ pub struct Cli {
     /// Act inside this tenant (Super Admin only; adds ?tenant=SLUG).
     #[arg(long = "in-tenant", global = true, value_name = "SLUG")]
     pub in_tenant: Option<String>,
+    /// Why you are doing this (e.g. a ticket); recorded with every audit record of the command
+    /// and shown in the admin-actions and exports reports.
+    #[arg(long, global = true, env = "MOAT_JUSTIFICATION", value_name = "TEXT")]
+    pub justification: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -340,6 +344,25 @@ pub enum AuditCmd {
     /// Verify the trail: every record's leaf hash and HMAC, the Merkle root, every signed
     /// checkpoint and the published one (progress bar). With --bundle: offline, on an export.
     Verify(VerifyArgs),
+    /// A report for auditors over a period: `access` (who read or wrote what, from where),
+    /// `admin` (changes, by whom, with their justification), `failed` (refused attempts per
+    /// actor and address, with attack patterns), `exports` (what left as a file).
+    Report {
+        /// access, admin, failed or exports.
+        kind: String,
+        /// Start (RFC 3339 or Unix ms; default 30 days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (default now).
+        #[arg(long)]
+        to: Option<String>,
+        /// table (default, on the terminal), csv, json or parquet (parquet needs --out).
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Write the report to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Download the trail as an export bundle (records, signed checkpoints, verifier key) for
     /// offline verification.
     Export {

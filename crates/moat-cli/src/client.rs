@@ -65,10 +65,20 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: Option<String>, in_tenant: Option<String>) -> Result<Self, CliError> {
+    /// A client of `server` (else the stored session's, else the default), acting in
+    /// `in_tenant` (Super Admin), stating `justification` on every request
+    /// (`X-Moat-Justification`, recorded in the audit trail).
+    pub fn new(server: Option<String>, in_tenant: Option<String>, justification: Option<&str>) -> Result<Self, CliError> {
         let session = load_session();
         let server = server.or_else(|| session.as_ref().map(|s| s.server.clone())).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(j) = justification.map(str::trim).filter(|j| !j.is_empty()) {
+            let v = reqwest::header::HeaderValue::from_bytes(j.as_bytes())
+                .map_err(|_| CliError::usage("invalid_justification", "--justification: must be printable text on one line"))?;
+            headers.insert("x-moat-justification", v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(std::time::Duration::from_secs(120))
             .user_agent(concat!("moat-cli/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -163,18 +173,14 @@ impl Client {
         self.session.as_ref().map(|s| s.access_token.clone()).ok_or_else(not_logged_in)
     }
 
-    /// A call whose answer is text (CSV results).
-    pub async fn call_text(&mut self, method: Method, path: &str, body: Value, accept: &str) -> Result<String, CliError> {
+    /// A call whose answer is text (CSV results and reports).
+    pub async fn call_text(&mut self, method: Method, path: &str, body: Option<Value>, accept: &str) -> Result<String, CliError> {
         let token = self.bearer().await?;
-        let resp = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(token)
-            .header(reqwest::header::ACCEPT, accept)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token).header(reqwest::header::ACCEPT, accept);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         if resp.status().is_success() {
             return resp.text().await.map_err(|e| CliError::runtime("bad_response", e.to_string()));
         }

@@ -71,6 +71,10 @@ fn read_password(from_stdin: bool, prompt: &str) -> Result<String, CliError> {
 
 pub async fn run(cli: Cli) -> CliResult {
     let json_out = cli.json;
+    let justification = cli.justification.clone();
+    let (server, in_tenant) = (cli.server.clone(), cli.in_tenant.clone());
+    // A client of the chosen server; `scoped` ones act in --in-tenant.
+    let client = |scoped: bool| Client::new(server.clone(), if scoped { in_tenant.clone() } else { None }, justification.as_deref());
     match cli.command {
         Command::Init { dir } => init(&DataDir::new(dir.data_dir), json_out).await,
         Command::Superadmin { cmd: SuperadminCmd::Create { email, password_stdin, dir } } => {
@@ -94,7 +98,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Demo { dir, http, pg } => demo(DataDir::new(dir.data_dir), Overrides { http, pg }).await,
         Command::Login { tenant, email, password_stdin } => {
             let pw = read_password(password_stdin, "Password: ")?;
-            let mut c = Client::new(cli.server, None)?;
+            let mut c = client(false)?;
             c.login(tenant.as_deref(), &email, &pw).await?;
             let me = c.call(Method::GET, "/v1/auth/whoami", None).await?;
             emit(json_out, &me, |v| {
@@ -109,7 +113,7 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Logout => {
-            let mut c = Client::new(cli.server, None)?;
+            let mut c = client(false)?;
             if c.session().is_some() {
                 // The server side may already be gone; the local session is removed regardless.
                 let _ = c.call(Method::POST, "/v1/auth/logout", None).await;
@@ -119,7 +123,7 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Whoami => {
-            let mut c = Client::new(cli.server, None)?;
+            let mut c = client(false)?;
             let v = c.call(Method::GET, "/v1/auth/whoami", None).await?;
             emit(json_out, &v, |v| {
                 let mut shown = v.clone();
@@ -128,9 +132,9 @@ pub async fn run(cli: Cli) -> CliResult {
             });
             Ok(())
         }
-        Command::Tenant { cmd } => tenant(Client::new(cli.server, None)?, cmd, json_out).await,
-        Command::User { cmd } => user(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
-        Command::Key { cmd } => key(Client::new(cli.server, None)?, cmd, json_out).await,
+        Command::Tenant { cmd } => tenant(client(false)?, cmd, json_out).await,
+        Command::User { cmd } => user(client(true)?, cmd, json_out).await,
+        Command::Key { cmd } => key(client(false)?, cmd, json_out).await,
         Command::Audit { cmd: AuditCmd::HmacKey { trail, dir } } => {
             let d = DataDir::new(dir.data_dir);
             let key = bootstrap::audit_keys(&d)?.trail_key(&trail);
@@ -145,18 +149,14 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Audit { cmd: AuditCmd::Verify(VerifyArgs { data_dir: Some(d), trail, .. }) } => {
             verify_store(DataDir::new(d), trail, json_out).await
         }
-        Command::Audit { cmd } => audit(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
-        Command::Query { sql, format } => {
-            query(Client::new(cli.server, cli.in_tenant)?, &sql, if json_out { "json" } else { &format }).await
-        }
-        Command::Table { cmd } => table(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
-        Command::Scan { table, dry_run, sample_rows } => {
-            scan(Client::new(cli.server, cli.in_tenant)?, table, dry_run, sample_rows, json_out).await
-        }
-        Command::View { cmd } => view(Client::new(cli.server, cli.in_tenant)?, cmd, json_out).await,
-        Command::Policy { cmd } => policy(Client::new(cli.server, cli.in_tenant)?, cmd).await,
+        Command::Audit { cmd } => audit(client(true)?, cmd, json_out).await,
+        Command::Query { sql, format } => query(client(true)?, &sql, if json_out { "json" } else { &format }).await,
+        Command::Table { cmd } => table(client(true)?, cmd, json_out).await,
+        Command::Scan { table, dry_run, sample_rows } => scan(client(true)?, table, dry_run, sample_rows, json_out).await,
+        Command::View { cmd } => view(client(true)?, cmd, json_out).await,
+        Command::Policy { cmd } => policy(client(true)?, cmd).await,
         Command::Classify { table, column, classification, pii, entity, mask } => {
-            let mut c = Client::new(cli.server, cli.in_tenant)?;
+            let mut c = client(true)?;
             let body = json!({"classification": classification, "pii": pii, "entity": entity, "mask": mask});
             let v = c.call(Method::PUT, &format!("/v1/tables/{}/columns/{}", urlencode(&table), urlencode(&column)), Some(body)).await?;
             emit(json_out, &v, |v| {
@@ -560,6 +560,7 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
                 return Err(CliError::runtime("audit_log_broken", "the audit trail failed verification"));
             }
         }
+        AuditCmd::Report { kind, from, to, format, out } => report(&mut c, &kind, from, to, &format, out, json_out).await?,
         AuditCmd::Checkpoint => {
             let v = c.call(Method::GET, "/v1/audit/checkpoint", None).await?;
             emit(json_out, &v, |v| {
@@ -593,6 +594,71 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
     Ok(())
 }
 
+/// The columns of a report shown on a terminal (the files have every column).
+fn report_columns(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "access" => &["actor", "role", "object", "reads", "writes", "denied", "rows_returned", "masked_columns", "last_at"],
+        "admin" => &["seq", "at", "actor", "action", "resource", "outcome", "justification"],
+        "failed" => &["actor", "source_ip", "attempts", "lockouts", "peak_10min", "pattern", "codes", "last_at"],
+        _ => &["seq", "at", "actor", "object", "format", "rows", "status", "justification"],
+    }
+}
+
+/// `moat audit report KIND`: a table on the terminal, or the server's CSV, JSON or Parquet on
+/// standard output or in a file.
+async fn report(
+    c: &mut Client,
+    kind: &str,
+    from: Option<String>,
+    to: Option<String>,
+    format: &str,
+    out: Option<std::path::PathBuf>,
+    json_out: bool,
+) -> CliResult {
+    let wire = match format {
+        "table" => "json",
+        "csv" | "json" | "parquet" => format,
+        other => return Err(CliError::usage("invalid_format", format!("--format {other:?}: use table, csv, json or parquet"))),
+    };
+    if wire == "parquet" && out.is_none() {
+        return Err(CliError::usage("output_required", "--format parquet writes a file: add --out FILE"));
+    }
+    let mut params = vec![format!("format={wire}")];
+    for (k, v) in [("from", from), ("to", to)] {
+        if let Some(v) = v {
+            params.push(format!("{k}={}", urlencode(&v)));
+        }
+    }
+    let path = format!("/v1/audit/reports/{}?{}", urlencode(kind), params.join("&"));
+    if let Some(out) = out {
+        let bytes = c.download(&path, &out, |_| {}).await?;
+        emit(json_out, &json!({"file": out, "bytes": bytes, "format": wire}), |_| {
+            println!("{kind} report written to {} ({bytes} bytes, {wire})", out.display())
+        });
+        return Ok(());
+    }
+    if wire == "csv" {
+        print!("{}", c.call_text(Method::GET, &path, None, "text/csv").await?);
+        return Ok(());
+    }
+    let v = c.call(Method::GET, &path, None).await?;
+    if json_out || format == "json" {
+        output::print_json(&v);
+        return Ok(());
+    }
+    let rows = v["rows"].as_array().map_or(&[][..], Vec::as_slice);
+    output::table(rows, report_columns(kind));
+    eprintln!(
+        "{} row(s) from {} records, {} to {}, trail through record {}; every column with --format csv, json or parquet",
+        rows.len(),
+        v["records_read"],
+        v["from"].as_str().unwrap_or("-"),
+        v["to"].as_str().unwrap_or("-"),
+        v["through_seq"]
+    );
+    Ok(())
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -608,7 +674,7 @@ async fn query(mut c: Client, sql: &str, format: &str) -> CliResult {
         other => return Err(CliError::usage("invalid_format", format!("--format {other:?}: use table, csv or json"))),
     }
     if format == "csv" {
-        let text = c.call_text(Method::POST, "/v1/query", json!({"sql": sql}), "text/csv").await?;
+        let text = c.call_text(Method::POST, "/v1/query", Some(json!({"sql": sql})), "text/csv").await?;
         print!("{text}");
         return Ok(());
     }

@@ -187,8 +187,25 @@ fn admin_flow_through_the_cli() {
         Some("Blue-Harbor-Anvil-7\n"),
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = moat(&["user", "set-role", "ana@acme.example", "viewer"], &env, None);
+    let o = moat(&["user", "set-role", "ana@acme.example", "viewer", "--justification", "ticket OPS-7"], &env, None);
     assert!(text(&o.stdout).contains("viewer"), "{}", text(&o.stderr));
+    // Reports: the justification shows in the admin report on the terminal and in every file.
+    let o = moat(&["audit", "report", "admin"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ticket OPS-7") && text(&o.stdout).contains("user.role_change"), "{}", text(&o.stdout));
+    assert!(text(&o.stderr).contains("row(s)"), "{}", text(&o.stderr));
+    let report_csv = tmp.path().join("admin.csv");
+    let o = moat(&["audit", "report", "admin", "--format", "csv", "--out", report_csv.to_str().unwrap()], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let csv = std::fs::read_to_string(&report_csv).unwrap();
+    assert!(csv.starts_with("seq,at,actor,") && csv.contains("ticket OPS-7"), "{csv}");
+    let report_pq = tmp.path().join("failed.parquet");
+    let o = moat(&["audit", "report", "failed", "--format", "parquet", "--out", report_pq.to_str().unwrap()], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(&std::fs::read(&report_pq).unwrap()[..4], b"PAR1");
+    assert_error(&moat(&["audit", "report", "failed", "--format", "parquet"], &env, None), 2, "output_required");
+    assert_error(&moat(&["audit", "report", "admin", "--format", "xml"], &env, None), 2, "invalid_format");
+    assert_error(&moat(&["audit", "report", "salaries"], &env, None), 1, "unknown_report");
     let o = moat(&["user", "disable", "ana@acme.example"], &env, None);
     assert!(text(&o.stdout).contains("disabled"));
     let o = moat(&["key", "create", "--name", "ci", "--scope", "user:read"], &env, None);

@@ -39,6 +39,9 @@ pub struct AuditConfig {
     pub queue: usize,
     /// Most events committed in one transaction.
     pub max_batch: usize,
+    /// Most rows one audit report may have; a larger one is refused (`report_too_large`, narrow
+    /// the period) rather than cut.
+    pub report_max_rows: usize,
 }
 
 impl Default for AuditConfig {
@@ -49,6 +52,7 @@ impl Default for AuditConfig {
             checkpoint_interval_ms: 500,
             queue: 16_384,
             max_batch: 4_096,
+            report_max_rows: 250_000,
         }
     }
 }
@@ -288,6 +292,9 @@ impl Config {
         if au.queue == 0 || au.max_batch == 0 || au.max_batch > 100_000 {
             return Err(config_error("audit.queue: queue and max_batch must be positive (max_batch at most 100000)"));
         }
+        if au.report_max_rows == 0 || au.report_max_rows > 10_000_000 {
+            return Err(config_error("audit.report_max_rows: must be between 1 and 10000000"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error("log.format: must be \"text\" or \"json\""));
         }
@@ -380,6 +387,7 @@ publish_dir = "{a_pub}"   # signed checkpoints; relative = inside the data dir; 
 checkpoint_interval_ms = {a_int}
 queue = {a_queue}
 max_batch = {a_batch}
+report_max_rows = {a_report}   # a larger report is refused, never cut
 
 [log]
 level = "{level}"
@@ -416,6 +424,7 @@ format = "{format}"   # text | json
         a_int = d.audit.checkpoint_interval_ms,
         a_queue = d.audit.queue,
         a_batch = d.audit.max_batch,
+        a_report = d.audit.report_max_rows,
         level = d.log.level,
         format = d.log.format,
     )

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod http;
 pub mod limiter;
 pub mod openapi;
+pub mod report;
 pub mod scan;
 pub mod state;
 pub mod tables;

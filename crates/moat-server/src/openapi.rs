@@ -251,6 +251,14 @@ pub fn routes() -> Vec<RouteDoc> {
         },
         RouteDoc {
             method: "get",
+            path: "/v1/audit/reports/{kind}",
+            summary: "An audit report (kind = access, admin, failed or exports) for a period (from, to; default the last 30 days) as format = json, csv or parquet",
+            permission: perm::<act::AuditRead>(),
+            request: None,
+            success: 200,
+        },
+        RouteDoc {
+            method: "get",
             path: "/v1/audit/proof/inclusion",
             summary: "RFC 9162 inclusion proof of record `seq` in the latest signed checkpoint",
             permission: perm::<act::AuditRead>(),

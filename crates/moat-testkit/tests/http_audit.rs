@@ -363,3 +363,238 @@ async fn an_unwritable_audit_store_refuses_requests_and_readyz_says_so() {
     let v = s.get("/v1/audit/verify", &admin).await;
     assert_eq!(v.body["ok"], true, "{:?}", v.body);
 }
+
+/// A GET with a stated justification; the raw response.
+async fn get_justified(s: &TestServer, path: &str, token: &str, why: &str) -> reqwest::Response {
+    s.http.get(format!("{}{path}", s.base)).bearer_auth(token).header("x-moat-justification", why).send().await.unwrap()
+}
+
+async fn report(s: &TestServer, kind: &str, token: &str) -> moat_testkit::Resp {
+    s.get(&format!("/v1/audit/reports/{kind}"), token).await
+}
+
+fn report_rows<'a>(r: &'a Value, key: &str, want: &str) -> Vec<&'a Value> {
+    r["rows"].as_array().unwrap().iter().filter(|row| row[key] == want).collect()
+}
+
+/// The four auditor reports over a tenant's real history, in every format: what they answer,
+/// that another tenant's history never shows, that stating a justification lands in them, and
+/// that reading them is itself recorded.
+#[tokio::test]
+async fn reports_answer_the_auditors_questions_for_the_callers_tenant_only() {
+    let s = TestServer::start().await;
+    let admin = s.tenant_with_admin("acme").await;
+    let other = s.tenant_with_admin("globex").await;
+    let csv = "id,name,email\n1,Ann Lee,ann@x.example\n2,Bob Ray,bob@y.example\n3,Cy Ho,cy@z.example\n";
+    assert!(s.put_csv("/v1/tables/customers", &admin, csv).await.status.is_success());
+    assert!(s.put_csv("/v1/tables/customers", &other, csv).await.status.is_success());
+    let (_, auditor) = s.user(&admin, "acme", "aud@acme.example", "auditor").await;
+    let (_, analyst) = s.user(&admin, "acme", "ana@acme.example", "editor").await;
+    let (_, viewer) = s.user(&admin, "acme", "vi@acme.example", "viewer").await;
+    let (_, rival) = s.user(&other, "globex", "ana@globex.example", "editor").await;
+
+    // An admin change with a justification; a justification that is too long is refused and
+    // nothing happens.
+    let create = |why: String| {
+        s.http
+            .post(format!("{}/v1/users", s.base))
+            .bearer_auth(&admin)
+            .header("x-moat-justification", why)
+            .json(&json!({"email": "hire@acme.example", "password": moat_testkit::PASSWORD, "role": "viewer"}))
+            .send()
+    };
+    let r = create("x".repeat(501)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_justification");
+    assert_eq!(create("JIRA-42 new hire".into()).await.unwrap().status(), 201);
+
+    // Reads: one JSON answer, one CSV export with a justification; globex reads too.
+    let json_answer = s.query(&analyst, "SELECT * FROM customers").await;
+    assert_eq!(json_answer.status, 200);
+    let masked: Vec<String> = json_answer.body["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["masking"] != "none")
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    let exported = s
+        .http
+        .post(format!("{}/v1/query", s.base))
+        .bearer_auth(&analyst)
+        .header("accept", "text/csv")
+        .header("x-moat-justification", "board pack")
+        .json(&json!({"sql": "SELECT id, name FROM customers"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(exported.status(), 200);
+    assert_eq!(exported.text().await.unwrap().lines().count(), 4);
+    assert_eq!(s.query(&rival, "SELECT * FROM customers").await.status, 200);
+
+    // Failures: twelve wrong passwords for the analyst (locked after five), a viewer knocking
+    // on admin endpoints, and globex failures that acme's report must not show.
+    for _ in 0..12 {
+        assert!(s.login_raw(Some("acme"), "ana@acme.example", "wrong-password").await.status.is_client_error());
+        s.login_raw(Some("globex"), "ana@globex.example", "wrong-password").await;
+    }
+    for _ in 0..5 {
+        assert_eq!(s.get("/v1/users", &viewer).await.status, 403);
+    }
+
+    // access: streamed rows arrive with the query's end record, written as the stream ends.
+    let mut access = Value::Null;
+    for _ in 0..50 {
+        access = report(&s, "access", &auditor).await.body;
+        let ana = report_rows(&access, "actor", "ana@acme.example");
+        if ana.iter().any(|r| r["object"] == "customers" && r["rows_returned"] == 6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ana: Vec<_> = report_rows(&access, "actor", "ana@acme.example").into_iter().filter(|r| r["object"] == "customers").collect();
+    assert_eq!(ana.len(), 1, "{access}");
+    assert_eq!(ana[0]["reads"], 2, "{access}");
+    assert_eq!(ana[0]["rows_returned"], 6, "{access}");
+    assert_eq!(ana[0]["role"], "editor");
+    assert_eq!(ana[0]["source_ips"], "127.0.0.1");
+    let mut listed: Vec<&str> = ana[0]["masked_columns"].as_str().unwrap().split(',').filter(|c| !c.is_empty()).collect();
+    listed.sort_unstable();
+    let mut want: Vec<&str> = masked.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(listed, want, "the columns the analyst saw masked");
+    let admin_writes = report_rows(&access, "actor", "admin@acme.example");
+    assert!(admin_writes.iter().any(|r| r["object"] == "customers" && r["writes"] == 1), "{access}");
+    assert!(!access.to_string().contains("globex"), "another tenant's access in acme's report: {access}");
+    assert!(access["through_seq"].as_i64().unwrap() > 0);
+
+    // admin: the change with its justification, apart from the details.
+    let admin_report = report(&s, "admin", &auditor).await.body;
+    let hires: Vec<_> =
+        report_rows(&admin_report, "action", "user.create").into_iter().filter(|r| r["justification"] == "JIRA-42 new hire").collect();
+    assert_eq!(hires.len(), 1, "{admin_report}");
+    assert_eq!(hires[0]["actor"], "admin@acme.example");
+    assert!(!hires[0]["details"].as_str().unwrap().contains("JIRA"), "{admin_report}");
+    assert!(!admin_report.to_string().contains("globex"), "{admin_report}");
+
+    // failed: the guessing is named, the knocking too; globex's is not there.
+    let failed = report(&s, "failed", &auditor).await.body;
+    let guessed = report_rows(&failed, "actor", "ana@acme.example");
+    assert_eq!(guessed.len(), 1, "{failed}");
+    assert_eq!(guessed[0]["attempts"], 12, "{failed}");
+    assert_eq!(guessed[0]["lockouts"], 1, "{failed}");
+    let pattern = guessed[0]["pattern"].as_str().unwrap();
+    assert!(pattern.contains("brute_force") && pattern.contains("lockout"), "{failed}");
+    let knocks = report_rows(&failed, "actor", "vi@acme.example");
+    assert_eq!(knocks[0]["denials"], 5, "{failed}");
+    assert!(knocks[0]["pattern"].as_str().unwrap().contains("privilege_probing"), "{failed}");
+    assert!(!failed.to_string().contains("globex"), "{failed}");
+
+    // exports: the CSV result with its justification and size; the reports read so far.
+    let exports = report(&s, "exports", &auditor).await.body;
+    let files = report_rows(&exports, "format", "csv");
+    assert_eq!(files.len(), 1, "{exports}");
+    assert_eq!((&files[0]["rows"], &files[0]["status"], &files[0]["justification"]), (&json!(3), &json!("complete"), &json!("board pack")));
+    assert_eq!(files[0]["actor"], "ana@acme.example");
+    assert!(report_rows(&exports, "action", "audit.report").len() >= 3, "reports are exports too: {exports}");
+
+    // CSV and Parquet: the same rows as JSON, with the coverage stated.
+    let period = format!("from={}", access["from"].as_str().unwrap()).replace(':', "%3A");
+    let json_rows = s.get(&format!("/v1/audit/reports/admin?{period}"), &auditor).await.body["rows"].as_array().unwrap().len();
+    let r = get_justified(&s, &format!("/v1/audit/reports/admin?format=csv&{period}"), &auditor, "SOC 2 fieldwork").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = r.text().await.unwrap();
+    assert!(text.starts_with("seq,at,actor,role,super_admin,action,resource,outcome,source_ip,justification,details\n"), "{text}");
+    assert!(text.contains("JIRA-42 new hire"), "{text}");
+    let r = s.http.get(format!("{}/v1/audit/reports/admin?format=parquet&{period}", s.base)).bearer_auth(&auditor).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/vnd.apache.parquet");
+    let through = r.headers()["x-moat-report-through-seq"].to_str().unwrap().to_owned();
+    let pq = r.bytes().await.unwrap();
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq).unwrap();
+    let kv = reader.metadata().file_metadata().key_value_metadata().unwrap().clone();
+    assert!(kv.iter().any(|k| k.key == "moat.through_seq" && k.value.as_deref() == Some(through.as_str())), "{kv:?}");
+    let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, json_rows);
+
+    // Bad requests are named; a viewer is refused (and that is recorded); the Super Admin
+    // reads acme's only when naming it.
+    assert_eq!(s.get("/v1/audit/reports/salaries", &auditor).await.code(), "unknown_report");
+    assert_eq!(s.get("/v1/audit/reports/admin?format=xml", &auditor).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/reports/admin?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", &auditor).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/reports/admin?from=yesterday", &auditor).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/reports/admin?colour=red", &auditor).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/reports/admin", &viewer).await.status, 403);
+    assert_eq!(s.get("/v1/audit/reports/admin", &rival).await.status, 403);
+    let sa = s.super_admin().await;
+    assert_eq!(s.get("/v1/audit/reports/admin", &sa).await.code(), "tenant_required");
+    let theirs = s.get("/v1/audit/reports/admin?tenant=acme", &sa).await;
+    assert!(theirs.body.to_string().contains("JIRA-42"), "{:?}", theirs.body);
+
+    // Every report read is in the trail, with its justification when one was given.
+    let trail = s.audit_of(Some("acme")).await;
+    let reads: Vec<_> = trail.iter().filter(|r| r.action == "audit.report").collect();
+    assert!(reads.len() >= 8, "{}", reads.len());
+    assert!(reads.iter().any(|r| r.details["format"] == "csv" && r.details["justification"] == "SOC 2 fieldwork"));
+    assert!(reads.iter().any(|r| r.actor["super_admin"] == true));
+    let denied: Vec<_> = trail.iter().filter(|r| r.action == "authz.denied").map(|r| r.resource.clone()).collect();
+    assert!(denied.contains(&Some("GET /v1/audit/reports/admin".into())), "{denied:?}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// An operator (or an attacker with the backups) puts an old, internally consistent copy of the
+/// store back: every record, node, trail head and stored checkpoint agrees with every other, so
+/// only a checkpoint kept outside the database can tell — and it does, naming the first record
+/// the restored store lost.
+#[tokio::test]
+async fn a_restored_old_backup_is_named_by_the_published_checkpoint() {
+    use moat_store::audit_log::{CheckpointSink, DirSink, verify_trail};
+    let s = TestServer::start().await;
+    let admin = history(&s).await;
+    checkpointed(&s, &admin).await;
+    let data = s.dir.path().join("data");
+    let backup = s.dir.path().join("backup.db");
+    let pool = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("moat.db"))).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM INTO '{}'", backup.display()))).execute(&pool).await.unwrap();
+    pool.close().await;
+    for i in 0..3 {
+        s.user(&admin, "acme", &format!("late{i}@acme.example"), "viewer").await;
+    }
+    let published = checkpointed(&s, &admin).await;
+
+    // The data dir as it is now (keys, published checkpoints), the old store put back.
+    let restored = tempfile::tempdir().unwrap();
+    let dir = moat_server::config::DataDir::new(restored.path().join("data"));
+    copy_dir(&data, &dir.root);
+    for stale in ["moat.db-wal", "moat.db-shm"] {
+        let _ = std::fs::remove_file(dir.root.join(stale));
+    }
+    std::fs::copy(&backup, dir.root.join("moat.db")).unwrap();
+    let cfg = moat_server::bootstrap::load_config(&dir).unwrap();
+    let stores = moat_store::open(&cfg.store_url(&dir.root)).await.unwrap();
+    let keys = moat_server::bootstrap::audit_keys(&dir).unwrap();
+    let checkpoint_key = moat_server::bootstrap::checkpoint_key(&dir, &cfg).unwrap();
+    let trail = published["trail"].as_str().unwrap();
+    let head = stores.audit.trail_head(trail).await.unwrap();
+    assert!(head.size < published["size"].as_u64().unwrap(), "the backup is older than the published checkpoint");
+
+    // By itself the restored store is consistent: that is what makes a backup dangerous.
+    let alone = verify_trail(&*stores.audit, &keys, &checkpoint_key, None, trail, |_, _| {}).await.unwrap();
+    assert!(alone.ok, "{alone:?}");
+    // Against the published checkpoint it is not.
+    let sink = cfg.publish_dir(&dir.root).map(DirSink::new).unwrap();
+    let r = verify_trail(&*stores.audit, &keys, &checkpoint_key, Some(&sink as &dyn CheckpointSink), trail, |_, _| {}).await.unwrap();
+    let v = serde_json::to_value(&r).unwrap();
+    assert_broken(&v, Some(head.size as i64 + 1), "removed from the end");
+}

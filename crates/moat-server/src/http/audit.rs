@@ -290,6 +290,100 @@ pub async fn consistency(
     Ok(Json(ConsistencyProofView { from: q.from, to: cp.size, proof, checkpoint: checkpoint_view(&st, &cp)? }))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// Start of the period (RFC 3339 or Unix milliseconds; default: 30 days before `to`).
+    pub from: Option<String>,
+    /// End of the period, exclusive (default: everything recorded so far).
+    pub to: Option<String>,
+    /// json (default), csv or parquet.
+    pub format: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Default report period.
+const REPORT_DEFAULT_PERIOD_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Records read per page while building a report.
+const REPORT_PAGE: u32 = 10_000;
+
+/// `GET /v1/audit/reports/{access|admin|failed|exports}?from&to&format=json|csv|parquet`: a
+/// report over the caller's trail for a period, covering records up to the trail's size when it
+/// was asked for (`through_seq`). Recorded (`audit.report`) before it is released.
+pub async fn report(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::AuditRead>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    QueryParams(q): QueryParams<ReportQuery>,
+) -> ApiResult<axum::response::Response> {
+    use crate::report::{ReportBuilder, ReportFormat, ReportKind, ReportMeta};
+    let kind = ReportKind::parse(&kind)
+        .ok_or_else(|| MoatError::not_found("unknown_report", format!("no report {kind:?}; one of access, admin, failed, exports")))?;
+    let format = q.format.as_deref().unwrap_or("json");
+    let format = ReportFormat::parse(format)
+        .ok_or_else(|| MoatError::bad_request("invalid_query", format!("format: {format:?} is not one of json, csv, parquet")))?;
+    let now = crate::state::now_ms(&*st.clock);
+    // Without `to`, everything up to the trail's size now (`through_seq`), whatever its stamp.
+    let to_given = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+    let to_ms = to_given.unwrap_or(now);
+    let from_ms = q.from.as_deref().map(|v| parse_time("from", v)).transpose()?.unwrap_or(to_ms - REPORT_DEFAULT_PERIOD_MS);
+    if from_ms >= to_ms {
+        return Err(MoatError::bad_request("invalid_query", "from: must be before to").into());
+    }
+    let trail = trail_name(auth.tenant);
+    let through_seq = st.stores.audit.trail_head(&trail).await?.size as i64;
+    let mut builder = ReportBuilder::new(kind, st.config.audit.report_max_rows);
+    let mut filter = AuditFilter {
+        category: kind.category().map(str::to_owned),
+        from_ms: Some(from_ms),
+        to_ms: to_given,
+        limit: REPORT_PAGE,
+        after_seq: Some(0),
+        ..AuditFilter::default()
+    };
+    'pages: loop {
+        let page = st.stores.audit.list(auth.tenant, &filter).await?;
+        for r in &page {
+            if r.seq > through_seq {
+                break 'pages;
+            }
+            builder.add(r)?;
+        }
+        match page.last() {
+            Some(last) if page.len() == REPORT_PAGE as usize => filter.after_seq = Some(last.seq),
+            _ => break,
+        }
+    }
+    let meta = ReportMeta { kind, trail, from_ms, to_ms, generated_at_ms: now, through_seq, records_read: builder.records() };
+    let rows = builder.finish();
+    let body = match format {
+        ReportFormat::Json => {
+            serde_json::to_vec(&crate::report::to_json(&meta, &rows)).map_err(|_| MoatError::internal("report_encoding"))?
+        }
+        ReportFormat::Csv => crate::report::to_csv(&meta, &rows)?,
+        ReportFormat::Parquet => crate::report::to_parquet(&meta, &rows)?,
+    };
+    // Durable before the report leaves.
+    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.report", Actor::of(&auth.principal), Outcome::Success)
+        .resource(format!("audit:report:{}", kind.as_str()))
+        .details(serde_json::json!({
+            "report": kind.as_str(), "format": format.as_str(), "from": crate::report::rfc3339_ms(from_ms),
+            "to": crate::report::rfc3339_ms(to_ms), "through_seq": through_seq, "rows": rows.len(), "bytes": body.len()
+        }));
+    st.record(&auth.client, e).await?;
+    let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(format.content_type()));
+    let name = format!("attachment; filename=\"audit-{}-{}.{}\"", kind.as_str(), meta.through_seq, format.as_str());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&name) {
+        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&through_seq.to_string()) {
+        h.insert("x-moat-report-through-seq", v);
+    }
+    Ok(resp)
+}
+
 /// Records per page of an export.
 const EXPORT_PAGE: u32 = 10_000;
 

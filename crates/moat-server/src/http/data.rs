@@ -509,6 +509,15 @@ impl ResultFormat {
             Self::Json
         }
     }
+
+    /// As audit records name it (`details.format`); `csv` and `arrow` are exports.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Csv => "csv",
+            Self::Arrow => "arrow",
+        }
+    }
 }
 
 /// Encodes batches of a streamed result, chunk by chunk.
@@ -632,8 +641,8 @@ fn server_timing(catalog: Duration, plan: Duration, planning: PlanTimings, exec:
 }
 
 /// What an audit record of a query says, whatever its outcome.
-fn query_details(query_id: &str, sql: &str, q: Option<&QueryStream>) -> Value {
-    let mut d = json!({"query_id": query_id, "sql": sql});
+fn query_details(query_id: &str, sql: &str, format: ResultFormat, q: Option<&QueryStream>) -> Value {
+    let mut d = json!({"query_id": query_id, "sql": sql, "format": format.as_str()});
     if let Some(q) = q {
         d["tables"] = json!(q.tables_read);
         d["columns"] = json!(q.columns_read);
@@ -679,12 +688,12 @@ pub async fn query(
     let mut stream = match st.engine.start(&auth.principal, tenant, Catalog { tables: &sources, views: &views }, &policy, &req.sql).await {
         Ok(s) => s,
         Err(e) => {
-            st.record(&auth.client, refused(query_details(&query_id, &req.sql, None), &e)).await?;
+            st.record(&auth.client, refused(query_details(&query_id, &req.sql, format, None), &e)).await?;
             return Err(e.into());
         }
     };
     let planned_at = started.elapsed();
-    let mut details = query_details(&query_id, &req.sql, Some(&stream));
+    let mut details = query_details(&query_id, &req.sql, format, Some(&stream));
     let planning = stream.planning;
 
     if format == ResultFormat::Json {

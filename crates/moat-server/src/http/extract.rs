@@ -26,20 +26,63 @@ pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// Why the caller is doing this (`X-Moat-Justification`), recorded in `details.justification`
+    /// of every audit record of the request; the admin-actions report shows it.
+    pub justification: Option<String>,
+}
+
+/// The header a caller states a business justification in.
+pub const JUSTIFICATION_HEADER: &str = "x-moat-justification";
+/// Longest justification accepted, in characters.
+pub const MAX_JUSTIFICATION_CHARS: usize = 500;
+
+/// A justification as given: UTF-8 text of printable characters, at most
+/// [`MAX_JUSTIFICATION_CHARS`]; blank is absent.
+pub fn parse_justification(raw: &[u8]) -> Result<Option<String>, MoatError> {
+    let bad = || {
+        MoatError::bad_request(
+            "invalid_justification",
+            format!("{JUSTIFICATION_HEADER}: must be UTF-8 text of at most {MAX_JUSTIFICATION_CHARS} printable characters"),
+        )
+    };
+    let text = std::str::from_utf8(raw).map_err(|_| bad())?.trim();
+    if text.chars().count() > MAX_JUSTIFICATION_CHARS || text.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
 impl ClientInfo {
-    pub fn from_parts(parts: &Parts) -> Self {
+    pub fn from_parts(parts: &Parts) -> Result<Self, MoatError> {
         let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
         let header_str = |name| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>());
-        Self { ip, user_agent: header_str(header::USER_AGENT), request_id: header_str(header::HeaderName::from_static("x-request-id")) }
+        let justification = match parts.headers.get(JUSTIFICATION_HEADER) {
+            Some(v) => parse_justification(v.as_bytes())?,
+            None => None,
+        };
+        Ok(Self {
+            ip,
+            user_agent: header_str(header::USER_AGENT),
+            request_id: header_str(header::HeaderName::from_static("x-request-id")),
+            justification,
+        })
     }
 
-    /// Stamps an event with where it came from.
+    /// Stamps an event with where it came from and why.
     pub fn stamp(&self, mut e: AuditEvent) -> AuditEvent {
         e.source_ip = self.ip.clone();
         e.user_agent = self.user_agent.clone();
         e.request_id = self.request_id.clone();
+        if let Some(j) = &self.justification {
+            let why = serde_json::Value::String(j.clone());
+            match &mut e.details {
+                serde_json::Value::Object(m) => {
+                    m.insert("justification".into(), why);
+                }
+                serde_json::Value::Null => e.details = serde_json::json!({ "justification": why }),
+                other => e.details = serde_json::json!({ "value": other.take(), "justification": why }),
+            }
+        }
         e
     }
 }
@@ -47,7 +90,7 @@ impl ClientInfo {
 impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self::from_parts(parts))
+        Ok(Self::from_parts(parts)?)
     }
 }
 
@@ -225,7 +268,7 @@ struct TenantParam {
 impl<A: Action> FromRequestParts<Arc<AppState>> for Authorized<A> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let client = ClientInfo::from_parts(parts);
+        let client = ClientInfo::from_parts(parts)?;
         let principal = authenticate(state, parts).await?;
         let param = parts.uri.query().and_then(serde_urlencoded_tenant).map(|t| t.to_ascii_lowercase());
         let tenant = resolve_tenant(state, &principal, A::TARGET, param.as_deref()).await?;

@@ -66,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/audit/verify", get(audit::verify))
         .route("/audit/checkpoint", get(audit::checkpoint))
         .route("/audit/export", get(audit::export))
+        .route("/audit/reports/{kind}", get(audit::report))
         .route("/audit/proof/inclusion", get(audit::inclusion))
         .route("/audit/proof/consistency", get(audit::consistency))
         .route("/openapi.json", get(meta::openapi));
