@@ -363,6 +363,19 @@ pub enum AuditCmd {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// Print the trail's records after a sequence number, one per line (with --json, the
+    /// records as NDJSON, for a SIEM forwarder); --follow keeps printing new ones as they are
+    /// committed. Resume with --after = the last seq you processed.
+    Tail {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Only this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// Keep the stream open.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Download the trail as an export bundle (records, signed checkpoints, verifier key) for
     /// offline verification.
     Export {

@@ -260,6 +260,38 @@ impl Client {
         }
     }
 
+    /// A GET answered with NDJSON lines for as long as the server sends them: each line goes to
+    /// `on_line` as it arrives.
+    pub async fn stream_lines(&mut self, path: &str, mut on_line: impl FnMut(&Value)) -> Result<(), CliError> {
+        use futures::StreamExt;
+        let token = self.bearer().await?;
+        // No overall deadline: a followed stream is meant to stay open.
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .timeout(std::time::Duration::from_secs(365 * 24 * 3600))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return ok_json(resp).await.map(|_| ());
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| CliError::runtime("bad_response", format!("the stream broke off: {e}")))?;
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let v: Value = serde_json::from_slice(&line)
+                    .map_err(|_| CliError::runtime("bad_response", "the server sent a line that is not JSON"))?;
+                on_line(&v);
+            }
+        }
+        Ok(())
+    }
+
     /// Streams a CSV or Parquet file (told apart by Parquet's `PAR1` magic) as a table upload,
     /// with a progress bar on a terminal.
     pub async fn upload_table(&mut self, path: &str, file: &std::path::Path, progress: bool) -> Result<Value, CliError> {

@@ -561,6 +561,31 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
             }
         }
         AuditCmd::Report { kind, from, to, format, out } => report(&mut c, &kind, from, to, &format, out, json_out).await?,
+        AuditCmd::Tail { after, category, follow } => {
+            let mut path = format!("/v1/audit/stream?after={after}&follow={follow}");
+            if let Some(c) = category {
+                path.push_str(&format!("&category={}", urlencode(&c)));
+            }
+            c.stream_lines(&path, |v| {
+                if v.get("heartbeat").is_some() {
+                    return;
+                }
+                if json_out {
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{:>8}  {}  {:<22} {:<8} {:<28} {}",
+                        v["seq"].as_i64().unwrap_or(0),
+                        moat_server::report::rfc3339_ms(v["ts_ms"].as_i64().unwrap_or(0)),
+                        v["action"].as_str().unwrap_or("-"),
+                        v["outcome"].as_str().unwrap_or("-"),
+                        v["actor"]["email"].as_str().or_else(|| v["actor"]["via"].as_str()).unwrap_or("-"),
+                        v["resource"].as_str().unwrap_or("-"),
+                    );
+                }
+            })
+            .await?;
+        }
         AuditCmd::Checkpoint => {
             let v = c.call(Method::GET, "/v1/audit/checkpoint", None).await?;
             emit(json_out, &v, |v| {

@@ -206,6 +206,15 @@ fn admin_flow_through_the_cli() {
     assert_error(&moat(&["audit", "report", "failed", "--format", "parquet"], &env, None), 2, "output_required");
     assert_error(&moat(&["audit", "report", "admin", "--format", "xml"], &env, None), 2, "invalid_format");
     assert_error(&moat(&["audit", "report", "salaries"], &env, None), 1, "unknown_report");
+    // The trail as NDJSON for a forwarder, resumable by seq.
+    let o = moat(&["--json", "audit", "tail", "--after", "1"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let seqs: Vec<i64> =
+        text(&o.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs.first(), Some(&2));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let o = moat(&["audit", "tail", "--category", "admin"], &env, None);
+    assert!(text(&o.stdout).contains("user.role_change"), "{}", text(&o.stdout));
     let o = moat(&["user", "disable", "ana@acme.example"], &env, None);
     assert!(text(&o.stdout).contains("disabled"));
     let o = moat(&["key", "create", "--name", "ci", "--scope", "user:read"], &env, None);

@@ -42,6 +42,8 @@ pub struct AuditConfig {
     /// Most rows one audit report may have; a larger one is refused (`report_too_large`, narrow
     /// the period) rather than cut.
     pub report_max_rows: usize,
+    /// Live audit streams (`/v1/audit/stream?follow=true`) one tenant may hold open.
+    pub max_streams_per_tenant: usize,
 }
 
 impl Default for AuditConfig {
@@ -53,6 +55,7 @@ impl Default for AuditConfig {
             queue: 16_384,
             max_batch: 4_096,
             report_max_rows: 250_000,
+            max_streams_per_tenant: 8,
         }
     }
 }
@@ -292,6 +295,9 @@ impl Config {
         if au.queue == 0 || au.max_batch == 0 || au.max_batch > 100_000 {
             return Err(config_error("audit.queue: queue and max_batch must be positive (max_batch at most 100000)"));
         }
+        if au.max_streams_per_tenant == 0 || au.max_streams_per_tenant > 1_000 {
+            return Err(config_error("audit.max_streams_per_tenant: must be between 1 and 1000"));
+        }
         if au.report_max_rows == 0 || au.report_max_rows > 10_000_000 {
             return Err(config_error("audit.report_max_rows: must be between 1 and 10000000"));
         }
@@ -388,6 +394,7 @@ checkpoint_interval_ms = {a_int}
 queue = {a_queue}
 max_batch = {a_batch}
 report_max_rows = {a_report}   # a larger report is refused, never cut
+max_streams_per_tenant = {a_streams}   # live audit streams (SIEM forwarders) per tenant
 
 [log]
 level = "{level}"
@@ -425,6 +432,7 @@ format = "{format}"   # text | json
         a_queue = d.audit.queue,
         a_batch = d.audit.max_batch,
         a_report = d.audit.report_max_rows,
+        a_streams = d.audit.max_streams_per_tenant,
         level = d.log.level,
         format = d.log.format,
     )

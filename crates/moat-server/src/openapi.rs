@@ -259,6 +259,14 @@ pub fn routes() -> Vec<RouteDoc> {
         },
         RouteDoc {
             method: "get",
+            path: "/v1/audit/stream",
+            summary: "The trail's records after seq `after` as NDJSON (optional `category`); `follow=true` stays open for new records (heartbeat lines after 15 s of quiet); at least once, resume by seq",
+            permission: perm::<act::AuditRead>(),
+            request: None,
+            success: 200,
+        },
+        RouteDoc {
+            method: "get",
             path: "/v1/audit/proof/inclusion",
             summary: "RFC 9162 inclusion proof of record `seq` in the latest signed checkpoint",
             permission: perm::<act::AuditRead>(),

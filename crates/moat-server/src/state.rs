@@ -43,6 +43,47 @@ pub struct AppState {
     pub checkpoint_key: CheckpointKey,
     /// Where checkpoints are published, if anywhere.
     pub checkpoint_sink: Option<Arc<dyn CheckpointSink>>,
+    /// Cancelled when the server begins to shut down: long-lived answers (live audit streams)
+    /// end so that graceful shutdown does not wait for them.
+    pub closing: tokio_util::sync::CancellationToken,
+    /// Live audit streams open per tenant (`audit.max_streams_per_tenant`).
+    pub streams: StreamSlots,
+}
+
+/// Counts live streams per tenant; a slot is given back when its guard drops.
+#[derive(Debug, Default, Clone)]
+pub struct StreamSlots(Arc<std::sync::Mutex<std::collections::HashMap<moat_core::ids::TenantId, usize>>>);
+
+/// One open stream's slot.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: StreamSlots,
+    tenant: moat_core::ids::TenantId,
+}
+
+impl StreamSlots {
+    /// A slot for `tenant` if fewer than `max` are open.
+    pub fn take(&self, tenant: moat_core::ids::TenantId, max: usize) -> Option<StreamSlot> {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(tenant).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { slots: self.clone(), tenant })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -96,6 +137,8 @@ impl AppState {
             audit_keys,
             checkpoint_key,
             checkpoint_sink,
+            closing: tokio_util::sync::CancellationToken::new(),
+            streams: StreamSlots::default(),
         })
     }
 

@@ -25,7 +25,7 @@ use moat_core::audit_verify::{EntryView, Problem, TrailVerifier};
 use moat_core::checkpoint::{Checkpoint, NoteSigner, NoteVerifier};
 use moat_core::{MoatError, Result};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::{Appended, AuditStore, CheckpointRecord, NewAuditEntry, StoredEntry};
 
@@ -62,7 +62,21 @@ struct Shared {
     /// Signalled after each successful commit; one listener (the checkpointer), which finds a
     /// stored permit if a commit happened while it was busy.
     grew: Notify,
+    /// After each commit, every trail it grew with its new last seq: the in-process event bus
+    /// that live readers (`/v1/audit/stream`) wake on. Sent only while someone listens.
+    committed_to: Option<broadcast::Sender<Arc<[TrailGrew]>>>,
 }
+
+/// A trail's last sequence number after a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailGrew {
+    pub trail: String,
+    pub seq: i64,
+}
+
+/// Commits a slow live reader may fall behind before it skips notices (it then re-reads the
+/// store, so nothing is lost).
+const BUS_CAPACITY: usize = 1024;
 
 /// Handle to the writer; cheap to clone.
 #[derive(Clone)]
@@ -76,7 +90,8 @@ impl AuditLog {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Arc<dyn AuditStore>, keys: AuditKeys, cfg: AuditLogConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let shared = Arc::new(Shared { healthy: AtomicBool::new(true), ..Shared::default() });
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        let shared = Arc::new(Shared { healthy: AtomicBool::new(true), committed_to: Some(bus), ..Shared::default() });
         tokio::spawn(run(store, keys, rx, shared.clone(), cfg.max_batch.max(1)));
         Self { tx, shared, timeout: cfg.enqueue_timeout }
     }
@@ -106,6 +121,16 @@ impl AuditLog {
         (self.shared.committed.load(Ordering::Relaxed), self.shared.batches.load(Ordering::Relaxed))
     }
 
+    /// Notices of committed records, per commit: which trails grew to which seq. A notice says
+    /// where to read, never what: readers fetch the records from the store (at least once; a
+    /// lagging receiver just reads again).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[TrailGrew]>> {
+        match &self.shared.committed_to {
+            Some(bus) => bus.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
     /// Resolves once a commit has happened since the last call (one listener only).
     pub async fn grown(&self) {
         self.shared.grew.notified().await;
@@ -133,6 +158,15 @@ async fn run(store: Arc<dyn AuditStore>, keys: AuditKeys, mut rx: mpsc::Receiver
                 shared.committed.fetch_add(records.len() as u64, Ordering::Relaxed);
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 shared.grew.notify_one();
+                if let Some(bus) = shared.committed_to.as_ref().filter(|b| b.receiver_count() > 0) {
+                    let mut last: HashMap<&str, i64> = HashMap::new();
+                    for r in &records {
+                        let s = last.entry(r.trail.as_str()).or_insert(r.seq);
+                        *s = (*s).max(r.seq);
+                    }
+                    let grew: Arc<[TrailGrew]> = last.into_iter().map(|(trail, seq)| TrailGrew { trail: trail.to_owned(), seq }).collect();
+                    let _ = bus.send(grew);
+                }
                 for (reply, rec) in replies.drain(..).zip(records) {
                     // A caller that gave up waiting still has its record committed.
                     let _ = reply.send(Ok(rec));

@@ -598,3 +598,77 @@ async fn a_restored_old_backup_is_named_by_the_published_checkpoint() {
     let v = serde_json::to_value(&r).unwrap();
     assert_broken(&v, Some(head.size as i64 + 1), "removed from the end");
 }
+
+/// Reads NDJSON lines from a streamed answer until `enough` says so (or 10 s pass).
+async fn read_lines(r: &mut reqwest::Response, buf: &mut String, lines: &mut Vec<Value>, enough: impl Fn(&[Value]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !enough(lines) {
+        let chunk = tokio::time::timeout_at(deadline, r.chunk()).await.expect("stream went quiet").unwrap().expect("stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find('\n') {
+            let line: String = buf.drain(..=end).collect();
+            lines.push(serde_json::from_str(&line).unwrap());
+        }
+    }
+}
+
+/// The trail as a stream for SIEM forwarders: bounded reads resume from a sequence number
+/// without gaps or repeats, a live stream delivers new records as they commit and never another
+/// tenant's, streams per tenant are capped, and shutting down ends them.
+#[tokio::test]
+async fn the_trail_streams_to_forwarders_in_order_and_live() {
+    let s = TestServer::start_with(|c| c.audit.max_streams_per_tenant = 2).await;
+    let admin = history(&s).await;
+    let other = s.tenant_with_admin("globex").await;
+
+    // Bounded: everything after 2, up to and including the stream's own record.
+    let r = s.http.get(format!("{}/v1/audit/stream?after=2", s.base)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    let seqs: Vec<i64> = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_i64().unwrap()).collect();
+    let last = *seqs.last().unwrap();
+    assert_eq!(seqs, (3..=last).collect::<Vec<_>>(), "in order, no gaps");
+    assert!(text.lines().last().unwrap().contains("\"audit.stream\""), "ends with its own record: {text}");
+    // Resuming after the last one gives only what came since: the resumed stream's record.
+    let again =
+        s.http.get(format!("{}/v1/audit/stream?after={last}", s.base)).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+    let again: Vec<Value> = again.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0]["seq"].as_i64(), again[0]["action"].as_str()), (Some(last + 1), Some("audit.stream")));
+    // Filtered by category.
+    let admin_only =
+        s.http.get(format!("{}/v1/audit/stream?category=admin", s.base)).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+    assert!(admin_only.lines().all(|l| l.contains("\"category\":\"admin\"")) && admin_only.lines().count() >= 7, "{admin_only}");
+
+    // Live: records arrive as they commit; globex's never do.
+    let mut live =
+        s.http.get(format!("{}/v1/audit/stream?follow=true&after={}", s.base, last + 1)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let (mut buf, mut lines) = (String::new(), Vec::new());
+    read_lines(&mut live, &mut buf, &mut lines, |l| l.iter().any(|e| e["action"] == "audit.stream")).await;
+    s.user(&other, "globex", "late@globex.example", "viewer").await;
+    s.user(&admin, "acme", "late@acme.example", "viewer").await;
+    read_lines(&mut live, &mut buf, &mut lines, |l| l.iter().any(|e| e["details"]["email"] == "late@acme.example")).await;
+    assert!(!lines.iter().any(|e| e.to_string().contains("globex")), "another tenant's record in the stream: {lines:?}");
+    let seqs: Vec<i64> = lines.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // Two live streams per tenant here: the third is refused; globex has its own.
+    let second = s.http.get(format!("{}/v1/audit/stream?follow=true", s.base)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let third = s.get("/v1/audit/stream?follow=true", &admin).await;
+    assert_eq!((third.status.as_u16(), third.code()), (429, "too_many_streams"));
+    let theirs = s.http.get(format!("{}/v1/audit/stream?follow=true", s.base)).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(theirs.status(), 200);
+
+    // Bad input is named; a viewer may not read the trail.
+    assert_eq!(s.get("/v1/audit/stream?after=-1", &admin).await.code(), "invalid_query");
+    assert_eq!(s.get("/v1/audit/stream?category=gossip", &admin).await.code(), "invalid_query");
+    let (_, viewer) = s.user(&other, "globex", "v@globex.example", "viewer").await;
+    assert_eq!(s.get("/v1/audit/stream", &viewer).await.status, 403);
+
+    // Shutting down ends live streams (graceful shutdown does not wait for them).
+    s.state.closing.cancel();
+    let rest = tokio::time::timeout(Duration::from_secs(5), live.text()).await.expect("the live stream ended");
+    assert!(rest.is_ok());
+}

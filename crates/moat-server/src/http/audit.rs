@@ -54,6 +54,11 @@ fn parse_time(field: &str, v: &str) -> Result<i64, MoatError> {
         .map_err(|_| MoatError::bad_request("invalid_query", format!("{field}: expected RFC 3339 time or Unix milliseconds")))
 }
 
+fn parse_category(c: &str) -> Result<Category, MoatError> {
+    serde_json::from_value::<Category>(serde_json::Value::String(c.to_owned()))
+        .map_err(|_| MoatError::bad_request("invalid_query", "category: one of auth, authz, data_access, admin, agent, system"))
+}
+
 pub async fn events(
     State(st): State<Arc<AppState>>,
     auth: Authorized<act::AuditRead>,
@@ -67,10 +72,7 @@ pub async fn events(
     if too_long {
         return Err(MoatError::bad_request("invalid_query", "filters may be at most 256 characters").into());
     }
-    let category = q.category.as_deref().map(|c| {
-        serde_json::from_value::<Category>(serde_json::Value::String(c.to_owned()))
-            .map_err(|_| MoatError::bad_request("invalid_query", "category: one of auth, authz, data_access, admin, agent, system"))
-    });
+    let category = q.category.as_deref().map(parse_category);
     let outcome = q.outcome.as_deref().map(|o| {
         serde_json::from_value::<Outcome>(serde_json::Value::String(o.to_owned()))
             .map_err(|_| MoatError::bad_request("invalid_query", "outcome: one of success, failure, denied"))
@@ -381,6 +383,166 @@ pub async fn report(
     if let Ok(v) = axum::http::HeaderValue::from_str(&through_seq.to_string()) {
         h.insert("x-moat-report-through-seq", v);
     }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Records after this sequence number (default 0: from the first).
+    pub after: Option<i64>,
+    /// Only this category.
+    pub category: Option<String>,
+    /// Stay open: records follow as they are committed, a heartbeat line after quiet spells.
+    pub follow: Option<bool>,
+    pub tenant: Option<String>,
+}
+
+/// Records per store read of a stream.
+const STREAM_PAGE: u32 = 1_000;
+/// A live stream also looks at the store this often: records committed by other replicas
+/// (whose commits this process's bus does not see).
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// A live stream says it is alive after this much quiet (and so learns that a reader left).
+const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Where a stream stands.
+struct Tail {
+    st: Arc<AppState>,
+    tenant: Option<moat_core::ids::TenantId>,
+    trail: String,
+    filter: AuditFilter,
+    /// The last seq a bounded (not following) stream sends.
+    until: Option<i64>,
+    bus: tokio::sync::broadcast::Receiver<Arc<[moat_store::audit_log::TrailGrew]>>,
+    quiet_since: tokio::time::Instant,
+    done: bool,
+    /// Held while the stream is open.
+    _slot: Option<crate::state::StreamSlot>,
+}
+
+impl Tail {
+    /// The next lines to send: records, a heartbeat, or nothing more.
+    async fn next_chunk(&mut self) -> Option<Result<String, std::io::Error>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let page = match self.st.stores.audit.list(self.tenant, &self.filter).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // The status is sent; the reader resumes from its last seq.
+                    tracing::error!(code = e.code, trail = %self.trail, "audit stream broke off");
+                    self.done = true;
+                    return Some(Err(std::io::Error::other(e.code)));
+                }
+            };
+            let mut out = String::new();
+            for r in &page {
+                if self.until.is_some_and(|u| r.seq > u) {
+                    self.done = true;
+                    break;
+                }
+                out.push_str(&line_of(r));
+                self.filter.after_seq = Some(r.seq);
+            }
+            if self.until.is_some() && page.len() < STREAM_PAGE as usize {
+                self.done = true;
+            }
+            if !out.is_empty() {
+                self.quiet_since = tokio::time::Instant::now();
+                return Some(Ok(out));
+            }
+            if self.done {
+                return None;
+            }
+            tokio::select! {
+                () = self.st.closing.cancelled() => {
+                    self.done = true;
+                    return None;
+                }
+                () = grew(&mut self.bus, &self.trail) => {}
+                () = tokio::time::sleep(STREAM_POLL) => {}
+            }
+            if self.quiet_since.elapsed() >= STREAM_HEARTBEAT {
+                self.quiet_since = tokio::time::Instant::now();
+                return Some(Ok(line_of(&serde_json::json!({"heartbeat": {"after": self.filter.after_seq.unwrap_or(0)}}))));
+            }
+        }
+    }
+}
+
+/// Resolves when `trail` has grown (or notices were missed: the reader looks at the store).
+async fn grew(bus: &mut tokio::sync::broadcast::Receiver<Arc<[moat_store::audit_log::TrailGrew]>>, trail: &str) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match bus.recv().await {
+            Ok(g) if g.iter().any(|g| g.trail == trail) => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// `GET /v1/audit/stream?after=N[&category=C][&follow=true]`: the trail's records after N as
+/// NDJSON, one record per line in sequence order (the same objects as `/v1/audit/events`).
+/// Without `follow` it ends at the trail's size when asked (its own `audit.stream` record
+/// included); with it, it stays open and sends records as they commit (woken by the in-process
+/// bus, and looking at the store every second for other replicas' commits), with a
+/// `{"heartbeat": {"after": N}}` line after 15 s of quiet. Delivery is at least once: a reader
+/// resumes with `after` = the last seq it processed and may dedupe by `event_id`.
+pub async fn stream(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::AuditRead>,
+    QueryParams(q): QueryParams<StreamQuery>,
+) -> ApiResult<axum::response::Response> {
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(MoatError::bad_request("invalid_query", "after: must be a sequence number, 0 or more").into());
+    }
+    let category = q.category.as_deref().map(parse_category).transpose()?;
+    let follow = q.follow.unwrap_or(false);
+    let tenant = auth.tenant.ok_or_else(|| MoatError::bad_request("tenant_required", "name the tenant whose trail to stream"))?;
+    let max = st.config.audit.max_streams_per_tenant;
+    let slot = if follow {
+        Some(st.streams.take(tenant, max).ok_or_else(|| {
+            MoatError::new(
+                moat_core::error::ErrorKind::TooManyRequests { retry_after_s: None },
+                "too_many_streams",
+                format!("this tenant already has {max} live audit streams open (audit.max_streams_per_tenant)"),
+            )
+        })?)
+    } else {
+        None
+    };
+    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.stream", Actor::of(&auth.principal), Outcome::Success)
+        .resource("audit:log")
+        .details(serde_json::json!({"after": after, "category": q.category, "follow": follow}));
+    st.record(&auth.client, e).await?;
+    // Subscribed before the first read: a commit between that read and the wait still wakes it.
+    let bus = st.audit.subscribe();
+    let trail = trail_name(auth.tenant);
+    let until = if follow { None } else { Some(st.stores.audit.trail_head(&trail).await?.size as i64) };
+    let tail = Tail {
+        tenant: auth.tenant,
+        trail,
+        filter: AuditFilter {
+            category: category.map(|c| c.as_str().to_owned()),
+            limit: STREAM_PAGE,
+            after_seq: Some(after),
+            ..AuditFilter::default()
+        },
+        until,
+        bus,
+        quiet_since: tokio::time::Instant::now(),
+        done: false,
+        _slot: slot,
+        st,
+    };
+    let body = futures::stream::unfold(tail, |mut t| async move { t.next_chunk().await.map(|chunk| (chunk, t)) });
+    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(body));
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(super::ndjson::NDJSON));
     Ok(resp)
 }
 

@@ -67,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/audit/checkpoint", get(audit::checkpoint))
         .route("/audit/export", get(audit::export))
         .route("/audit/reports/{kind}", get(audit::report))
+        .route("/audit/stream", get(audit::stream))
         .route("/audit/proof/inclusion", get(audit::inclusion))
         .route("/audit/proof/consistency", get(audit::consistency))
         .route("/openapi.json", get(meta::openapi));
@@ -128,8 +129,15 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let closing = state.closing.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Live streams end now; other requests finish first.
+            closing.cancel();
+        })
+        .await
 }
 
 #[cfg(test)]
