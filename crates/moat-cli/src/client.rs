@@ -1,6 +1,7 @@
 //! The API client behind the admin nouns: the stored session (0600), automatic refresh of an
 //! expired access token, and API errors turned into `error[CODE]: message`.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use reqwest::{Method, StatusCode};
@@ -222,7 +223,6 @@ impl Client {
     /// A request answered with NDJSON lines (`{"progress": …}` … then `{"result": …}` or
     /// `{"error": …}`): each progress object goes to `on_progress`; returns the result.
     pub async fn call_ndjson(&mut self, method: Method, path: &str, mut on_progress: impl FnMut(&Value)) -> Result<Value, CliError> {
-        use futures::StreamExt;
         let token = self.bearer().await?;
         let resp = self
             .http
@@ -235,35 +235,26 @@ impl Client {
         if !resp.status().is_success() {
             return ok_json(resp).await;
         }
-        let bad = || CliError::runtime("bad_response", "the server's answer ended before its result");
-        let mut body = resp.bytes_stream();
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let v: Value = serde_json::from_slice(&line)
-                    .map_err(|_| CliError::runtime("bad_response", "the server sent a line that is not JSON"))?;
-                if let Some(p) = v.get("progress") {
-                    on_progress(p);
-                } else if let Some(r) = v.get("result") {
-                    return Ok(r.clone());
-                } else {
-                    let code = v["error"]["code"].as_str().unwrap_or("http_error").to_owned();
-                    return Err(CliError::runtime_owned(code, v["error"]["message"].as_str().unwrap_or("the request failed").to_owned()));
-                }
+        let last = each_line(resp, |v| {
+            if let Some(p) = v.get("progress") {
+                on_progress(p);
+                return ControlFlow::Continue(());
             }
-            match body.next().await {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(CliError::runtime("bad_response", format!("the answer broke off: {e}"))),
-                None => return Err(bad()),
-            }
-        }
+            ControlFlow::Break(match v.get("result") {
+                Some(r) => Ok(r.clone()),
+                None => Err(CliError::runtime_owned(
+                    v["error"]["code"].as_str().unwrap_or("http_error").to_owned(),
+                    v["error"]["message"].as_str().unwrap_or("the request failed").to_owned(),
+                )),
+            })
+        })
+        .await?;
+        last.unwrap_or_else(|| Err(CliError::runtime("bad_response", "the server's answer ended before its result")))
     }
 
     /// A GET answered with NDJSON lines for as long as the server sends them: each line goes to
     /// `on_line` as it arrives.
     pub async fn stream_lines(&mut self, path: &str, mut on_line: impl FnMut(&Value)) -> Result<(), CliError> {
-        use futures::StreamExt;
         let token = self.bearer().await?;
         // No overall deadline: a followed stream is meant to stay open.
         let resp = self
@@ -277,18 +268,11 @@ impl Client {
         if !resp.status().is_success() {
             return ok_json(resp).await.map(|_| ());
         }
-        let mut body = resp.bytes_stream();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| CliError::runtime("bad_response", format!("the stream broke off: {e}")))?;
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let v: Value = serde_json::from_slice(&line)
-                    .map_err(|_| CliError::runtime("bad_response", "the server sent a line that is not JSON"))?;
-                on_line(&v);
-            }
-        }
+        each_line(resp, |v| {
+            on_line(&v);
+            ControlFlow::<()>::Continue(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -330,6 +314,27 @@ impl Client {
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
     }
+}
+
+/// Feeds each NDJSON line of `resp`'s body to `on_line` as it arrives, until `on_line` breaks
+/// (its value is returned) or the body ends (`None`).
+async fn each_line<B>(resp: reqwest::Response, mut on_line: impl FnMut(Value) -> ControlFlow<B>) -> Result<Option<B>, CliError> {
+    use futures::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| CliError::runtime("bad_response", format!("the answer broke off: {e}")))?;
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let v: Value =
+                serde_json::from_slice(&line).map_err(|_| CliError::runtime("bad_response", "the server sent a line that is not JSON"))?;
+            if let ControlFlow::Break(b) = on_line(v) {
+                return Ok(Some(b));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn not_logged_in() -> CliError {

@@ -1008,6 +1008,12 @@ mod tests {
     }
 
     #[test]
+    fn the_export_columns_a_query_end_fills_are_where_the_fold_writes() {
+        let names: Vec<&str> = [EXPORT_ROWS, EXPORT_BYTES, EXPORT_STATUS].iter().map(|&i| EXPORT_COLUMNS[i].name).collect();
+        assert_eq!(names, ["rows", "bytes", "status"]);
+    }
+
+    #[test]
     fn a_report_past_its_row_limit_is_refused_not_cut() {
         let mut b = ReportBuilder::new(ReportKind::Admin, 2);
         let r = rec(1, 1, "user.create", "success", user("a@a.example", "admin"), "", Value::Null);

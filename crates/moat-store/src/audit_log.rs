@@ -54,7 +54,6 @@ struct Job {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
-#[derive(Default)]
 struct Shared {
     healthy: AtomicBool,
     committed: AtomicU64,
@@ -64,7 +63,7 @@ struct Shared {
     grew: Notify,
     /// After each commit, every trail it grew with its new last seq: the in-process event bus
     /// that live readers (`/v1/audit/stream`) wake on. Sent only while someone listens.
-    committed_to: Option<broadcast::Sender<Arc<[TrailGrew]>>>,
+    committed_to: broadcast::Sender<Arc<[TrailGrew]>>,
 }
 
 /// A trail's last sequence number after a commit.
@@ -90,8 +89,13 @@ impl AuditLog {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Arc<dyn AuditStore>, keys: AuditKeys, cfg: AuditLogConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let (bus, _) = broadcast::channel(BUS_CAPACITY);
-        let shared = Arc::new(Shared { healthy: AtomicBool::new(true), committed_to: Some(bus), ..Shared::default() });
+        let shared = Arc::new(Shared {
+            healthy: AtomicBool::new(true),
+            committed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            grew: Notify::new(),
+            committed_to: broadcast::channel(BUS_CAPACITY).0,
+        });
         tokio::spawn(run(store, keys, rx, shared.clone(), cfg.max_batch.max(1)));
         Self { tx, shared, timeout: cfg.enqueue_timeout }
     }
@@ -125,10 +129,7 @@ impl AuditLog {
     /// where to read, never what: readers fetch the records from the store (at least once; a
     /// lagging receiver just reads again).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[TrailGrew]>> {
-        match &self.shared.committed_to {
-            Some(bus) => bus.subscribe(),
-            None => broadcast::channel(1).1,
-        }
+        self.shared.committed_to.subscribe()
     }
 
     /// Resolves once a commit has happened since the last call (one listener only).
@@ -158,14 +159,14 @@ async fn run(store: Arc<dyn AuditStore>, keys: AuditKeys, mut rx: mpsc::Receiver
                 shared.committed.fetch_add(records.len() as u64, Ordering::Relaxed);
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 shared.grew.notify_one();
-                if let Some(bus) = shared.committed_to.as_ref().filter(|b| b.receiver_count() > 0) {
+                if shared.committed_to.receiver_count() > 0 {
                     let mut last: HashMap<&str, i64> = HashMap::new();
                     for r in &records {
                         let s = last.entry(r.trail.as_str()).or_insert(r.seq);
                         *s = (*s).max(r.seq);
                     }
                     let grew: Arc<[TrailGrew]> = last.into_iter().map(|(trail, seq)| TrailGrew { trail: trail.to_owned(), seq }).collect();
-                    let _ = bus.send(grew);
+                    let _ = shared.committed_to.send(grew);
                 }
                 for (reply, rec) in replies.drain(..).zip(records) {
                     // A caller that gave up waiting still has its record committed.

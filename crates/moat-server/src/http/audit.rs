@@ -54,9 +54,69 @@ fn parse_time(field: &str, v: &str) -> Result<i64, MoatError> {
         .map_err(|_| MoatError::bad_request("invalid_query", format!("{field}: expected RFC 3339 time or Unix milliseconds")))
 }
 
+/// A filter word that names one of an enum's values (`category`, `outcome`).
+fn parse_word<T: serde::de::DeserializeOwned>(field: &str, v: &str, one_of: &str) -> Result<T, MoatError> {
+    serde_json::from_value::<T>(serde_json::Value::String(v.to_owned()))
+        .map_err(|_| MoatError::bad_request("invalid_query", format!("{field}: one of {one_of}")))
+}
+
 fn parse_category(c: &str) -> Result<Category, MoatError> {
-    serde_json::from_value::<Category>(serde_json::Value::String(c.to_owned()))
-        .map_err(|_| MoatError::bad_request("invalid_query", "category: one of auth, authz, data_access, admin, agent, system"))
+    parse_word("category", c, "auth, authz, data_access, admin, agent, system")
+}
+
+/// The record of a read of the caller's trail (search, report, stream, export).
+fn trail_read(tenant: Option<moat_core::ids::TenantId>, p: &moat_core::principal::Principal, action: &str, resource: &str) -> AuditEvent {
+    AuditEvent::new(tenant, Category::DataAccess, action, Actor::of(p), Outcome::Success).resource(resource)
+}
+
+/// A downloadable answer: its type and the file name it is saved under.
+fn attachment(body: axum::body::Body, content_type: &'static str, filename: &str) -> axum::response::Response {
+    let mut resp = axum::response::Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
+/// A trail read page by page in sequence order through `AuditStore::list`: bounded (stops after
+/// `until`) or open-ended (an empty page = nothing new yet).
+struct TrailReader {
+    tenant: Option<moat_core::ids::TenantId>,
+    filter: AuditFilter,
+    until: Option<i64>,
+    done: bool,
+}
+
+impl TrailReader {
+    fn new(tenant: Option<moat_core::ids::TenantId>, filter: AuditFilter, until: Option<i64>) -> Self {
+        Self { tenant, filter, until, done: false }
+    }
+
+    /// The last seq read (where a reader resumes).
+    fn after(&self) -> i64 {
+        self.filter.after_seq.unwrap_or(0)
+    }
+
+    /// The next page; `None` once a bounded read is complete.
+    async fn next(&mut self, audit: &dyn moat_store::AuditStore) -> moat_core::Result<Option<Vec<AuditRecord>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut page = audit.list(self.tenant, &self.filter).await?;
+        if let Some(until) = self.until {
+            let full = page.len() == self.filter.limit as usize;
+            if !full || page.last().is_some_and(|r| r.seq > until) {
+                page.retain(|r| r.seq <= until);
+                self.done = true;
+            }
+        }
+        if let Some(last) = page.last() {
+            self.filter.after_seq = Some(last.seq);
+        }
+        Ok(Some(page))
+    }
 }
 
 pub async fn events(
@@ -73,10 +133,7 @@ pub async fn events(
         return Err(MoatError::bad_request("invalid_query", "filters may be at most 256 characters").into());
     }
     let category = q.category.as_deref().map(parse_category);
-    let outcome = q.outcome.as_deref().map(|o| {
-        serde_json::from_value::<Outcome>(serde_json::Value::String(o.to_owned()))
-            .map_err(|_| MoatError::bad_request("invalid_query", "outcome: one of success, failure, denied"))
-    });
+    let outcome = q.outcome.as_deref().map(|o| parse_word::<Outcome>("outcome", o, "success, failure, denied"));
     let filter = AuditFilter {
         actor: q.actor.clone(),
         category: category.transpose()?.map(|c| c.as_str().to_owned()),
@@ -91,12 +148,10 @@ pub async fn events(
     };
     let events = st.stores.audit.list(auth.tenant, &filter).await?;
     let next_after = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
-    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.read", Actor::of(&auth.principal), Outcome::Success)
-        .resource("audit:events")
-        .details(serde_json::json!({
-            "actor": q.actor, "category": q.category, "action": q.action, "resource": q.resource, "outcome": q.outcome,
-            "from": q.from, "to": q.to, "q": q.q, "returned": events.len()
-        }));
+    let e = trail_read(auth.tenant, &auth.principal, "audit.read", "audit:events").details(serde_json::json!({
+        "actor": q.actor, "category": q.category, "action": q.action, "resource": q.resource, "outcome": q.outcome,
+        "from": q.from, "to": q.to, "q": q.q, "returned": events.len()
+    }));
     st.record(&auth.client, e).await?;
     Ok(Json(EventPage { events, next_after }))
 }
@@ -335,25 +390,17 @@ pub async fn report(
     let trail = trail_name(auth.tenant);
     let through_seq = st.stores.audit.trail_head(&trail).await?.size as i64;
     let mut builder = ReportBuilder::new(kind, st.config.audit.report_max_rows);
-    let mut filter = AuditFilter {
+    let filter = AuditFilter {
         category: kind.category().map(str::to_owned),
         from_ms: Some(from_ms),
         to_ms: to_given,
         limit: REPORT_PAGE,
-        after_seq: Some(0),
         ..AuditFilter::default()
     };
-    'pages: loop {
-        let page = st.stores.audit.list(auth.tenant, &filter).await?;
+    let mut reader = TrailReader::new(auth.tenant, filter, Some(through_seq));
+    while let Some(page) = reader.next(&*st.stores.audit).await? {
         for r in &page {
-            if r.seq > through_seq {
-                break 'pages;
-            }
             builder.add(r)?;
-        }
-        match page.last() {
-            Some(last) if page.len() == REPORT_PAGE as usize => filter.after_seq = Some(last.seq),
-            _ => break,
         }
     }
     let meta = ReportMeta { kind, trail, from_ms, to_ms, generated_at_ms: now, through_seq, records_read: builder.records() };
@@ -366,23 +413,15 @@ pub async fn report(
         ReportFormat::Parquet => crate::report::to_parquet(&meta, &rows)?,
     };
     // Durable before the report leaves.
-    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.report", Actor::of(&auth.principal), Outcome::Success)
-        .resource(format!("audit:report:{}", kind.as_str()))
-        .details(serde_json::json!({
+    let e =
+        trail_read(auth.tenant, &auth.principal, "audit.report", &format!("audit:report:{}", kind.as_str())).details(serde_json::json!({
             "report": kind.as_str(), "format": format.as_str(), "from": crate::report::rfc3339_ms(from_ms),
             "to": crate::report::rfc3339_ms(to_ms), "through_seq": through_seq, "rows": rows.len(), "bytes": body.len()
         }));
     st.record(&auth.client, e).await?;
-    let mut resp = axum::response::Response::new(axum::body::Body::from(body));
-    let h = resp.headers_mut();
-    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(format.content_type()));
-    let name = format!("attachment; filename=\"audit-{}-{}.{}\"", kind.as_str(), meta.through_seq, format.as_str());
-    if let Ok(v) = axum::http::HeaderValue::from_str(&name) {
-        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
-    }
-    if let Ok(v) = axum::http::HeaderValue::from_str(&through_seq.to_string()) {
-        h.insert("x-moat-report-through-seq", v);
-    }
+    let name = format!("audit-{}-{through_seq}.{}", kind.as_str(), format.as_str());
+    let mut resp = attachment(axum::body::Body::from(body), format.content_type(), &name);
+    resp.headers_mut().insert("x-moat-report-through-seq", axum::http::HeaderValue::from(through_seq));
     Ok(resp)
 }
 
@@ -409,11 +448,9 @@ const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15)
 /// Where a stream stands.
 struct Tail {
     st: Arc<AppState>,
-    tenant: Option<moat_core::ids::TenantId>,
     trail: String,
-    filter: AuditFilter,
-    /// The last seq a bounded (not following) stream sends.
-    until: Option<i64>,
+    /// Bounded at the trail's size when asked, unless following.
+    reader: TrailReader,
     bus: tokio::sync::broadcast::Receiver<Arc<[moat_store::audit_log::TrailGrew]>>,
     quiet_since: tokio::time::Instant,
     done: bool,
@@ -428,8 +465,9 @@ impl Tail {
             if self.done {
                 return None;
             }
-            let page = match self.st.stores.audit.list(self.tenant, &self.filter).await {
-                Ok(p) => p,
+            let page = match self.reader.next(&*self.st.stores.audit).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return None,
                 Err(e) => {
                     // The status is sent; the reader resumes from its last seq.
                     tracing::error!(code = e.code, trail = %self.trail, "audit stream broke off");
@@ -437,24 +475,13 @@ impl Tail {
                     return Some(Err(std::io::Error::other(e.code)));
                 }
             };
-            let mut out = String::new();
-            for r in &page {
-                if self.until.is_some_and(|u| r.seq > u) {
-                    self.done = true;
-                    break;
-                }
-                out.push_str(&line_of(r));
-                self.filter.after_seq = Some(r.seq);
-            }
-            if self.until.is_some() && page.len() < STREAM_PAGE as usize {
-                self.done = true;
-            }
-            if !out.is_empty() {
+            if !page.is_empty() {
                 self.quiet_since = tokio::time::Instant::now();
-                return Some(Ok(out));
+                return Some(Ok(page.iter().map(line_of).collect()));
             }
-            if self.done {
-                return None;
+            if self.reader.until.is_some() {
+                // A bounded read that is complete: the next call ends the stream.
+                continue;
             }
             tokio::select! {
                 () = self.st.closing.cancelled() => {
@@ -466,7 +493,7 @@ impl Tail {
             }
             if self.quiet_since.elapsed() >= STREAM_HEARTBEAT {
                 self.quiet_since = tokio::time::Instant::now();
-                return Some(Ok(line_of(&serde_json::json!({"heartbeat": {"after": self.filter.after_seq.unwrap_or(0)}}))));
+                return Some(Ok(line_of(&serde_json::json!({"heartbeat": {"after": self.reader.after()}}))));
             }
         }
     }
@@ -516,24 +543,22 @@ pub async fn stream(
     } else {
         None
     };
-    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.stream", Actor::of(&auth.principal), Outcome::Success)
-        .resource("audit:log")
+    let e = trail_read(auth.tenant, &auth.principal, "audit.stream", "audit:log")
         .details(serde_json::json!({"after": after, "category": q.category, "follow": follow}));
     st.record(&auth.client, e).await?;
     // Subscribed before the first read: a commit between that read and the wait still wakes it.
     let bus = st.audit.subscribe();
     let trail = trail_name(auth.tenant);
     let until = if follow { None } else { Some(st.stores.audit.trail_head(&trail).await?.size as i64) };
+    let filter = AuditFilter {
+        category: category.map(|c| c.as_str().to_owned()),
+        limit: STREAM_PAGE,
+        after_seq: Some(after),
+        ..AuditFilter::default()
+    };
     let tail = Tail {
-        tenant: auth.tenant,
         trail,
-        filter: AuditFilter {
-            category: category.map(|c| c.as_str().to_owned()),
-            limit: STREAM_PAGE,
-            after_seq: Some(after),
-            ..AuditFilter::default()
-        },
-        until,
+        reader: TrailReader::new(auth.tenant, filter, until),
         bus,
         quiet_since: tokio::time::Instant::now(),
         done: false,
@@ -564,9 +589,7 @@ pub async fn export(State(st): State<Arc<AppState>>, auth: Authorized<act::Audit
     let verifier = st.checkpoint_key.verifier(&trail)?;
     // Recorded before the first byte leaves (an export that cannot be audited is refused), and
     // before the head is read: the bundle ends with its own export record.
-    let e = AuditEvent::new(auth.tenant, Category::DataAccess, "audit.export", Actor::of(&auth.principal), Outcome::Success)
-        .resource("audit:log")
-        .details(serde_json::json!({"format": BUNDLE_FORMAT}));
+    let e = trail_read(auth.tenant, &auth.principal, "audit.export", "audit:log").details(serde_json::json!({"format": BUNDLE_FORMAT}));
     st.record(&auth.client, e).await?;
     let head = st.stores.audit.trail_head(&trail).await?;
     let header = BundleHeader {
@@ -618,13 +641,7 @@ pub async fn export(State(st): State<Arc<AppState>>, auth: Authorized<act::Audit
         Some((chunk, (next, st, trail)))
     });
     let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(pages);
-    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(super::ndjson::NDJSON));
-    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"audit-{}-{size}.ndjson\"", header.trail)) {
-        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
+    Ok(attachment(axum::body::Body::from_stream(body), super::ndjson::NDJSON, &format!("audit-{}-{size}.ndjson", header.trail)))
 }
 
 /// One NDJSON line.
