@@ -107,6 +107,30 @@ def parse_checkpoint(v: Verifier, note: str):
     return size, root
 
 
+def parse_ranges(text):
+    """A retention record's `pruned`: "1-5,7" -> [(1, 5), (7, 7)], ascending and disjoint."""
+    out = []
+    for part in text.split(",") if text else []:
+        a, _, b = part.partition("-")
+        lo, hi = int(a), int(b or a)
+        if lo < 1 or hi < lo or (out and lo <= out[-1][1] + 1):
+            raise ValueError(f"bad sequence ranges {text!r}")
+        out.append((lo, hi))
+    return out
+
+
+def first_unjustified(pruned, named, limit):
+    """The first pruned seq not named by a retention record at seq <= limit, or None."""
+    cover = sorted(r for seq, ranges in named if seq <= limit for r in ranges)
+    covered = set()
+    for lo, hi in cover:
+        covered.update(range(lo, hi + 1))
+    for seq in pruned:
+        if seq not in covered:
+            return seq
+    return None
+
+
 def verify(path, vkey=None, hmac_key=None, extra=()):
     report = {"ok": False, "checked": 0, "hmacs_checked": 0, "checkpoints_checked": 0,
               "key_pinned": vkey is not None, "first_bad_seq": None, "problem": None}
@@ -129,6 +153,8 @@ def verify(path, vkey=None, hmac_key=None, extra=()):
         for note in extra:
             add_checkpoint(note)
         tree = Tree()
+        pruned = []  # seqs present only as leaf hashes
+        named = []  # (seq of a retention record, the ranges it names)
         for raw in f:
             line = json.loads(raw)
             if "checkpoint" in line:
@@ -139,6 +165,15 @@ def verify(path, vkey=None, hmac_key=None, extra=()):
             seq = line["seq"]
             if seq != tree.size + 1:
                 raise Broken(tree.size + 1, f"record {tree.size + 1} is missing (next is {seq})")
+            if line.get("pruned") is True:
+                leaf = bytes.fromhex(line["leaf_hash"])
+                if len(leaf) != 32:
+                    raise Broken(seq, "the pruned record's leaf hash is not 32 bytes")
+                pruned.append(seq)
+                tree.append(leaf)
+                if tree.size in roots and roots[tree.size] != tree.root():
+                    raise Broken(seq, f"the root at size {tree.size} differs from the signed checkpoint (history rewritten)")
+                continue
             entry = line["entry"].encode("utf-8")
             leaf = leaf_hash(entry)
             if leaf.hex() != line["leaf_hash"]:
@@ -151,17 +186,32 @@ def verify(path, vkey=None, hmac_key=None, extra=()):
                 if not hmac.compare_digest(mac, line["hmac"]):
                     raise Broken(seq, "HMAC does not match")
                 report["hmacs_checked"] += 1
+            if fields.get("action") == "audit.retention" and fields.get("category") == "system":
+                d = fields["details"]
+                ranges = parse_ranges(d["pruned"])
+                if sum(hi - lo + 1 for lo, hi in ranges) != d["count"]:
+                    raise Broken(seq, "a retention record whose count differs from the records it names")
+                if ranges and ranges[-1][1] >= seq:
+                    raise Broken(seq, "the retention record names a record at or after itself")
+                named.append((seq, ranges))
             tree.append(leaf)
             report["checked"] = tree.size
             if tree.size in roots and roots[tree.size] != tree.root():
                 raise Broken(seq, f"the root at size {tree.size} differs from the signed checkpoint (history rewritten)")
         if roots and max(roots) > tree.size:
             raise Broken(tree.size + 1, f"a signed checkpoint covers {max(roots)} records but the bundle holds {tree.size}")
+        checkpointed = max(roots) if roots else 0
+        bad = first_unjustified(pruned, named, checkpointed)
+        if bad is not None:
+            if first_unjustified(pruned, named, float("inf")) == bad:
+                raise Broken(bad, f"record {bad} was removed but no retention record names it")
+            raise Broken(bad, f"record {bad} was removed by a retention record that no signed checkpoint covers")
         if header["size"] != tree.size:
             raise Broken(tree.size + 1, f"the header announces {header['size']} records but the bundle holds {tree.size}")
         report["ok"] = True
         report["root"] = tree.root().hex()
-        report["checkpointed"] = max(roots) if roots else 0
+        report["checkpointed"] = checkpointed
+        report["pruned"] = len(pruned)
         return report
 
 

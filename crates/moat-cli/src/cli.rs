@@ -302,12 +302,12 @@ pub enum ViewCmd {
 pub enum PolicyCmd {
     /// Print a policy as JSON.
     Show {
-        /// password, masking or classification.
+        /// password, masking, classification or audit-retention.
         name: String,
     },
     /// Replace a policy with the JSON in FILE (`-` for standard input).
     Set {
-        /// password, masking or classification.
+        /// password, masking, classification or audit-retention.
         name: String,
         file: PathBuf,
     },
@@ -390,6 +390,15 @@ pub enum AuditCmd {
         trail: String,
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// Run audit retention now over every trail (Super Admin): removes, from sealed segments,
+    /// the records of each category older than its retention, each removal named by an
+    /// `audit.retention` record that a signed checkpoint covers first. The server also runs it
+    /// every `audit.retention_interval_s`.
+    Prune {
+        /// Only show what is due.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The latest signed checkpoint (C2SP signed note) and the verifier key to pin.
     Checkpoint,

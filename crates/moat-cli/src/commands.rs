@@ -400,8 +400,11 @@ async fn verify_store(dir: DataDir, trail: Option<String>, json_out: bool) -> Cl
             let (t, rep) = (r["trail"].as_str().unwrap_or(""), &r["report"]);
             if rep["ok"].as_bool() == Some(true) {
                 println!(
-                    "{t}: intact, {} records ({} HMACs, {} signed checkpoints)",
-                    rep["checked"], rep["hmacs_checked"], rep["checkpoints_checked"]
+                    "{t}: intact, {} records ({} HMACs, {} signed checkpoints{})",
+                    rep["checked"],
+                    rep["hmacs_checked"],
+                    rep["checkpoints_checked"],
+                    pruned_note(&rep["pruned"])
                 );
             } else {
                 println!("{t}: {}", broken(rep["first_bad_seq"].as_i64(), rep["problem"].as_str()));
@@ -459,12 +462,13 @@ async fn verify_bundle_file(
     emit(json_out, &v, |_| {
         if r.ok {
             println!(
-                "bundle intact: {} records of trail {} ({} HMACs, {} signed checkpoints, signed up to record {}), root {}",
+                "bundle intact: {} records of trail {} ({} HMACs, {} signed checkpoints, signed up to record {}{}), root {}",
                 r.checked,
                 r.trail,
                 r.hmacs_checked,
                 r.checkpoints_checked,
                 r.checkpointed,
+                pruned_note(&json!(r.pruned)),
                 r.root.as_deref().unwrap_or("-")
             );
         } else {
@@ -545,11 +549,12 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
             emit(json_out, &v, |v| {
                 if ok {
                     println!(
-                        "audit trail intact: {} records ({} HMACs, {} signed checkpoints{}), root {}",
+                        "audit trail intact: {} records ({} HMACs, {} signed checkpoints{}{}), root {}",
                         v["checked"],
                         v["hmacs_checked"],
                         v["checkpoints_checked"],
                         v["published_size"].as_u64().map(|s| format!(", published checkpoint at {s}")).unwrap_or_default(),
+                        pruned_note(&v["pruned"]),
                         v["head"].as_str().unwrap_or("-")
                     );
                 } else {
@@ -585,6 +590,10 @@ async fn audit(mut c: Client, cmd: AuditCmd, json_out: bool) -> CliResult {
                 }
             })
             .await?;
+        }
+        AuditCmd::Prune { dry_run } => {
+            let v = c.call(Method::POST, &format!("/v1/audit/prune?dry_run={dry_run}"), None).await?;
+            emit(json_out, &v, print_prune);
         }
         AuditCmd::Checkpoint => {
             let v = c.call(Method::GET, "/v1/audit/checkpoint", None).await?;
@@ -859,7 +868,52 @@ fn print_scan(v: &Value) {
     println!("{changes} label(s) changed; manual labels are never changed by a scan");
 }
 
-const POLICIES: &[&str] = &["password", "masking", "classification"];
+const POLICIES: &[&str] = &["password", "masking", "classification", "audit-retention"];
+
+/// ", N removed by retention" when a verification met pruned records.
+fn pruned_note(n: &Value) -> String {
+    match n.as_u64() {
+        Some(n) if n > 0 => format!(", {n} removed by retention"),
+        _ => String::new(),
+    }
+}
+
+/// A retention run: one line per segment and category removed or due.
+fn print_prune(v: &Value) {
+    let dry = v["dry_run"].as_bool() == Some(true);
+    let mut rows = Vec::new();
+    for t in v["trails"].as_array().map_or(&[][..], Vec::as_slice) {
+        let trail = t["tenant"].as_str().or(t["trail"].as_str()).unwrap_or("platform");
+        for (state, list) in [("removed", &t["pruned"]), (if dry { "due" } else { "waiting for a checkpoint" }, &t["due"])] {
+            for p in list.as_array().map_or(&[][..], Vec::as_slice) {
+                rows.push(json!({
+                    "trail": trail,
+                    "segment": format!("{} ({}-{})", p["segment"], p["first_seq"], p["last_seq"]),
+                    "category": p["category"],
+                    "records": p["records"],
+                    "kept_days": p["retention_days"],
+                    "older_than": p["cutoff"],
+                    "state": state,
+                }));
+            }
+        }
+    }
+    if rows.is_empty() {
+        println!(
+            "nothing is due for removal (sealed segments of {} records; run at {})",
+            v["segment_records"],
+            v["at"].as_str().unwrap_or("-")
+        );
+        return;
+    }
+    output::table(&rows, &["trail", "segment", "category", "records", "kept_days", "older_than", "state"]);
+    if !dry {
+        println!(
+            "{} records removed; each removal is named by an audit.retention record covered by a signed checkpoint",
+            v["records_pruned"]
+        );
+    }
+}
 
 /// Policies are JSON documents: shown and set as JSON whatever `--json` says.
 async fn policy(mut c: Client, cmd: PolicyCmd) -> CliResult {

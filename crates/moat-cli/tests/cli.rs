@@ -173,6 +173,9 @@ fn admin_flow_through_the_cli() {
     assert!(text(&o.stdout).contains("SLUG") && text(&o.stdout).contains("acme"), "a table: {}", text(&o.stdout));
     let o = moat(&["tenant", "create", "acme", "--name", "Dup"], &env, None);
     assert_error(&o, 1, "tenant_exists");
+    // Retention: nothing is old enough yet.
+    let o = moat(&["audit", "prune", "--dry-run"], &env, None);
+    assert!(o.status.success() && text(&o.stdout).contains("nothing is due"), "{} {}", text(&o.stdout), text(&o.stderr));
     // The Super Admin acts inside acme.
     let o = moat(
         &["--in-tenant", "acme", "user", "create", "--email", "ana@acme.example", "--role", "editor", "--password-stdin"],
@@ -189,6 +192,11 @@ fn admin_flow_through_the_cli() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = moat(&["user", "set-role", "ana@acme.example", "viewer", "--justification", "ticket OPS-7"], &env, None);
     assert!(text(&o.stdout).contains("viewer"), "{}", text(&o.stderr));
+    // A tenant keeps its trail longer (HIPAA), never shorter; only the Super Admin prunes.
+    let o = moat(&["policy", "set", "audit-retention", "-"], &env, Some("{\"min_days\": 2190}"));
+    assert!(o.status.success() && text(&o.stdout).contains("2190"), "{}", text(&o.stderr));
+    assert_error(&moat(&["policy", "set", "audit-retention", "-"], &env, Some("{\"days\": {\"auth\": 7}}")), 1, "retention_too_short");
+    assert_error(&moat(&["audit", "prune"], &env, None), 1, "forbidden");
     // Reports: the justification shows in the admin report on the terminal and in every file.
     let o = moat(&["audit", "report", "admin"], &env, None);
     assert!(o.status.success(), "{}", text(&o.stderr));

@@ -7,7 +7,9 @@
 //!    "size":N,"exported_at_ms":…}`;
 //! 2. the trail's signed checkpoints of size ≤ N, by size: `{"checkpoint":"<C2SP signed note>"}`;
 //! 3. the N records, seq 1..=N in order: `{"seq":1,"entry":"<canonical entry>",
-//!    "leaf_hash":"<hex>","hmac":"<hex>"}`.
+//!    "leaf_hash":"<hex>","hmac":"<hex>"}`; a record removed by retention is its leaf hash
+//!    alone, `{"seq":7,"pruned":true,"leaf_hash":"<hex>"}`, and a later `audit.retention`
+//!    record covered by a signed checkpoint must name it.
 //!
 //! The header's verifier key is a convenience: a bundle is only as trustworthy as the key its
 //! checkpoints are checked against, so an auditor pins the key they obtained out of band
@@ -59,6 +61,15 @@ pub struct BundleRecord {
     pub hmac: String,
 }
 
+/// The line of a record removed by retention: its leaf hash keeps the tree whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundlePruned {
+    pub seq: i64,
+    /// Always `true`.
+    pub pruned: bool,
+    pub leaf_hash: String,
+}
+
 /// What the auditor brings besides the bundle.
 #[derive(Debug, Default)]
 pub struct BundleOptions {
@@ -86,6 +97,8 @@ pub struct BundleReport {
     pub checkpoints_checked: u64,
     /// Records covered by the largest signed checkpoint.
     pub checkpointed: u64,
+    /// Records removed by retention (present as leaf hashes), all named by retention records.
+    pub pruned: u64,
     pub first_bad_seq: Option<i64>,
     pub problem: Option<String>,
 }
@@ -113,6 +126,8 @@ struct Line<'a> {
     leaf_hash: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     hmac: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pruned: Option<bool>,
 }
 
 /// Reads and verifies a bundle. `progress(done, total)` is called every 65,536 records.
@@ -145,6 +160,7 @@ pub fn verify_bundle(
         hmacs_checked: 0,
         checkpoints_checked: 0,
         checkpointed: 0,
+        pruned: 0,
         first_bad_seq: None,
         problem: None,
     };
@@ -177,12 +193,22 @@ pub fn verify_bundle(
             return fail(report, v.size(), Problem { seq: Some(next), what: format!("line {line_no} is not a bundle line") });
         };
         match l {
-            Line { checkpoint: Some(note), seq: None, entry: None, leaf_hash: None, hmac: None } => {
+            Line { checkpoint: Some(note), seq: None, entry: None, leaf_hash: None, hmac: None, pruned: None } => {
                 if let Err(p) = v.checkpoint(&note, verifier) {
                     return fail(report, v.size(), Problem { seq: p.seq, what: format!("line {line_no}: {}", p.what) });
                 }
             }
-            Line { checkpoint: None, seq: Some(seq), entry: Some(entry), leaf_hash: Some(lh), hmac: Some(h) } => {
+            Line { checkpoint: None, seq: Some(seq), entry: None, leaf_hash: Some(lh), hmac: None, pruned: Some(true) } => {
+                leaf.clear();
+                if !hex_into(&lh, &mut leaf) {
+                    return fail(report, v.size(), Problem { seq: Some(seq), what: "the leaf hash is not hex".into() });
+                }
+                if let Err(p) = v.pruned(seq, &leaf) {
+                    let checked = v.size();
+                    return fail(report, checked, p);
+                }
+            }
+            Line { checkpoint: None, seq: Some(seq), entry: Some(entry), leaf_hash: Some(lh), hmac: Some(h), pruned: None } => {
                 leaf.clear();
                 mac.clear();
                 let hex_ok = hex_into(&lh, &mut leaf) && hex_into(&h, &mut mac);
@@ -217,6 +243,7 @@ pub fn verify_bundle(
     report.hmacs_checked = s.hmacs_checked;
     report.checkpoints_checked = s.checkpoints_checked;
     report.checkpointed = s.checkpointed;
+    report.pruned = s.pruned;
     if s.size != header.size {
         let what = format!("the header announces {} records but the bundle holds {} (records removed from the end)", header.size, s.size);
         return fail(report, checked, Problem { seq: Some(s.size.min(header.size) as i64 + 1), what });
@@ -248,30 +275,33 @@ mod tests {
         NoteSigner::from_seed(ORIGIN, &[7; 32]).unwrap()
     }
 
+    fn entry(seq: i64, category: &str, action: &str, details: &serde_json::Value) -> Vec<u8> {
+        encode_entry(&EntryFields {
+            trail: "platform",
+            seq,
+            ts_ms: 1_000 + seq,
+            event_id: &format!("e{seq}"),
+            category,
+            action,
+            outcome: "success",
+            actor: &serde_json::json!({"via": "system"}),
+            resource: Some("tenant:acme"),
+            source_ip: None,
+            user_agent: None,
+            request_id: None,
+            details,
+        })
+    }
+
     /// A bundle of `n` records with checkpoints at `cps`, as lines.
     fn bundle(n: i64, cps: &[usize]) -> Vec<String> {
-        let key = AuditKeys::new([3; 32]).trail_key("platform");
-        let actor = serde_json::json!({"via": "system"});
         let details = serde_json::json!({"sql": "SELECT \"x\" FROM t -- é\n"});
-        let entries: Vec<Vec<u8>> = (1..=n)
-            .map(|seq| {
-                encode_entry(&EntryFields {
-                    trail: "platform",
-                    seq,
-                    ts_ms: 1_000 + seq,
-                    event_id: &format!("e{seq}"),
-                    category: "admin",
-                    action: "tenant.create",
-                    outcome: "success",
-                    actor: &actor,
-                    resource: Some("tenant:acme"),
-                    source_ip: None,
-                    user_agent: None,
-                    request_id: None,
-                    details: &details,
-                })
-            })
-            .collect();
+        bundle_of((1..=n).map(|seq| entry(seq, "admin", "tenant.create", &details)).collect(), cps)
+    }
+
+    fn bundle_of(entries: Vec<Vec<u8>>, cps: &[usize]) -> Vec<String> {
+        let key = AuditKeys::new([3; 32]).trail_key("platform");
+        let n = entries.len() as i64;
         let leaves: Vec<_> = entries.iter().map(|e| leaf_hash(e)).collect();
         let s = signer();
         let header = BundleHeader {
@@ -378,5 +408,56 @@ mod tests {
         let opts = BundleOptions { extra_checkpoints: vec![signer().sign(&body).unwrap()], ..pinned() };
         let r = verify(&lines, &opts);
         assert_eq!((r.ok, r.first_bad_seq), (false, Some(7)));
+    }
+
+    /// Ten records; record 8 is a retention record naming `named`; records `gone` are pruned
+    /// (their lines replaced by leaf hashes); checkpoints at `cps`.
+    fn pruned_bundle(named: &str, gone: &[i64], cps: &[usize]) -> Vec<String> {
+        let details = serde_json::json!({"n": 1});
+        let ranges = crate::audit_retention::SeqRanges::parse(named).unwrap();
+        let retention = serde_json::json!({
+            "segment": 0, "first_seq": 1, "last_seq": 4, "category": "auth", "retention_days": 90,
+            "cutoff": "2026-01-01T00:00:00.000Z", "count": ranges.count(), "pruned": ranges,
+        });
+        let entries =
+            (1..=10)
+                .map(|seq| {
+                    if seq == 8 { entry(seq, "system", "audit.retention", &retention) } else { entry(seq, "auth", "auth.login", &details) }
+                })
+                .collect();
+        let mut lines = bundle_of(entries, cps);
+        for &seq in gone {
+            let i = lines.iter().position(|l| l.starts_with(&format!("{{\"seq\":{seq},"))).unwrap();
+            let r: BundleRecord = serde_json::from_str(&lines[i]).unwrap();
+            lines[i] = serde_json::to_string(&BundlePruned { seq, pruned: true, leaf_hash: r.leaf_hash }).unwrap();
+        }
+        lines
+    }
+
+    #[test]
+    fn records_removed_by_retention_verify_only_when_a_checkpointed_retention_record_names_them() {
+        let r = verify(&pruned_bundle("2-3", &[2, 3], &[4, 10]), &pinned());
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.checked, r.pruned, r.hmacs_checked), (10, 2, 8));
+        // Removed but not named.
+        let r = verify(&pruned_bundle("2-3", &[2, 3, 5], &[10]), &pinned());
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(5)), "{r:?}");
+        assert!(r.problem.unwrap().contains("no retention record names it"));
+        // Named by a retention record no signed checkpoint covers (written by someone without
+        // the signing key).
+        let r = verify(&pruned_bundle("2-3", &[2, 3], &[6]), &pinned());
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(2)), "{r:?}");
+        assert!(r.problem.unwrap().contains("no signed checkpoint"));
+        // A pruned leaf hash that was altered breaks the root.
+        let mut lines = pruned_bundle("2-3", &[2, 3], &[10]);
+        let i = 3; // header, one checkpoint, record 1, then record 2 (pruned)
+        let mut p: BundlePruned = serde_json::from_str(&lines[i]).unwrap();
+        p.leaf_hash = hex::encode([9u8; 32]);
+        lines[i] = serde_json::to_string(&p).unwrap();
+        let r = verify(&lines, &pinned());
+        assert!(!r.ok && r.problem.unwrap().contains("history rewritten"), "{lines:?}");
+        // A retention record that names itself or later records is a finding at its seq.
+        let r = verify(&pruned_bundle("2-3,9", &[2, 3], &[10]), &pinned());
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(8)), "{r:?}");
     }
 }

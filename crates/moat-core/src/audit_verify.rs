@@ -8,10 +8,16 @@
 //! with every signed checkpoint at its size. A checkpoint larger than the log means records
 //! were cut off the end; a root that differs means the history was rewritten (a split view).
 //! The first problem stops verification and names the sequence number.
+//!
+//! A record removed by retention arrives as its leaf hash alone ([`TrailVerifier::pruned`]); it
+//! is accepted only if a later `audit.retention` record of the trail names it and a verified
+//! signed checkpoint covers that record ([`crate::audit_retention`]), checked at
+//! [`TrailVerifier::finish`].
 
 use std::collections::BTreeMap;
 
 use crate::audit::TrailMac;
+use crate::audit_retention::{PruneLedger, RETENTION_ACTION, RetentionDetails};
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::secret::ct_eq;
 use crate::tlog::{Frontier, Hash, leaf_hash};
@@ -51,6 +57,8 @@ pub struct Summary {
     pub checkpoints_checked: u64,
     /// Size of the largest checkpoint verified.
     pub checkpointed: u64,
+    /// Records present only as leaf hashes, removed by retention.
+    pub pruned: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -59,6 +67,16 @@ struct Position<'a> {
     #[serde(borrow)]
     trail: std::borrow::Cow<'a, str>,
     seq: i64,
+    #[serde(borrow)]
+    category: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    action: std::borrow::Cow<'a, str>,
+}
+
+/// The details of a retention record, read only for those.
+#[derive(serde::Deserialize)]
+struct RetentionEntry {
+    details: RetentionDetails,
 }
 
 pub struct TrailVerifier {
@@ -69,6 +87,7 @@ pub struct TrailVerifier {
     checkpoints: BTreeMap<u64, Hash>,
     checkpoints_checked: u64,
     hmacs_checked: u64,
+    ledger: PruneLedger,
 }
 
 impl TrailVerifier {
@@ -80,6 +99,7 @@ impl TrailVerifier {
             checkpoints: BTreeMap::new(),
             checkpoints_checked: 0,
             hmacs_checked: 0,
+            ledger: PruneLedger::default(),
         }
     }
 
@@ -107,19 +127,44 @@ impl TrailVerifier {
         Ok(())
     }
 
-    /// Checks the next entry.
-    pub fn entry(&mut self, e: &EntryView<'_>) -> Result<(), Problem> {
+    /// Whether `seq` is the next record.
+    fn next_is(&self, seq: i64) -> Result<(), Problem> {
         let want = self.frontier.size() as i64 + 1;
-        if e.seq != want {
+        if seq == want {
+            return Ok(());
+        }
+        Err(Problem::at(
+            want,
+            if seq > want { format!("record {want} is missing (next is {seq})") } else { format!("record {seq} out of order") },
+        ))
+    }
+
+    /// Appends a leaf and compares the root with a checkpoint of the new size.
+    fn grow(&mut self, seq: i64, leaf: Hash) -> Result<(), Problem> {
+        self.frontier.append(leaf, |_, _| {});
+        if let Some(root) = self.checkpoints.get(&self.frontier.size())
+            && *root != self.frontier.root()
+        {
             return Err(Problem::at(
-                want,
-                if e.seq > want {
-                    format!("record {want} is missing (next is {})", e.seq)
-                } else {
-                    format!("record {} out of order", e.seq)
-                },
+                seq,
+                format!("the log's root at size {} differs from the signed checkpoint (history rewritten)", self.frontier.size()),
             ));
         }
+        Ok(())
+    }
+
+    /// The next record was removed by retention: only its leaf hash is left. Justified (or not)
+    /// at [`Self::finish`].
+    pub fn pruned(&mut self, seq: i64, leaf_hash: &[u8]) -> Result<(), Problem> {
+        self.next_is(seq)?;
+        let leaf: Hash = leaf_hash.try_into().map_err(|_| Problem::at(seq, "the pruned record's leaf hash is not 32 bytes"))?;
+        self.ledger.pruned(seq);
+        self.grow(seq, leaf)
+    }
+
+    /// Checks the next entry.
+    pub fn entry(&mut self, e: &EntryView<'_>) -> Result<(), Problem> {
+        self.next_is(e.seq)?;
         let leaf = leaf_hash(e.entry);
         if let Some(stored) = e.leaf_hash
             && !ct_eq(stored, &leaf)
@@ -144,23 +189,23 @@ impl TrailVerifier {
             }
             self.hmacs_checked += 1;
         }
-        self.frontier.append(leaf, |_, _| {});
-        if let Some(root) = self.checkpoints.get(&self.frontier.size())
-            && *root != self.frontier.root()
-        {
-            return Err(Problem::at(
-                e.seq,
-                format!("the log's root at size {} differs from the signed checkpoint (history rewritten)", self.frontier.size()),
-            ));
+        if pos.action == RETENTION_ACTION && pos.category == "system" {
+            let r: RetentionEntry = serde_json::from_slice(e.entry)
+                .map_err(|err| Problem::at(e.seq, format!("a retention record whose details do not parse: {err}")))?;
+            if r.details.pruned.count() != r.details.count {
+                return Err(Problem::at(e.seq, "a retention record whose count differs from the records it names"));
+            }
+            self.ledger.named(e.seq, r.details.pruned).map_err(|what| Problem::at(e.seq, what))?;
         }
-        Ok(())
+        self.grow(e.seq, leaf)
     }
 
     pub fn size(&self) -> u64 {
         self.frontier.size()
     }
 
-    /// Ends the trail: every checkpoint must lie within it.
+    /// Ends the trail: every checkpoint must lie within it, every pruned record be named by a
+    /// checkpointed retention record.
     pub fn finish(self) -> Result<Summary, Problem> {
         let size = self.frontier.size();
         if let Some((&largest, _)) = self.checkpoints.last_key_value()
@@ -171,12 +216,15 @@ impl TrailVerifier {
                 format!("a signed checkpoint covers {largest} records but the log holds {size} (records removed from the end)"),
             ));
         }
+        let checkpointed = self.checkpoints.last_key_value().map_or(0, |(s, _)| *s);
+        self.ledger.check(checkpointed).map_err(|u| Problem::at(u.seq, u.what))?;
         Ok(Summary {
             size,
             root: self.frontier.root(),
             hmacs_checked: self.hmacs_checked,
             checkpoints_checked: self.checkpoints_checked,
-            checkpointed: self.checkpoints.last_key_value().map_or(0, |(s, _)| *s),
+            checkpointed,
+            pruned: self.ledger.count(),
         })
     }
 }

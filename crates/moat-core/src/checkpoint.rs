@@ -22,6 +22,8 @@ use crate::tlog::Hash;
 
 /// Signature algorithm byte of Ed25519 in signed notes.
 const ALG_ED25519: u8 = 0x01;
+/// Signature type byte of a timestamped Ed25519 witness cosignature (C2SP tlog-cosignature v1).
+const ALG_COSIGNATURE_V1: u8 = 0x04;
 /// The em dash and space that open a signature line.
 const SIG_PREFIX: &str = "\u{2014} ";
 /// As Go's `note.Open`: more signature lines than this is not a note.
@@ -53,9 +55,14 @@ pub fn is_key_name(name: &str) -> bool {
 }
 
 pub fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    key_id_of(name, ALG_ED25519, public)
+}
+
+/// `SHA-256(name ‖ 0x0A ‖ alg ‖ public key)[:4]`.
+fn key_id_of(name: &str, alg: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
-    h.update([b'\n', ALG_ED25519]);
+    h.update([b'\n', alg]);
     h.update(public);
     let d = h.finalize();
     [d[0], d[1], d[2], d[3]]
@@ -122,12 +129,8 @@ impl std::fmt::Debug for NoteSigner {
 impl NoteSigner {
     /// A signer from a 32-byte Ed25519 seed (the secret).
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Self, NoteError> {
-        if !is_key_name(name) {
-            return Err(NoteError::BadName);
-        }
-        let key = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| NoteError::BadKey)?;
-        let public: [u8; 32] = key.public_key().as_ref().try_into().map_err(|_| NoteError::BadKey)?;
-        Ok(Self { name: name.to_owned(), id: key_id(name, &public), public, key })
+        let (id, public, key) = named_key(name, seed, ALG_ED25519)?;
+        Ok(Self { name: name.to_owned(), id, public, key })
     }
 
     pub fn name(&self) -> &str {
@@ -178,21 +181,8 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     /// Parses `name+hex(key id)+base64(0x01 ‖ public key)`.
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(NoteError::BadKey);
-        };
-        if !is_key_name(name) || id.len() != 8 {
-            return Err(NoteError::BadKey);
-        }
-        let id: [u8; 4] = hex::decode(id).ok().and_then(|v| v.try_into().ok()).ok_or(NoteError::BadKey)?;
-        let key = STANDARD.decode(key).map_err(|_| NoteError::BadKey)?;
-        let (&alg, public) = key.split_first().ok_or(NoteError::BadKey)?;
-        let public: [u8; 32] = public.try_into().map_err(|_| NoteError::BadKey)?;
-        if alg != ALG_ED25519 || key_id(name, &public) != id {
-            return Err(NoteError::BadKey);
-        }
-        Ok(Self { name: name.to_owned(), id, public })
+        let (name, id, public) = parse_vkey(vkey, ALG_ED25519)?;
+        Ok(Self { name, id, public })
     }
 
     pub fn name(&self) -> &str {
@@ -204,9 +194,7 @@ impl NoteVerifier {
     }
 
     pub fn encode(&self) -> String {
-        let mut k = vec![ALG_ED25519];
-        k.extend_from_slice(&self.public);
-        format!("{}+{}+{}", self.name, hex::encode(self.id), STANDARD.encode(k))
+        encode_vkey(&self.name, &self.id, ALG_ED25519, &self.public)
     }
 
     /// Checks the note's signature by this key and returns its text. Signatures by other keys
@@ -245,9 +233,157 @@ impl NoteVerifier {
     }
 }
 
+/// A `name+hex(key id)+base64(alg ‖ key)` verifier key of an Ed25519 key with signature type
+/// `alg`: its name, key id and public key.
+fn parse_vkey(vkey: &str, alg: u8) -> Result<(String, [u8; 4], [u8; 32]), NoteError> {
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(NoteError::BadKey);
+    };
+    if !is_key_name(name) || id.len() != 8 {
+        return Err(NoteError::BadKey);
+    }
+    let id: [u8; 4] = hex::decode(id).ok().and_then(|v| v.try_into().ok()).ok_or(NoteError::BadKey)?;
+    let key = STANDARD.decode(key).map_err(|_| NoteError::BadKey)?;
+    let (&got, public) = key.split_first().ok_or(NoteError::BadKey)?;
+    let public: [u8; 32] = public.try_into().map_err(|_| NoteError::BadKey)?;
+    if got != alg || key_id_of(name, alg, &public) != id {
+        return Err(NoteError::BadKey);
+    }
+    Ok((name.to_owned(), id, public))
+}
+
+/// An Ed25519 key from a seed under a key name: its key id (for signature type `alg`), public
+/// key and key pair.
+fn named_key(name: &str, seed: &[u8; 32], alg: u8) -> Result<([u8; 4], [u8; 32], Ed25519KeyPair), NoteError> {
+    if !is_key_name(name) {
+        return Err(NoteError::BadName);
+    }
+    let key = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| NoteError::BadKey)?;
+    let public: [u8; 32] = key.public_key().as_ref().try_into().map_err(|_| NoteError::BadKey)?;
+    Ok((key_id_of(name, alg, &public), public, key))
+}
+
+/// `name+hex(key id)+base64(alg ‖ public key)`.
+fn encode_vkey(name: &str, id: &[u8; 4], alg: u8, public: &[u8; 32]) -> String {
+    let mut k = vec![alg];
+    k.extend_from_slice(public);
+    format!("{name}+{}+{}", hex::encode(id), STANDARD.encode(k))
+}
+
+/// The message a v1 cosignature signs: `cosignature/v1\ntime <t>\n` then the checkpoint body.
+fn cosigned_message(timestamp: u64, body: &str) -> String {
+    format!("cosignature/v1\ntime {timestamp}\n{body}")
+}
+
+/// A witness's key for C2SP tlog-cosignature v1 (timestamped Ed25519, signature type 0x04):
+/// checks the cosignatures a witness returns for a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CosignatureVerifier {
+    name: String,
+    id: [u8; 4],
+    public: [u8; 32],
+}
+
+impl CosignatureVerifier {
+    /// Parses `name+hex(key id)+base64(0x04 ‖ public key)`.
+    pub fn parse(vkey: &str) -> Result<Self, NoteError> {
+        let (name, id, public) = parse_vkey(vkey, ALG_COSIGNATURE_V1)?;
+        Ok(Self { name, id, public })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn encode(&self) -> String {
+        encode_vkey(&self.name, &self.id, ALG_COSIGNATURE_V1, &self.public)
+    }
+
+    /// Of the signature lines in `lines` (a witness's answer), the first that is this witness's
+    /// cosignature over the checkpoint body `body` and verifies: the line and its timestamp.
+    /// Lines of other keys are ignored; a line of this key that does not verify is an error.
+    pub fn find<'a>(&self, lines: &'a str, body: &str) -> Result<(&'a str, u64), NoteError> {
+        for line in lines.lines().filter(|l| !l.is_empty()) {
+            let rest = line.strip_prefix(SIG_PREFIX).ok_or(NoteError::Malformed("signature line does not start with an em dash"))?;
+            let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed("signature line has no signature"))?;
+            let blob = STANDARD.decode(b64).map_err(|_| NoteError::Malformed("signature is not base64"))?;
+            if name != self.name || blob.len() < 4 || blob[..4] != self.id {
+                continue;
+            }
+            let (ts, sig) = blob[4..].split_at_checked(8).ok_or(NoteError::Malformed("cosignature too short"))?;
+            let timestamp = u64::from_be_bytes(ts.try_into().map_err(|_| NoteError::Malformed("cosignature too short"))?);
+            if timestamp > i64::MAX as u64 {
+                return Err(NoteError::Malformed("cosignature timestamp out of range"));
+            }
+            UnparsedPublicKey::new(&ED25519, &self.public)
+                .verify(cosigned_message(timestamp, body).as_bytes(), sig)
+                .map_err(|_| NoteError::BadSignature(self.name.clone()))?;
+            return Ok((line, timestamp));
+        }
+        Err(NoteError::Unsigned(self.name.clone()))
+    }
+}
+
+/// Produces v1 cosignatures (what a witness does; moat uses it in tests and tools).
+pub struct Cosigner {
+    name: String,
+    id: [u8; 4],
+    public: [u8; 32],
+    key: Ed25519KeyPair,
+}
+
+impl Cosigner {
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Self, NoteError> {
+        let (id, public, key) = named_key(name, seed, ALG_COSIGNATURE_V1)?;
+        Ok(Self { name: name.to_owned(), id, public, key })
+    }
+
+    pub fn verifier(&self) -> CosignatureVerifier {
+        CosignatureVerifier { name: self.name.clone(), id: self.id, public: self.public }
+    }
+
+    /// The signature line (ending in a newline) cosigning checkpoint body `body` at `timestamp`.
+    pub fn cosign(&self, body: &str, timestamp: u64) -> String {
+        let sig = self.key.sign(cosigned_message(timestamp, body).as_bytes());
+        let mut blob = Vec::with_capacity(4 + 8 + 64);
+        blob.extend_from_slice(&self.id);
+        blob.extend_from_slice(&timestamp.to_be_bytes());
+        blob.extend_from_slice(sig.as_ref());
+        format!("{SIG_PREFIX}{} {}\n", self.name, STANDARD.encode(blob))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cosignatures_verify_and_bind_the_witness_the_time_and_the_checkpoint() {
+        let w = Cosigner::from_seed("witness.test/w1", &[3; 32]).unwrap();
+        let v = CosignatureVerifier::parse(&w.verifier().encode()).unwrap();
+        let body = Checkpoint { origin: "moat.test/audit/platform".into(), size: 9, root: [4; 32], extensions: vec![] }.body();
+        let line = w.cosign(&body, 1_700_000_000);
+        let other = Cosigner::from_seed("witness.test/w2", &[5; 32]).unwrap().cosign(&body, 1);
+        let answer = format!("{other}{line}");
+        assert_eq!(v.find(&answer, &body).unwrap(), (line.trim_end(), 1_700_000_000));
+        // Another checkpoint, a changed time, no line of this witness: refused.
+        let body2 = body.replace("\n9\n", "\n10\n");
+        assert!(matches!(v.find(&line, &body2), Err(NoteError::BadSignature(_))));
+        let blob = STANDARD.decode(line.trim_end().rsplit(' ').next().unwrap()).unwrap();
+        let mut later = blob.clone();
+        later[11] ^= 1;
+        let forged = format!("{SIG_PREFIX}witness.test/w1 {}\n", STANDARD.encode(later));
+        assert!(matches!(v.find(&forged, &body), Err(NoteError::BadSignature(_))));
+        assert!(matches!(v.find(&other, &body), Err(NoteError::Unsigned(_))));
+        // A log key (type 0x01) is not a witness key, and the reverse.
+        let log = NoteSigner::from_seed("moat.test/audit/platform", &[7; 32]).unwrap();
+        assert_eq!(CosignatureVerifier::parse(&log.verifier().encode()), Err(NoteError::BadKey));
+        assert_eq!(NoteVerifier::parse(&w.verifier().encode()), Err(NoteError::BadKey));
+        // A cosigned checkpoint still opens with the log's key.
+        let note = log.sign(&body).unwrap() + &line;
+        assert_eq!(log.verifier().open(&note).unwrap(), body);
+    }
 
     fn signer(name: &str) -> NoteSigner {
         NoteSigner::from_seed(name, &[7u8; 32]).expect("signer")

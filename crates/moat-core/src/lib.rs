@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod audit;
 pub mod audit_bundle;
+pub mod audit_retention;
 pub mod audit_verify;
 pub mod authz;
 #[cfg(feature = "testing")]

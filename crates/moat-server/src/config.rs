@@ -44,6 +44,39 @@ pub struct AuditConfig {
     pub report_max_rows: usize,
     /// Live audit streams (`/v1/audit/stream?follow=true`) one tenant may hold open.
     pub max_streams_per_tenant: usize,
+    /// Days each category is kept before retention removes it (0 = forever). A tenant's
+    /// `audit-retention` policy can lengthen these, never shorten them.
+    pub retention_auth_days: u32,
+    pub retention_authz_days: u32,
+    pub retention_data_access_days: u32,
+    pub retention_admin_days: u32,
+    pub retention_agent_days: u32,
+    pub retention_system_days: u32,
+    /// How often the retention job runs (0 = only on demand, `moat audit prune`).
+    pub retention_interval_s: u64,
+    /// Records per segment: retention removes whole sealed segments of a category.
+    pub retention_segment_records: u64,
+    /// A transparency-log witness (C2SP tlog-witness submission prefix, `http://…`) that
+    /// cosigns every checkpoint; empty = none.
+    pub witness_url: String,
+    /// The witness's cosignature key, `name+keyid+base64(0x04 ‖ Ed25519 key)`.
+    pub witness_key: String,
+}
+
+impl AuditConfig {
+    /// The configured retention of a category in days (0 = forever); `None` for a name that
+    /// is not a category.
+    pub fn retention_days(&self, category: &str) -> Option<u32> {
+        Some(match category {
+            "auth" => self.retention_auth_days,
+            "authz" => self.retention_authz_days,
+            "data_access" => self.retention_data_access_days,
+            "admin" => self.retention_admin_days,
+            "agent" => self.retention_agent_days,
+            "system" => self.retention_system_days,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for AuditConfig {
@@ -56,6 +89,16 @@ impl Default for AuditConfig {
             max_batch: 4_096,
             report_max_rows: 250_000,
             max_streams_per_tenant: 8,
+            retention_auth_days: 90,
+            retention_authz_days: 365,
+            retention_data_access_days: 1_095,
+            retention_admin_days: 1_095,
+            retention_agent_days: 1_095,
+            retention_system_days: 1_095,
+            retention_interval_s: 3_600,
+            retention_segment_records: 4_096,
+            witness_url: String::new(),
+            witness_key: String::new(),
         }
     }
 }
@@ -301,6 +344,30 @@ impl Config {
         if au.report_max_rows == 0 || au.report_max_rows > 10_000_000 {
             return Err(config_error("audit.report_max_rows: must be between 1 and 10000000"));
         }
+        if crate::retention::CATEGORIES.iter().any(|c| au.retention_days(c).unwrap_or(0) > 36_500) {
+            return Err(config_error("audit.retention_auth_days: retention days must be at most 36500 (0 = forever)"));
+        }
+        if au.retention_interval_s != 0 && !(60..=604_800).contains(&au.retention_interval_s) {
+            return Err(config_error("audit.retention_interval_s: 0 (on demand only) or between 60 and 604800"));
+        }
+        if !(1..=65_536).contains(&au.retention_segment_records) {
+            return Err(config_error("audit.retention_segment_records: must be between 1 and 65536"));
+        }
+        if au.witness_url.is_empty() != au.witness_key.is_empty() {
+            return Err(config_error("audit.witness_url: a witness needs both witness_url and witness_key"));
+        }
+        if !au.witness_url.is_empty() {
+            // Cosignatures are signed, so plain HTTP cannot forge one (only withhold it); HTTPS
+            // needs the TLS stack of W1-7.
+            if !au.witness_url.starts_with("http://") {
+                return Err(config_error(
+                    "audit.witness_url: must start with http:// (https:// witnesses need the TLS support that is not built yet)",
+                ));
+            }
+            if moat_core::checkpoint::CosignatureVerifier::parse(&au.witness_key).is_err() {
+                return Err(config_error("audit.witness_key: not a cosignature key (name+keyid+base64 of 0x04 and an Ed25519 key)"));
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error("log.format: must be \"text\" or \"json\""));
         }
@@ -395,6 +462,17 @@ queue = {a_queue}
 max_batch = {a_batch}
 report_max_rows = {a_report}   # a larger report is refused, never cut
 max_streams_per_tenant = {a_streams}   # live audit streams (SIEM forwarders) per tenant
+# Retention: days kept per category (0 = forever); a tenant policy can only lengthen them.
+retention_auth_days = {r_auth}
+retention_authz_days = {r_authz}
+retention_data_access_days = {r_data}
+retention_admin_days = {r_admin}
+retention_agent_days = {r_agent}
+retention_system_days = {r_system}
+retention_interval_s = {r_every}   # 0 = only on demand (moat audit prune)
+retention_segment_records = {r_seg}   # whole sealed segments are pruned
+witness_url = ""   # a C2SP tlog-witness that cosigns every checkpoint (with witness_key)
+witness_key = ""   # the witness's cosignature key: name+keyid+base64(0x04 ‖ key)
 
 [log]
 level = "{level}"
@@ -433,6 +511,14 @@ format = "{format}"   # text | json
         a_batch = d.audit.max_batch,
         a_report = d.audit.report_max_rows,
         a_streams = d.audit.max_streams_per_tenant,
+        r_auth = d.audit.retention_auth_days,
+        r_authz = d.audit.retention_authz_days,
+        r_data = d.audit.retention_data_access_days,
+        r_admin = d.audit.retention_admin_days,
+        r_agent = d.audit.retention_agent_days,
+        r_system = d.audit.retention_system_days,
+        r_every = d.audit.retention_interval_s,
+        r_seg = d.audit.retention_segment_records,
         level = d.log.level,
         format = d.log.format,
     )
@@ -506,5 +592,18 @@ mod tests {
         assert!(e.message.starts_with("auth.leeway_s:"), "{}", e.message);
         let e = Config::load(None, env(&[("MOAT_STORE__URL", "mysql://x")]), &Overrides::default()).expect_err("bad");
         assert!(e.message.starts_with("store.url:"), "{}", e.message);
+        // A witness needs both settings, a usable URL and a cosignature key.
+        let w = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default()).map(|_| ()).map_err(|e| e.message);
+        assert!(w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/")]).unwrap_err().starts_with("audit.witness_url:"));
+        let key = moat_core::checkpoint::Cosigner::from_seed("w.example/w1", &[1; 32]).expect("cosigner").verifier().encode();
+        assert!(
+            w(&[("MOAT_AUDIT__WITNESS_URL", "ftp://w.example/"), ("MOAT_AUDIT__WITNESS_KEY", &key)])
+                .unwrap_err()
+                .starts_with("audit.witness_url:")
+        );
+        let log_key = moat_core::checkpoint::NoteSigner::from_seed("w.example/w1", &[1; 32]).expect("signer").verifier().encode();
+        let e = w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/"), ("MOAT_AUDIT__WITNESS_KEY", &log_key)]).unwrap_err();
+        assert!(e.starts_with("audit.witness_key:"), "{e}");
+        w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/"), ("MOAT_AUDIT__WITNESS_KEY", &key)]).expect("a valid witness");
     }
 }

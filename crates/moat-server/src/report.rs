@@ -26,7 +26,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use moat_core::MoatError;
 use moat_store::AuditRecord;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -666,23 +665,7 @@ impl ReportFormat {
     }
 }
 
-/// RFC 3339 in UTC with exactly three fraction digits (`2026-11-23T09:14:03.510Z`): one width,
-/// so columns line up and text sorts as time does.
-pub fn rfc3339_ms(ms: i64) -> String {
-    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => ms.to_string(),
-    }
-}
+pub use moat_core::clock::rfc3339_ms;
 
 fn cell_json(c: &Cell) -> Value {
     match c {

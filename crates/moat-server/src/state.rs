@@ -94,6 +94,12 @@ impl AppState {
 
     pub async fn open_with_clock(dir: &DataDir, config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         let stores = moat_store::open(&config.store_url(&dir.root)).await?;
+        Self::open_with_stores(dir, config, clock, stores).await
+    }
+
+    /// With stores opened by the caller (tests and benchmarks that run the same server over
+    /// another backend or a wrapped one).
+    pub async fn open_with_stores(dir: &DataDir, config: Config, clock: Arc<dyn Clock>, stores: Stores) -> Result<Self> {
         let keys = crate::bootstrap::load_keyset(dir, &config, clock.now_s())?;
         let lockout = LockoutPolicy { threshold: config.auth.lockout_threshold, stage_durations_s: config.auth.lockout_stages_s.clone() };
         let ip_limiter = Arc::new(MemoryLimiter::new(config.auth.ip_failure_limit, config.auth.ip_failure_window_s));
@@ -116,7 +122,14 @@ impl AppState {
             audit_keys.clone(),
             AuditLogConfig { queue: a.queue, max_batch: a.max_batch, enqueue_timeout: std::time::Duration::from_secs(5) },
         );
-        let checkpoint_sink = config.publish_dir(&dir.root).map(|d| Arc::new(DirSink::new(d)) as Arc<dyn CheckpointSink>);
+        let mut checkpoint_sink = config.publish_dir(&dir.root).map(|d| Arc::new(DirSink::new(d)) as Arc<dyn CheckpointSink>);
+        if !a.witness_url.is_empty() {
+            let witness = moat_core::checkpoint::CosignatureVerifier::parse(&a.witness_key)
+                .map_err(|_| MoatError::invalid("config_invalid", "audit.witness_key: not a cosignature key"))?;
+            let sink =
+                crate::witness::WitnessSink::new(&a.witness_url, witness, stores.audit.clone(), checkpoint_key.clone(), checkpoint_sink)?;
+            checkpoint_sink = Some(Arc::new(sink));
+        }
         let checkpointer = Checkpointer::new(stores.audit.clone(), checkpoint_key.clone(), checkpoint_sink.clone());
         let cp_clock = clock.clone();
         tokio::spawn(

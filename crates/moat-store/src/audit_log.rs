@@ -49,9 +49,14 @@ impl Default for AuditLogConfig {
     }
 }
 
-struct Job {
-    entry: NewAuditEntry,
-    reply: oneshot::Sender<Result<Appended>>,
+/// What the writer task does: appends (gathered into group commits) and, between them, stores
+/// signed checkpoints — one task holds the store's write lock, so a checkpoint never waits
+/// behind a stream of commits (SQLite's busy handler backs off up to 100 ms a try) and never
+/// makes a commit wait for it.
+#[allow(clippy::large_enum_variant)] // appends are the hot path: no allocation per event
+enum Job {
+    Append { entry: NewAuditEntry, reply: oneshot::Sender<Result<Appended>> },
+    Checkpoint { cp: CheckpointRecord, reply: oneshot::Sender<Result<()>> },
 }
 
 struct Shared {
@@ -104,7 +109,7 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent, ts_ms: i64) -> Result<Appended> {
         let (reply, rx) = oneshot::channel();
         let entry = NewAuditEntry { event, ts_ms, event_id: uuid::Uuid::now_v7().to_string() };
-        match tokio::time::timeout(self.timeout, self.tx.send(Job { entry, reply })).await {
+        match tokio::time::timeout(self.timeout, self.tx.send(Job::Append { entry, reply })).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(unavailable()),
             Err(_) => {
@@ -113,6 +118,15 @@ impl AuditLog {
             }
         }
         rx.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+
+    /// Stores a signed checkpoint through the writer, between two commits.
+    pub async fn put_checkpoint(&self, cp: CheckpointRecord) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        match tokio::time::timeout(self.timeout, self.tx.send(Job::Checkpoint { cp, reply })).await {
+            Ok(Ok(())) => rx.await.unwrap_or_else(|_| Err(unavailable())),
+            _ => Err(unavailable()),
+        }
     }
 
     /// False after a failed commit, until one succeeds.
@@ -141,17 +155,26 @@ impl AuditLog {
 async fn run(store: Arc<dyn AuditStore>, keys: AuditKeys, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>, max_batch: usize) {
     let mut entries = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
+    let mut checkpoints = Vec::new();
     while let Some(first) = rx.recv().await {
-        entries.push(first.entry);
-        replies.push(first.reply);
-        while entries.len() < max_batch {
-            match rx.try_recv() {
-                Ok(j) => {
-                    entries.push(j.entry);
-                    replies.push(j.reply);
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append { entry, reply } => {
+                    entries.push(entry);
+                    replies.push(reply);
                 }
-                Err(_) => break,
+                Job::Checkpoint { cp, reply } => checkpoints.push((cp, reply)),
             }
+            if entries.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        for (cp, reply) in checkpoints.drain(..) {
+            let _ = reply.send(store.put_checkpoint(&cp).await);
+        }
+        if entries.is_empty() {
+            continue;
         }
         match store.append_batch(&entries, &keys).await {
             Ok(records) if records.len() == replies.len() => {
@@ -190,6 +213,26 @@ async fn run(store: Arc<dyn AuditStore>, keys: AuditKeys, mut rx: mpsc::Receiver
 pub async fn append_one(store: &dyn AuditStore, keys: &AuditKeys, event: AuditEvent, ts_ms: i64) -> Result<Appended> {
     let entry = NewAuditEntry { event, ts_ms, event_id: uuid::Uuid::now_v7().to_string() };
     store.append_batch(std::slice::from_ref(&entry), keys).await?.pop().ok_or_else(unavailable)
+}
+
+/// Hashes of proof `spans` (from `tlog::inclusion_ranges` / `consistency_ranges`), read from
+/// the store's nodes in one pass.
+pub async fn span_hashes(audit: &dyn AuditStore, trail: &str, spans: &[moat_core::tlog::Span]) -> Result<Vec<moat_core::tlog::Hash>> {
+    use moat_core::tlog;
+    let mut ids = Vec::new();
+    for s in spans {
+        tlog::nodes_of(*s, &mut ids);
+    }
+    let nodes = audit.nodes(trail, &ids).await?;
+    spans
+        .iter()
+        .map(|s| {
+            tlog::span_hash(*s, &|id| nodes.get(&id).copied()).ok_or_else(|| {
+                tracing::error!(trail, "audit node missing for a proof");
+                MoatError::internal("audit_node_missing")
+            })
+        })
+        .collect()
 }
 
 /// Where signed checkpoints are published, off the database.
@@ -293,11 +336,13 @@ pub struct Checkpointer {
     sink: Option<Arc<dyn CheckpointSink>>,
     /// Size of the last checkpoint signed per trail.
     signed: HashMap<String, u64>,
+    /// The writer that stores checkpoints while it runs (`run`); the store directly otherwise.
+    writer: Option<AuditLog>,
 }
 
 impl Checkpointer {
     pub fn new(store: Arc<dyn AuditStore>, key: CheckpointKey, sink: Option<Arc<dyn CheckpointSink>>) -> Self {
-        Self { store, key, sink, signed: HashMap::new() }
+        Self { store, key, sink, signed: HashMap::new(), writer: None }
     }
 
     /// One round: a checkpoint for every trail whose size moved past its last one. Returns the
@@ -319,7 +364,10 @@ impl Checkpointer {
                 signer.sign(&body).map_err(|_| MoatError::internal("checkpoint_sign"))?
             };
             let cp = CheckpointRecord { trail: trail.clone(), size: head.size, ts_ms: now_ms, note };
-            self.store.put_checkpoint(&cp).await?;
+            match &self.writer {
+                Some(w) => w.put_checkpoint(cp.clone()).await?,
+                None => self.store.put_checkpoint(&cp).await?,
+            }
             if let Some(sink) = &self.sink {
                 // The checkpoint is stored; a sink outage is logged and retried next round.
                 if let Err(e) = sink.publish(&cp).await {
@@ -336,6 +384,7 @@ impl Checkpointer {
     /// Runs a round after each commit, at most one per `interval`, forever: a record is in a
     /// signed, published checkpoint within `interval` plus one round.
     pub async fn run(mut self, log: AuditLog, interval: Duration, clock: impl Fn() -> i64 + Send) {
+        self.writer = Some(log.clone());
         loop {
             log.grown().await;
             if let Err(e) = self.round(clock()).await {
@@ -357,6 +406,9 @@ pub struct VerifyReport {
     pub origin: String,
     pub hmacs_checked: u64,
     pub checkpoints_checked: u64,
+    /// Records removed by retention (leaf hashes only), each named by a checkpointed
+    /// `audit.retention` record.
+    pub pruned: u64,
     /// Size of the published checkpoint, when one was found.
     pub published_size: Option<u64>,
     pub first_bad_seq: Option<i64>,
@@ -420,6 +472,7 @@ pub async fn verify_trail(
         origin: verifier.name().to_owned(),
         hmacs_checked: 0,
         checkpoints_checked: 0,
+        pruned: 0,
         published_size: None,
         first_bad_seq: None,
         problem: None,
@@ -458,6 +511,13 @@ pub async fn verify_trail(
         let Some(last) = page.last().map(|e| e.seq) else { break };
         for e in &page {
             let leaf = hex::decode(&e.leaf_hash).unwrap_or_default();
+            if e.pruned {
+                if let Err(p) = v.pruned(e.seq, &leaf) {
+                    let checked = v.size();
+                    return Ok(fail(report, checked, p));
+                }
+                continue;
+            }
             let mac = hex::decode(&e.hmac).unwrap_or_default();
             let view = EntryView { seq: e.seq, entry: e.entry.as_bytes(), leaf_hash: Some(&leaf), hmac: Some(&mac) };
             if let Err(p) = v.entry(&view) {
@@ -483,6 +543,7 @@ pub async fn verify_trail(
     };
     report.hmacs_checked = s.hmacs_checked;
     report.checkpoints_checked = s.checkpoints_checked;
+    report.pruned = s.pruned;
     report.checked = s.size;
     if s.size != head.size || s.root != head.root {
         let p = Problem {

@@ -39,6 +39,7 @@ pub async fn run_all(s: &Stores) {
     refresh_rotation_and_reuse(s).await;
     api_keys(s).await;
     audit_log(s).await;
+    audit_retention(s).await;
     catalog(s).await;
     views(s).await;
 }
@@ -267,6 +268,91 @@ fn login_failure(t: TenantId, i: i64) -> NewAuditEntry {
         .resource(format!("user:{i}"))
         .details(serde_json::json!({"attempt": i, "note": "quote \" and é"}));
     NewAuditEntry { event: e, ts_ms: NOW * 1000 + i, event_id: uuid::Uuid::now_v7().to_string() }
+}
+
+/// Retention at the store: planning reads (segments, seqs), a prune that keeps the leaf hashes
+/// and removes rows and search entries in one transaction, exactly once, and refuses a prune
+/// whose count does not match.
+pub async fn audit_retention(s: &Stores) {
+    use moat_core::audit_retention::{RETENTION_ACTION, RetentionDetails, SeqRanges};
+    let keys = AuditKeys::new([9; 32]);
+    let t = tenant(s).await;
+    let trail = t.id.to_string();
+    let entry = |i: i64, category: Category, ts_ms: i64| {
+        let e = AuditEvent::new(Some(t.id), category, "x.event", Actor::system("test"), Outcome::Success)
+            .resource(format!("thing:{i}"))
+            .details(serde_json::json!({"word": format!("needle{i}")}));
+        NewAuditEntry { event: e, ts_ms, event_id: uuid::Uuid::now_v7().to_string() }
+    };
+    // Segments of 4: seq 1..=8 old (odd auth, even data_access), 9..=12 new.
+    let batch: Vec<_> = (1..=12)
+        .map(|i| entry(i, if i % 2 == 1 { Category::Auth } else { Category::DataAccess }, if i <= 8 { 1_000 + i } else { 9_000 }))
+        .collect();
+    let leaves = s.audit.append_batch(&batch, &keys).await.unwrap();
+    let plan = s.audit.segment_categories(&trail, 8, 4).await.unwrap();
+    let seg0: Vec<_> = plan.iter().filter(|c| c.segment == 0).map(|c| (c.category.as_str(), c.records, c.newest_ts_ms)).collect();
+    assert_eq!(seg0, vec![("auth", 2, 1_003), ("data_access", 2, 1_004)]);
+    assert_eq!(plan.len(), 4, "only sealed segments: {plan:?}");
+    assert_eq!(s.audit.category_seqs(&trail, 1, 4, "auth").await.unwrap(), vec![1, 3]);
+    // The retention record naming them comes first.
+    let mut named = SeqRanges::new();
+    named.push(1);
+    named.push(3);
+    let details = RetentionDetails {
+        segment: 0,
+        first_seq: 1,
+        last_seq: 4,
+        category: "auth".into(),
+        retention_days: 90,
+        cutoff: "1970-01-01T00:00:02.000Z".into(),
+        count: 2,
+        pruned: named,
+    };
+    let e = AuditEvent::new(Some(t.id), Category::System, RETENTION_ACTION, Actor::system("retention"), Outcome::Success)
+        .details(serde_json::to_value(&details).unwrap());
+    let at =
+        s.audit.append_batch(&[NewAuditEntry { event: e, ts_ms: 9_001, event_id: uuid::Uuid::now_v7().to_string() }], &keys).await.unwrap();
+    let p = Prune {
+        trail: trail.clone(),
+        retention_seq: at[0].seq,
+        segment: 0,
+        first_seq: 1,
+        last_seq: 4,
+        category: "auth".into(),
+        count: 2,
+        ts_ms: 9_002,
+    };
+    // A count that does not match removes nothing.
+    let wrong = Prune { count: 1, ..p.clone() };
+    assert_eq!(s.audit.prune(&wrong).await.unwrap_err().code, "retention_mismatch");
+    assert_eq!(s.audit.category_seqs(&trail, 1, 4, "auth").await.unwrap(), vec![1, 3]);
+    assert_eq!(s.audit.prune(&p).await.unwrap(), 2);
+    assert_eq!(s.audit.prune(&p).await.unwrap(), 0, "a prune happens once");
+    assert_eq!(s.audit.prunes(&trail).await.unwrap(), vec![p.clone()]);
+    // Rows 1 and 3 are leaf hashes now; the rest is untouched; the head did not move.
+    let rows = s.audit.entries(&trail, 0, 100).await.unwrap();
+    assert_eq!(rows.len(), 13);
+    for r in &rows {
+        let gone = r.seq == 1 || r.seq == 3;
+        assert_eq!(r.pruned, gone, "seq {}", r.seq);
+        assert_eq!(r.entry.is_empty(), gone);
+        assert_eq!(r.leaf_hash, hex::encode(if r.seq <= 12 { leaves[r.seq as usize - 1].leaf_hash } else { at[0].leaf_hash }));
+    }
+    let paged: Vec<i64> = s.audit.entries(&trail, 1, 2).await.unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(paged, vec![2, 3], "pages merge rows and leaf hashes in order");
+    assert_eq!(s.audit.trail_head(&trail).await.unwrap().size, 13);
+    let leaf = s.audit.nodes(&trail, &[moat_core::tlog::NodeId { level: 0, index: 0 }]).await.unwrap();
+    assert_eq!(leaf.values().next(), Some(&leaves[0].leaf_hash), "proofs still find the leaf");
+    // Gone from search, by filter and by full text.
+    let all = s.audit.list(Some(t.id), &AuditFilter { limit: 100, ..AuditFilter::default() }).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).filter(|s| *s <= 4).collect::<Vec<_>>(), vec![2, 4]);
+    let text = |w: &str| AuditFilter { q: Some(w.into()), limit: 10, ..AuditFilter::default() };
+    assert!(s.audit.list(Some(t.id), &text("needle1")).await.unwrap().is_empty());
+    assert_eq!(s.audit.list(Some(t.id), &text("needle2")).await.unwrap().len(), 1);
+    // Planning no longer sees them; retention records are never candidates.
+    let plan = s.audit.segment_categories(&trail, 16, 4).await.unwrap();
+    assert!(!plan.iter().any(|c| c.segment == 0 && c.category == "auth"));
+    assert!(s.audit.category_seqs(&trail, 13, 16, "system").await.unwrap().is_empty());
 }
 
 /// The transparency log: batches across trails, sequence numbers without gaps, entries that

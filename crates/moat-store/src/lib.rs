@@ -13,7 +13,9 @@ pub mod audit_log;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod records;
+pub mod retention;
 pub mod sqlite;
+mod sqlite_search;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -142,13 +144,27 @@ pub trait AuditStore: Send + Sync {
     async fn trail_heads(&self) -> Result<Vec<(String, TrailHead)>>;
     /// Stored hashes of the given nodes (level 0 = leaves); missing ones are left out.
     async fn nodes(&self, trail: &str, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>>;
-    /// Rows with `seq > after`, in order, at most `limit`.
+    /// Rows with `seq > after`, in order, at most `limit`; a record removed by retention is a
+    /// row with `pruned` set and its leaf hash.
     async fn entries(&self, trail: &str, after: i64, limit: u32) -> Result<Vec<StoredEntry>>;
     /// Records a signed checkpoint (idempotent for the same trail and size).
     async fn put_checkpoint(&self, cp: &CheckpointRecord) -> Result<()>;
     async fn latest_checkpoint(&self, trail: &str) -> Result<Option<CheckpointRecord>>;
     /// Checkpoints with `size > after_size`, oldest first, at most `limit`.
     async fn checkpoints(&self, trail: &str, after_size: u64, limit: u32) -> Result<Vec<CheckpointRecord>>;
+    /// Per sealed segment (seq ≤ `through_seq`, `segment_records` per segment) and category:
+    /// the records still present, for retention planning.
+    async fn segment_categories(&self, trail: &str, through_seq: i64, segment_records: u64) -> Result<Vec<SegmentCategory>>;
+    /// The seqs of the records of `category` still present in `first ..= last` (never those of
+    /// `audit.retention` records), ascending.
+    async fn category_seqs(&self, trail: &str, first: i64, last: i64, category: &str) -> Result<Vec<i64>>;
+    /// Carries out a prune in one transaction: records it, keeps the leaf hashes of the
+    /// records it removes, removes them and their search entries. `retention_mismatch` if the
+    /// records present are not exactly `count` (nothing is removed then); removing records
+    /// already gone is a no-op that returns 0.
+    async fn prune(&self, p: &Prune) -> Result<u64>;
+    /// Prunes carried out on a trail, oldest first.
+    async fn prunes(&self, trail: &str) -> Result<Vec<Prune>>;
     /// Carries records of an older trail format into the log (once, at start-up); how many.
     async fn import_legacy(&self, _keys: &AuditKeys) -> Result<u64> {
         Ok(0)

@@ -251,6 +251,35 @@ pub struct StoredEntry {
     /// Index columns (absent in an export, where only the entry counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexColumns>,
+    /// Removed by retention: only `seq` and `leaf_hash` are left (`entry` and `hmac` empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pruned: bool,
+}
+
+/// One category's records in one sealed segment of a trail, for retention planning
+/// (`audit.retention` records are never counted: they are never removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCategory {
+    pub segment: u64,
+    pub category: String,
+    pub records: u64,
+    /// Time of the newest of them.
+    pub newest_ts_ms: i64,
+}
+
+/// A prune: the records of `category` in seq `first_seq ..= last_seq` (one segment) that the
+/// `audit.retention` record at `retention_seq` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prune {
+    pub trail: String,
+    pub retention_seq: i64,
+    pub segment: u64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub category: String,
+    /// Records named (and removed).
+    pub count: u64,
+    pub ts_ms: i64,
 }
 
 /// The columns a store keeps beside an entry for search; verification checks they agree.

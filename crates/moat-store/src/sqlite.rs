@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use moat_core::apikey::{LAST_USED_GRANULARITY_S, StoredKey};
 use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, TrailMac, encode_entry, trail_name, trail_tenant};
+use moat_core::audit_retention::RETENTION_ACTION;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
@@ -19,6 +20,7 @@ use moat_core::{MoatError, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::sqlite_search::{SearchIndex, search_rowid};
 use crate::*;
 
 /// Migrations, applied in order, each once, inside a transaction.
@@ -29,10 +31,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "tenant_settings", include_str!("../migrations/sqlite/0004_tenant_settings.sql")),
     (5, "catalog_views", include_str!("../migrations/sqlite/0005_catalog_views.sql")),
     (6, "audit_tlog", include_str!("../migrations/sqlite/0006_audit_tlog.sql")),
+    (7, "audit_retention", include_str!("../migrations/sqlite/0007_audit_retention.sql")),
+    (8, "audit_search_apart", include_str!("../migrations/sqlite/0008_audit_search_apart.sql")),
 ];
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The audit log's full-text index, in a file of its own.
+    search: SearchIndex,
 }
 
 /// Maps a database error to a product error, logging the cause (never sent to the caller).
@@ -58,6 +64,53 @@ fn corrupt(what: &str) -> MoatError {
     MoatError::internal("store_corrupt")
 }
 
+/// How often the background task copies the WAL back into the database.
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database (PASSIVE: never blocks a writer or a reader),
+/// until the pool closes. Once everything is copied, the next commit starts the WAL over, so it
+/// stays small.
+async fn wal_checkpoints(pool: SqlitePool) {
+    while !pool.is_closed() {
+        tokio::time::sleep(WAL_CHECKPOINT_EVERY).await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+        }
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map_err(db_err)?;
+    for (version, name, sql) in MIGRATIONS {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.is_some() {
+            continue;
+        }
+        sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(db_err)?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%s','now'))")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str("sqlite://")
@@ -67,54 +120,21 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // The WAL is copied back into the database by a background task, not by whichever
+            // commit happens to cross the threshold (that commit would wait for the copy and its
+            // fsync: the audit writer's p99).
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
             .await
             .map_err(|e| MoatError::unavailable("store_unavailable", format!("cannot open the store at {}: {e}", path.display())))?;
-        let s = Self { pool };
-        s.migrate().await?;
-        Ok(s)
-    }
-
-    /// An in-memory store for tests.
-    pub async fn in_memory() -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db_err)?.foreign_keys(true);
-        // One connection: every connection to :memory: is a separate database.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(db_err)?;
-        let s = Self { pool };
-        s.migrate().await?;
-        Ok(s)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        for (version, name, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if done.is_some() {
-                continue;
-            }
-            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(db_err)?;
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, strftime('%s','now'))")
-                .bind(version)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-        }
-        Ok(())
+        migrate(&pool).await?;
+        tokio::spawn(wal_checkpoints(pool.clone()));
+        let search = SearchIndex::open(path).await?;
+        search.spawn();
+        Ok(Self { pool, search })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -1045,9 +1065,6 @@ fn frontier_of(size: i64, bytes: &[u8]) -> Result<Frontier> {
 /// Rows per multi-row INSERT (12 parameters each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 200;
 
-/// Bits of a search rowid that hold the seq; the trail's number is above them.
-const SEARCH_SEQ_BITS: u32 = 40;
-
 fn like_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
@@ -1069,30 +1086,26 @@ fn fts_query(text: &str) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" AND "))
 }
 
-/// The search index rowid of a record: a trail's records are one contiguous range, in seq order.
-fn search_rowid(num: i64, seq: i64) -> i64 {
-    (num << SEARCH_SEQ_BITS) | seq
-}
-
-/// A trail's number and tree, inside an append transaction; a new trail is numbered here.
-async fn trail_state(tx: &mut sqlx::SqliteConnection, trail: &str) -> Result<(i64, Frontier)> {
-    let row = sqlx::query("SELECT num, size, frontier FROM audit_trails WHERE trail = ?")
+/// A trail's tree, inside an append transaction; a new trail is numbered here (its search
+/// index rowid range).
+async fn trail_state(tx: &mut sqlx::SqliteConnection, trail: &str) -> Result<Frontier> {
+    let row = sqlx::query("SELECT size, frontier FROM audit_trails WHERE trail = ?")
         .bind(trail)
         .fetch_optional(&mut *tx)
         .await
         .map_err(audit_unavailable)?;
     if let Some(r) = row {
-        return Ok((r.get("num"), frontier_of(r.get("size"), &r.get::<Vec<u8>, _>("frontier"))?));
+        return frontier_of(r.get("size"), &r.get::<Vec<u8>, _>("frontier"));
     }
-    let num: i64 = sqlx::query_scalar(
+    sqlx::query(
         "INSERT INTO audit_trails (trail, num, size, frontier)
-         VALUES (?, (SELECT coalesce(max(num), 0) + 1 FROM audit_trails), 0, x'') RETURNING num",
+         VALUES (?, (SELECT coalesce(max(num), 0) + 1 FROM audit_trails), 0, x'')",
     )
     .bind(trail)
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await
     .map_err(audit_unavailable)?;
-    Ok((num, Frontier::new()))
+    Ok(Frontier::new())
 }
 
 fn record_from_row(r: &SqliteRow) -> Result<AuditRecord> {
@@ -1108,19 +1121,19 @@ impl AuditStore for SqliteStore {
             return Ok(vec![]);
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(audit_unavailable)?;
-        // Per trail: its number (search rowids), its tree as it grows through the batch, and its
-        // HMAC key (derived once per batch, not per record).
-        let mut trails: HashMap<String, (i64, Frontier, TrailMac)> = HashMap::new();
+        // Per trail: its tree as it grows through the batch, and its HMAC key (derived once per
+        // batch, not per record). The search index catches up on its own, off this commit.
+        let mut trails: HashMap<String, (Frontier, TrailMac)> = HashMap::new();
         let mut nodes: Vec<(String, NodeId, Hash)> = Vec::new();
         let mut rows = Vec::with_capacity(batch.len());
         let mut out = Vec::with_capacity(batch.len());
         for n in batch {
             let trail = trail_name(n.event.tenant_id);
             if !trails.contains_key(&trail) {
-                let (num, f) = trail_state(&mut tx, &trail).await?;
-                trails.insert(trail.clone(), (num, f, TrailMac::new(&keys.trail_key(&trail))));
+                let f = trail_state(&mut tx, &trail).await?;
+                trails.insert(trail.clone(), (f, TrailMac::new(&keys.trail_key(&trail))));
             }
-            let Some((num, f, mac_key)) = trails.get_mut(&trail) else { continue };
+            let Some((f, mac_key)) = trails.get_mut(&trail) else { continue };
             let e = &n.event;
             let actor = serde_json::to_value(&e.actor).map_err(|_| MoatError::internal("encode_actor"))?;
             let seq = f.size() as i64 + 1;
@@ -1143,13 +1156,13 @@ impl AuditStore for SqliteStore {
             let mac = mac_key.tag(&entry);
             f.append(leaf, |id, h| nodes.push((trail.clone(), id, h)));
             out.push(Appended { trail: trail.clone(), seq, leaf_hash: leaf });
-            rows.push((trail, seq, n, actor.to_string(), entry, leaf, mac, search_rowid(*num, seq)));
+            rows.push((trail, seq, n, actor.to_string(), entry, leaf, mac));
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (trail, seq, ts_ms, event_id, category, action, outcome, actor, resource, entry, leaf_hash, hmac) ",
             );
-            q.push_values(chunk, |mut b, (trail, seq, n, actor, entry, leaf, mac, _)| {
+            q.push_values(chunk, |mut b, (trail, seq, n, actor, entry, leaf, mac)| {
                 b.push_bind(trail)
                     .push_bind(*seq)
                     .push_bind(n.ts_ms)
@@ -1165,13 +1178,6 @@ impl AuditStore for SqliteStore {
             });
             q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
         }
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_search (rowid, body) ");
-            q.push_values(chunk, |mut b, row| {
-                b.push_bind(row.7).push_bind(String::from_utf8_lossy(&row.4));
-            });
-            q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
-        }
         for chunk in nodes.chunks(INSERT_CHUNK) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_nodes (trail, level, idx, hash) ");
             q.push_values(chunk, |mut b, (trail, id, h)| {
@@ -1179,7 +1185,7 @@ impl AuditStore for SqliteStore {
             });
             q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
         }
-        for (trail, (_, f, _)) in &trails {
+        for (trail, (f, _)) in &trails {
             sqlx::query("UPDATE audit_trails SET size = ?, frontier = ? WHERE trail = ?")
                 .bind(f.size() as i64)
                 .bind(f.hashes().concat())
@@ -1198,8 +1204,11 @@ impl AuditStore for SqliteStore {
         let after = f.after_seq.unwrap_or(0).max(0);
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT l.entry, l.leaf_hash FROM ");
         if let Some(text) = &f.q {
-            // Full text: the trail's rowid range of the index, read in order, joined to the log.
+            // Full text: the index (its own file, the log attached as `log`), caught up first so
+            // that every record committed before this search is in it; the trail's rowid range,
+            // read in order, joined to the log.
             let Some(matching) = fts_query(text) else { return Ok(vec![]) };
+            self.search.catch_up(Some(&trail)).await?;
             let num: Option<i64> = sqlx::query_scalar("SELECT num FROM audit_trails WHERE trail = ?")
                 .bind(&trail)
                 .fetch_optional(&self.pool)
@@ -1207,7 +1216,7 @@ impl AuditStore for SqliteStore {
                 .map_err(db_err)?;
             let Some(num) = num else { return Ok(vec![]) };
             let base = search_rowid(num, 0);
-            q.push("audit_search JOIN audit_log l ON l.trail = ").push_bind(trail.clone());
+            q.push("audit_search JOIN log.audit_log l ON l.trail = ").push_bind(trail.clone());
             q.push(" AND l.seq = audit_search.rowid - ").push_bind(base);
             q.push(" WHERE audit_search MATCH ").push_bind(matching);
             q.push(" AND audit_search.rowid > ").push_bind(base + after);
@@ -1238,7 +1247,8 @@ impl AuditStore for SqliteStore {
         }
         q.push(if f.q.is_some() { " ORDER BY audit_search.rowid" } else { " ORDER BY l.seq" });
         q.push(" LIMIT ").push_bind(limit);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        let pool = if f.q.is_some() { self.search.pool() } else { &self.pool };
+        let rows = q.build().fetch_all(pool).await.map_err(db_err)?;
         rows.iter().map(record_from_row).collect()
     }
 
@@ -1267,9 +1277,9 @@ impl AuditStore for SqliteStore {
     }
 
     async fn nodes(&self, trail: &str, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>> {
-        // Leaves are the rows' own hashes; inner nodes are stored. One query each, whatever
+        // Leaves are the rows' own hashes (or, once pruned, stored nodes); inner nodes are stored. One query each, whatever
         // the proof size (a proof has at most 2 log2(n) nodes, far below the parameter limit).
-        let (leaves, inner): (Vec<&NodeId>, Vec<&NodeId>) = ids.iter().partition(|id| id.level == 0);
+        let (leaves, mut inner): (Vec<&NodeId>, Vec<&NodeId>) = ids.iter().partition(|id| id.level == 0);
         let mut out = HashMap::with_capacity(ids.len());
         if !leaves.is_empty() {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT seq, leaf_hash FROM audit_log WHERE trail = ");
@@ -1283,6 +1293,8 @@ impl AuditStore for SqliteStore {
                 let id = NodeId { level: 0, index: (r.get::<i64, _>("seq") - 1) as u64 };
                 out.insert(id, hash_of(&r.get::<Vec<u8>, _>("leaf_hash"))?);
             }
+            // A record removed by retention left its leaf hash among the nodes (level 0).
+            inner.extend(leaves.iter().filter(|id| !out.contains_key(id)));
         }
         if !inner.is_empty() {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT level, idx, hash FROM audit_nodes WHERE trail = ");
@@ -1303,20 +1315,45 @@ impl AuditStore for SqliteStore {
     }
 
     async fn entries(&self, trail: &str, after: i64, limit: u32) -> Result<Vec<StoredEntry>> {
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE trail = ? AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(trail)
-            .bind(after)
-            .bind(i64::from(limit.clamp(1, 100_000)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| StoredEntry {
-                seq: r.get("seq"),
+        // Present records and the leaf hashes of pruned ones, merged in seq order.
+        let limit = i64::from(limit.clamp(1, 100_000));
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT seq, entry, leaf_hash, hmac, ts_ms, event_id, category, action, outcome, actor, resource
+                  FROM audit_log WHERE trail = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)
+             UNION ALL
+             SELECT * FROM (SELECT idx + 1, NULL, hash, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+                  FROM audit_nodes WHERE trail = ?1 AND level = 0 AND idx >= ?2 ORDER BY idx LIMIT ?3)
+             ORDER BY seq LIMIT ?3",
+        )
+        .bind(trail)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut out: Vec<StoredEntry> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.get("seq");
+            let leaf_hash = hex::encode(r.get::<Vec<u8>, _>("leaf_hash"));
+            let Some(entry) = r.get::<Option<Vec<u8>>, _>("entry") else {
+                // A pruned leaf whose row is still there (a prune interrupted between its
+                // statements cannot happen: one transaction) is shown once, as the row.
+                if out.last().is_some_and(|e| e.seq == seq) {
+                    continue;
+                }
+                out.push(StoredEntry { seq, entry: String::new(), leaf_hash, hmac: String::new(), index: None, pruned: true });
+                continue;
+            };
+            if let Some(last) = out.last_mut()
+                && last.seq == seq
+            {
+                out.pop();
+            }
+            out.push(StoredEntry {
+                seq,
                 // Not UTF-8 is a finding for the verifier, not a read error.
-                entry: String::from_utf8_lossy(&r.get::<Vec<u8>, _>("entry")).into_owned(),
-                leaf_hash: hex::encode(r.get::<Vec<u8>, _>("leaf_hash")),
+                entry: String::from_utf8_lossy(&entry).into_owned(),
+                leaf_hash,
                 hmac: hex::encode(r.get::<Vec<u8>, _>("hmac")),
                 index: Some(IndexColumns {
                     ts_ms: r.get("ts_ms"),
@@ -1327,6 +1364,135 @@ impl AuditStore for SqliteStore {
                     actor: r.get("actor"),
                     resource: r.get("resource"),
                 }),
+                pruned: false,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn segment_categories(&self, trail: &str, through_seq: i64, segment_records: u64) -> Result<Vec<SegmentCategory>> {
+        let s = i64::try_from(segment_records.max(1)).map_err(|_| MoatError::internal("segment_size"))?;
+        let rows = sqlx::query(
+            "SELECT (seq - 1) / ?3 AS segment, category, count(*) AS records, max(ts_ms) AS newest
+             FROM audit_log WHERE trail = ?1 AND seq <= ?2 AND action <> ?4
+             GROUP BY segment, category ORDER BY segment, category",
+        )
+        .bind(trail)
+        .bind(through_seq)
+        .bind(s)
+        .bind(RETENTION_ACTION)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| SegmentCategory {
+                segment: r.get::<i64, _>("segment") as u64,
+                category: r.get("category"),
+                records: r.get::<i64, _>("records") as u64,
+                newest_ts_ms: r.get("newest"),
+            })
+            .collect())
+    }
+
+    async fn category_seqs(&self, trail: &str, first: i64, last: i64, category: &str) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT seq FROM audit_log WHERE trail = ? AND seq BETWEEN ? AND ? AND category = ? AND action <> ? ORDER BY seq",
+        )
+        .bind(trail)
+        .bind(first)
+        .bind(last)
+        .bind(category)
+        .bind(RETENTION_ACTION)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)
+    }
+
+    async fn prune(&self, p: &Prune) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let done: Option<i64> = sqlx::query_scalar("SELECT count FROM audit_prunes WHERE trail = ? AND retention_seq = ?")
+            .bind(&p.trail)
+            .bind(p.retention_seq)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if done.is_some() {
+            return Ok(0);
+        }
+        // The rows this prune covers: one predicate for counting, keeping and removing.
+        const COVERED: &str = "trail = ?1 AND seq BETWEEN ?2 AND ?3 AND category = ?4 AND action <> ?5 AND seq < ?6";
+        // Statements built from constants only (no input in the text).
+        let bind = |q: String| {
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .bind(&p.trail)
+                .bind(p.first_seq)
+                .bind(p.last_seq)
+                .bind(&p.category)
+                .bind(RETENTION_ACTION)
+                .bind(p.retention_seq)
+        };
+        let present: i64 =
+            bind(format!("SELECT count(*) AS n FROM audit_log WHERE {COVERED}")).fetch_one(&mut *tx).await.map_err(db_err)?.get("n");
+        if present != 0 && present as u64 != p.count {
+            tracing::error!(trail = %p.trail, retention_seq = p.retention_seq, present, named = p.count, "retention mismatch");
+            return Err(MoatError::conflict(
+                "retention_mismatch",
+                format!(
+                    "the retention record at seq {} names {} records but {present} are present; nothing was removed",
+                    p.retention_seq, p.count
+                ),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO audit_prunes (trail, retention_seq, segment, first_seq, last_seq, category, count, ts_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.trail)
+        .bind(p.retention_seq)
+        .bind(p.segment as i64)
+        .bind(p.first_seq)
+        .bind(p.last_seq)
+        .bind(&p.category)
+        .bind(present)
+        .bind(p.ts_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if present > 0 {
+            let keep = format!(
+                "INSERT INTO audit_nodes (trail, level, idx, hash) SELECT trail, 0, seq - 1, leaf_hash FROM audit_log WHERE {COVERED}"
+            );
+            bind(keep).execute(&mut *tx).await.map_err(db_err)?;
+            bind(format!("DELETE FROM audit_log WHERE {COVERED}")).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        // The removed records leave the search index now (the indexer would within its period).
+        if present > 0
+            && let Err(e) = self.search.catch_up(Some(&p.trail)).await
+        {
+            tracing::warn!(code = e.code, "the search index forgets the pruned records at its next pass");
+        }
+        Ok(present as u64)
+    }
+
+    async fn prunes(&self, trail: &str) -> Result<Vec<Prune>> {
+        let rows = sqlx::query("SELECT * FROM audit_prunes WHERE trail = ? ORDER BY retention_seq")
+            .bind(trail)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Prune {
+                trail: r.get("trail"),
+                retention_seq: r.get("retention_seq"),
+                segment: r.get::<i64, _>("segment") as u64,
+                first_seq: r.get("first_seq"),
+                last_seq: r.get("last_seq"),
+                category: r.get("category"),
+                count: r.get::<i64, _>("count") as u64,
+                ts_ms: r.get("ts_ms"),
             })
             .collect())
     }

@@ -54,9 +54,9 @@ async fn audit_rows_cannot_be_updated_or_deleted() {
     .execute(raw.pool())
     .await
     .expect("v1 row");
+    sqlx::query("INSERT INTO audit_prunes VALUES ('platform', 99, 0, 1, 4, 'auth', 0, 1)").execute(raw.pool()).await.expect("prune row");
     for sql in [
         "UPDATE audit_log SET outcome = 'success'",
-        "DELETE FROM audit_log",
         "UPDATE audit_nodes SET hash = x'00'",
         "DELETE FROM audit_nodes",
         "UPDATE audit_checkpoints SET note = 'forged'",
@@ -64,10 +64,15 @@ async fn audit_rows_cannot_be_updated_or_deleted() {
         "DELETE FROM audit_trails",
         "UPDATE audit_events_v1 SET outcome = 'success'",
         "DELETE FROM audit_events_v1",
+        "UPDATE audit_prunes SET count = 0",
+        "DELETE FROM audit_prunes",
     ] {
         let e = sqlx::query(sql).execute(raw.pool()).await.expect_err(sql).to_string();
         assert!(e.contains("append-only"), "{sql}: {e}");
     }
+    // Rows leave only by retention (a prune naming them, their leaf hash kept).
+    let e = sqlx::query("DELETE FROM audit_log").execute(raw.pool()).await.expect_err("delete").to_string();
+    assert!(e.contains("only by retention"), "{e}");
     let shrink = sqlx::query("UPDATE audit_trails SET size = size - 1").execute(raw.pool()).await;
     assert!(shrink.expect_err("shrink").to_string().contains("only grow"));
 }
@@ -77,7 +82,7 @@ async fn reopening_applies_migrations_once() {
     let (dir, _s, _) = file_store().await;
     let again = SqliteStore::open(&dir.path().join("moat.db")).await.expect("reopen");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(again.pool()).await.expect("count");
-    assert_eq!(n, 6);
+    assert_eq!(n, 8);
 }
 
 /// A store created before tenant settings existed keeps its password policies.
@@ -131,4 +136,38 @@ async fn v1_audit_trail_is_carried_into_the_log() {
     let rec = moat_store::AuditRecord::from_entry(rows[2].entry.as_bytes(), &[]).expect("v2 entry");
     assert_eq!((rec.ts_ms, rec.action.as_str(), rec.details["n"].as_i64()), (1_003, "tenant.create", Some(1)));
     assert_eq!(store.trail_head("platform").await.expect("head").size, 3);
+}
+
+/// The full-text index lives beside the store and is not part of the log: deleted, it is
+/// rebuilt from the records at the next search, which finds everything committed before it.
+#[tokio::test]
+async fn the_search_index_is_rebuilt_from_the_log() {
+    use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
+    use moat_store::{AuditFilter, AuditStore, NewAuditEntry};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("moat.db");
+    let keys = AuditKeys::new([1; 32]);
+    let batch: Vec<NewAuditEntry> = (0..300)
+        .map(|i| NewAuditEntry {
+            event: AuditEvent::new(None, Category::Admin, "x.event", Actor::system("t"), Outcome::Success)
+                .details(serde_json::json!({"word": format!("w{}", i % 3)})),
+            ts_ms: 1_000 + i,
+            event_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .collect();
+    let search = |w: &str| AuditFilter { q: Some(w.into()), limit: 1_000, ..AuditFilter::default() };
+    {
+        let s = SqliteStore::open(&path).await.expect("open");
+        s.append_batch(&batch, &keys).await.expect("append");
+        // Committed just now, found at once (the search catches the index up first).
+        assert_eq!(s.list(None, &search("w1")).await.expect("search").len(), 100);
+        s.pool().close().await;
+    }
+    for f in ["moat.db.search", "moat.db.search-wal", "moat.db.search-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    let s = SqliteStore::open(&path).await.expect("reopen");
+    let found = s.list(None, &search("w2")).await.expect("search");
+    assert_eq!(found.len(), 100);
+    assert!(found.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
 }

@@ -27,18 +27,7 @@ async fn main() {
     let n: usize = std::env::var("MOAT_BENCH_QUERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
     let s = TestServer::start_with(|c| c.ingest.body_limit_bytes = 1 << 34).await;
     let admin = s.tenant_with_admin("acme").await;
-    let mut csv = String::with_capacity(rows * 64);
-    csv.push_str("id,name,email,ssn,amount\n");
-    for i in 0..rows {
-        csv.push_str(&format!(
-            "{i},Person {i},p{i}@example.com,{:03}-{:02}-{:04},{}.{:02}\n",
-            100 + i % 800,
-            1 + i % 98,
-            i % 10_000,
-            i % 997,
-            i % 100
-        ));
-    }
+    let csv = moat_testkit::customers_csv(rows);
     let t = Instant::now();
     let r = s.put_csv("/v1/tables/t", &admin, csv).await;
     assert_eq!(r.status.as_u16(), 201, "{:?}", r.body);

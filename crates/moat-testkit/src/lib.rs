@@ -22,6 +22,24 @@ pub const SUPER_ADMIN: &str = "root@platform.example";
 /// Passes the default policy; used for every test account unless a test needs another.
 pub const PASSWORD: &str = "Tr1cky-Gazelle";
 
+/// A customers table as CSV for benchmarks: `id,name,email,ssn,amount`, `rows` rows, the same
+/// bytes every run.
+pub fn customers_csv(rows: usize) -> String {
+    let mut csv = String::with_capacity(rows * 64);
+    csv.push_str("id,name,email,ssn,amount\n");
+    for i in 0..rows {
+        csv.push_str(&format!(
+            "{i},Person {i},p{i}@example.com,{:03}-{:02}-{:04},{}.{:02}\n",
+            100 + i % 800,
+            1 + i % 98,
+            i % 10_000,
+            i % 997,
+            i % 100
+        ));
+    }
+    csv
+}
+
 pub struct TestServer {
     pub base: String,
     pub clock: ManualClock,
@@ -63,6 +81,12 @@ impl TestServer {
 
     /// Starts with a tweaked configuration (limits, lockout) and a Super Admin account.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_stores(tweak, |s| s).await
+    }
+
+    /// Starts with a tweaked configuration over the data dir's stores as `wrap` returns them
+    /// (a benchmark's baseline wraps the audit store).
+    pub async fn start_with_stores(tweak: impl FnOnce(&mut Config), wrap: impl FnOnce(moat_store::Stores) -> moat_store::Stores) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path().join("data"));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
@@ -72,7 +96,8 @@ impl TestServer {
         tweak(&mut cfg);
         cfg.validate().unwrap();
         let clock = ManualClock::new(now);
-        let state = Arc::new(AppState::open_with_clock(&data, cfg, Arc::new(clock.clone())).await.unwrap());
+        let stores = wrap(moat_store::open(&cfg.store_url(&data.root)).await.unwrap());
+        let state = Arc::new(AppState::open_with_stores(&data, cfg, Arc::new(clock.clone()), stores).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -191,6 +216,23 @@ impl TestServer {
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         let id = r.body["id"].as_str().unwrap().to_owned();
         (id, self.login(Some(tenant), email, PASSWORD).await)
+    }
+
+    /// Waits until the token's trail has a published checkpoint covering every record so far
+    /// (the reads it makes are audited too: a checkpoint up to them will do); returns it.
+    pub async fn checkpointed(&self, token: &str) -> Value {
+        for _ in 0..100 {
+            let cp = self.get("/v1/audit/checkpoint", token).await;
+            let events = self.get("/v1/audit/events?limit=1000", token).await;
+            assert_eq!(events.status, StatusCode::OK, "{:?}", events.body);
+            // The page is the first 1000 records: enough for the tests that use this.
+            let last = events.body["events"].as_array().and_then(|e| e.last()).and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+            if cp.status == StatusCode::OK && cp.body["size"].as_u64().unwrap_or(0) >= last {
+                return cp.body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no checkpoint within 10 s");
     }
 
     /// Audit records of a trail, straight from the store (bypassing the API).

@@ -22,21 +22,6 @@ async fn history(s: &TestServer) -> String {
     admin
 }
 
-/// Waits until the trail's published checkpoint covers every record so far.
-async fn checkpointed(s: &TestServer, admin: &str) -> Value {
-    for _ in 0..100 {
-        let cp = s.get("/v1/audit/checkpoint", admin).await;
-        let events = s.get("/v1/audit/events?limit=1000", admin).await;
-        // The read itself is audited: a checkpoint covering everything up to it will do.
-        let last = events.body["events"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
-        if cp.status == 200 && cp.body["size"].as_u64().unwrap() >= last {
-            return cp.body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no checkpoint within 10 s");
-}
-
 fn b64s(v: &Value) -> Vec<Vec<u8>> {
     v.as_array().unwrap().iter().map(|h| STANDARD.decode(h.as_str().unwrap()).unwrap()).collect()
 }
@@ -45,7 +30,7 @@ fn b64s(v: &Value) -> Vec<Vec<u8>> {
 async fn checkpoints_and_proofs_verify_with_the_public_key_alone() {
     let s = TestServer::start().await;
     let admin = history(&s).await;
-    let cp = checkpointed(&s, &admin).await;
+    let cp = s.checkpointed(&admin).await;
     let verifier = NoteVerifier::parse(cp["verifier_key"].as_str().unwrap()).unwrap();
     let body = Checkpoint::parse_body(verifier.open(cp["note"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(body.origin, cp["origin"].as_str().unwrap());
@@ -118,8 +103,8 @@ async fn verify_after(tamper: impl FnOnce(&str, &str) -> Vec<String>) -> Value {
     let s = TestServer::start().await;
     let admin = history(&s).await;
     let other = s.tenant_with_admin("globex").await;
-    checkpointed(&s, &admin).await;
-    checkpointed(&s, &other).await;
+    s.checkpointed(&admin).await;
+    s.checkpointed(&other).await;
     let tenant = |slug: &str| {
         let st = s.state.clone();
         let slug = slug.to_owned();
@@ -129,7 +114,7 @@ async fn verify_after(tamper: impl FnOnce(&str, &str) -> Vec<String>) -> Value {
     let db = s.dir.path().join("data/moat.db");
     let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
     let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    for t in ["audit_log_no_update", "audit_log_no_delete", "audit_checkpoints_no_delete", "audit_trails_grow_only"] {
+    for t in ["audit_log_no_update", "audit_log_delete_only_by_retention", "audit_checkpoints_no_delete", "audit_trails_grow_only"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}"))).execute(&pool).await.unwrap();
     }
     for sql in tamper(&a, &b) {
@@ -255,7 +240,7 @@ async fn an_export_verifies_offline_and_independently() {
     let s = TestServer::start().await;
     let admin = history(&s).await;
     let other = s.tenant_with_admin("globex").await;
-    let cp = checkpointed(&s, &admin).await;
+    let cp = s.checkpointed(&admin).await;
     let export = |token: String| {
         let req = s.http.get(format!("{}/v1/audit/export", s.base)).bearer_auth(token);
         async move {
@@ -562,7 +547,7 @@ async fn a_restored_old_backup_is_named_by_the_published_checkpoint() {
     use moat_store::audit_log::{CheckpointSink, DirSink, verify_trail};
     let s = TestServer::start().await;
     let admin = history(&s).await;
-    checkpointed(&s, &admin).await;
+    s.checkpointed(&admin).await;
     let data = s.dir.path().join("data");
     let backup = s.dir.path().join("backup.db");
     let pool = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("moat.db"))).await.unwrap();
@@ -571,7 +556,7 @@ async fn a_restored_old_backup_is_named_by_the_published_checkpoint() {
     for i in 0..3 {
         s.user(&admin, "acme", &format!("late{i}@acme.example"), "viewer").await;
     }
-    let published = checkpointed(&s, &admin).await;
+    let published = s.checkpointed(&admin).await;
 
     // The data dir as it is now (keys, published checkpoints), the old store put back.
     let restored = tempfile::tempdir().unwrap();

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::hash_blocking;
 use super::error::ApiResult;
 use super::extract::{Authorized, JsonBody, QueryParams, act};
+use crate::retention::AuditRetentionPolicy;
 use crate::scan::ClassificationPolicy;
 use crate::state::AppState;
 
@@ -465,4 +466,24 @@ pub async fn set_classification_policy(
 ) -> ApiResult<Json<ClassificationPolicy>> {
     policy.validate()?;
     replace_policy(&st, &auth, crate::state::CLASSIFICATION_POLICY, "classification", policy).await
+}
+
+pub async fn get_retention_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::PolicyRead>,
+) -> ApiResult<Json<AuditRetentionPolicy>> {
+    let tenant = auth.tenant.ok_or_else(tenant_not_found)?;
+    Ok(Json(st.setting(tenant, crate::retention::AUDIT_RETENTION_POLICY).await?))
+}
+
+/// Replaces the tenant's audit retention policy (`{"min_days": 2190}` for six years of
+/// everything; `{"days": {"auth": 365}}` per category; 0 = forever). It can only lengthen what
+/// the deployment keeps: a shorter value is refused (`retention_too_short`).
+pub async fn set_retention_policy(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::PolicyUpdate>,
+    JsonBody(policy): JsonBody<AuditRetentionPolicy>,
+) -> ApiResult<Json<AuditRetentionPolicy>> {
+    policy.validate(&st.config.audit)?;
+    replace_policy(&st, &auth, crate::retention::AUDIT_RETENTION_POLICY, "audit_retention", policy).await
 }

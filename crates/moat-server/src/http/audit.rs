@@ -156,6 +156,29 @@ pub async fn events(
     Ok(Json(EventPage { events, next_after }))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneQuery {
+    /// Only report what is due.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/audit/prune`: runs retention over every trail now (Super Admin). Each removal is
+/// named by an `audit.retention` record in its trail, covered by a signed checkpoint before
+/// anything goes; who ran it is recorded in the platform trail first.
+pub async fn prune(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::AuditPrune>,
+    QueryParams(q): QueryParams<PruneQuery>,
+) -> ApiResult<Json<crate::retention::RetentionRun>> {
+    let e = AuditEvent::new(None, Category::Admin, "audit.prune", Actor::of(&auth.principal), Outcome::Success)
+        .resource("audit:retention")
+        .details(serde_json::json!({"dry_run": q.dry_run}));
+    st.record(&auth.client, e).await?;
+    Ok(Json(crate::retention::run(&st, q.dry_run).await?))
+}
+
 /// Verifies one trail of this server's store against its keys and published checkpoint.
 pub async fn verify_trail(st: &AppState, trail: &str, progress: impl FnMut(u64, u64)) -> moat_core::Result<VerifyReport> {
     let sink = st.checkpoint_sink.as_deref();
@@ -259,24 +282,10 @@ pub struct InclusionProofView {
     pub checkpoint: CheckpointView,
 }
 
-/// Hashes of `spans`, read from the store's nodes in one pass.
+/// Hashes of `spans` in base64, read from the store's nodes in one pass.
 async fn span_hashes(st: &AppState, trail: &str, spans: &[tlog::Span]) -> moat_core::Result<Vec<String>> {
-    let mut ids = Vec::new();
-    for s in spans {
-        tlog::nodes_of(*s, &mut ids);
-    }
-    let nodes = st.stores.audit.nodes(trail, &ids).await?;
-    spans
-        .iter()
-        .map(|s| {
-            tlog::span_hash(*s, &|id| nodes.get(&id).copied()).map(|h| base64::engine::general_purpose::STANDARD.encode(h)).ok_or_else(
-                || {
-                    tracing::error!(trail, "audit node missing for a proof");
-                    MoatError::internal("audit_node_missing")
-                },
-            )
-        })
-        .collect()
+    let hashes = moat_store::audit_log::span_hashes(&*st.stores.audit, trail, spans).await?;
+    Ok(hashes.iter().map(|h| base64::engine::general_purpose::STANDARD.encode(h)).collect())
 }
 
 /// `GET /v1/audit/proof/inclusion?seq=N`: that record is in the latest signed checkpoint.
@@ -584,7 +593,7 @@ enum ExportAt {
 /// `GET /v1/audit/export`: the trail as an export bundle (`moat-audit-bundle/v1` NDJSON: header,
 /// signed checkpoints, records), streamed page by page, for offline verification.
 pub async fn export(State(st): State<Arc<AppState>>, auth: Authorized<act::AuditRead>) -> ApiResult<axum::response::Response> {
-    use moat_core::audit_bundle::{BUNDLE_FORMAT, BundleCheckpoint, BundleHeader, BundleRecord};
+    use moat_core::audit_bundle::{BUNDLE_FORMAT, BundleCheckpoint, BundleHeader, BundlePruned, BundleRecord};
     let trail = trail_name(auth.tenant);
     let verifier = st.checkpoint_key.verifier(&trail)?;
     // Recorded before the first byte leaves (an export that cannot be audited is refused), and
@@ -627,7 +636,10 @@ pub async fn export(State(st): State<Arc<AppState>>, auth: Authorized<act::Audit
                     };
                     let lines = page
                         .into_iter()
-                        .map(|e| line_of(&BundleRecord { seq: e.seq, entry: e.entry, leaf_hash: e.leaf_hash, hmac: e.hmac }))
+                        .map(|e| match e.pruned {
+                            true => line_of(&BundlePruned { seq: e.seq, pruned: true, leaf_hash: e.leaf_hash }),
+                            false => line_of(&BundleRecord { seq: e.seq, entry: e.entry, leaf_hash: e.leaf_hash, hmac: e.hmac }),
+                        })
                         .collect::<String>();
                     (Ok(lines), next)
                 }

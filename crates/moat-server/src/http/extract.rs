@@ -241,6 +241,7 @@ pub mod act {
         KeyRevoke => "key":"revoke" @ Own;
         AuditRead => "audit":"read" @ Tenant;
         AuditVerify => "audit":"verify" @ Tenant;
+        AuditPrune => "audit":"prune" @ Platform;
         TableRead => "table":"read" @ Tenant;
         TableWrite => "table":"write" @ Tenant;
         TableDelete => "table":"delete" @ Tenant;

@@ -68,6 +68,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/audit/export", get(audit::export))
         .route("/audit/reports/{kind}", get(audit::report))
         .route("/audit/stream", get(audit::stream))
+        .route("/audit/prune", post(audit::prune))
+        .route("/policies/audit-retention", get(admin::get_retention_policy).put(admin::set_retention_policy))
         .route("/audit/proof/inclusion", get(audit::inclusion))
         .route("/audit/proof/consistency", get(audit::consistency))
         .route("/openapi.json", get(meta::openapi));
@@ -130,6 +132,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
+    crate::retention::spawn_periodic(state.clone());
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
