@@ -214,10 +214,20 @@ async fn serve(dir: DataDir, o: Overrides, banner: Option<String>) -> CliResult 
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| CliError::runtime("bind_failed", format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| CliError::runtime("bind_failed", e.to_string()))?;
+    let pg_addr = state.config.server.pg;
+    let pg_listener = tokio::net::TcpListener::bind(pg_addr)
+        .await
+        .map_err(|e| CliError::runtime("bind_failed", format!("cannot listen on {pg_addr} (PostgreSQL wire protocol): {e}")))?;
+    let pg_local = pg_listener.local_addr().map_err(|e| CliError::runtime("bind_failed", e.to_string()))?;
+    tokio::spawn(moat_server::pg::serve(pg_listener, state.clone(), state.closing.clone().cancelled_owned()));
     if let Some(b) = banner {
         println!("{b}");
     }
-    eprintln!("moat {} serving HTTP on http://{local} (data dir {})", env!("CARGO_PKG_VERSION"), dir.root.display());
+    eprintln!(
+        "moat {} serving HTTP on http://{local} and the PostgreSQL wire protocol on {pg_local} (data dir {})",
+        env!("CARGO_PKG_VERSION"),
+        dir.root.display()
+    );
     moat_server::http::serve(listener, state, shutdown_signal()).await.map_err(|e| CliError::runtime("serve_failed", e.to_string()))?;
     eprintln!("moat stopped");
     Ok(())
@@ -237,8 +247,11 @@ async fn demo(dir: DataDir, o: Overrides) -> CliResult {
         }
     }
     banner.push_str(&format!(
-        "try:\n  echo '{}' | moat login --server {server} --tenant acme --email admin@acme.example --password-stdin\n  moat whoami",
-        creds.password
+        "try:\n  echo '{}' | moat login --server {server} --tenant acme --email admin@acme.example --password-stdin\n  moat whoami\n  \
+         psql \"host={} port={} dbname=acme user=viewer@acme.example\"   (the password above)",
+        creds.password,
+        cfg.server.pg.ip(),
+        cfg.server.pg.port()
     ));
     serve(dir, o, Some(banner)).await
 }

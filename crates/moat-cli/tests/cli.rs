@@ -157,7 +157,7 @@ fn admin_flow_through_the_cli() {
     let o =
         moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", ds], &[], Some(&format!("{PW}\n")));
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
     let url = srv.url.as_str();
 
     let o = moat(&["login", "--server", url, "--email", "root@x.example", "--password-stdin"], &env, Some(&format!("{PW}\n")));
@@ -310,7 +310,7 @@ fn demo_prints_working_logins() {
     let ds = ds.to_str().unwrap();
     let session = tmp.path().join("session.json");
     let env = [("MOAT_CLI_SESSION", session.to_str().unwrap())];
-    let srv = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    let srv = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
     let banner = srv.stdout_lines.join("\n");
     let pw = srv.stdout_lines.iter().find_map(|l| l.trim().strip_prefix("password: ")).expect("password line").to_owned();
     for who in ["admin@acme.example", "analyst@acme.example", "viewer@acme.example", "admin@globex.example", "superadmin@moat.example"] {
@@ -380,7 +380,7 @@ fn demo_prints_working_logins() {
     assert_eq!(v["classification"], "CONFIDENTIAL");
     drop(srv);
     // A second start keeps the same logins.
-    let again = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    let again = Server::start(&["demo", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
     assert!(again.stdout_lines.iter().any(|l| l.trim() == format!("password: {pw}")));
 }
 
@@ -403,7 +403,7 @@ fn a_killed_server_loses_no_acknowledged_audit_record() {
     // Every attempt below fails from one address: lift the per-address limit so that all of
     // them are answered by the tenant (rate-limited attempts are recorded on the platform trail).
     let no_ip_limit = [("MOAT_AUTH__IP_FAILURE_LIMIT", "1000000")];
-    let mut srv = Server::start_with_env(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0"], &no_ip_limit);
+    let mut srv = Server::start_with_env(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"], &no_ip_limit);
     let url = srv.url.clone();
     assert!(
         moat(&["login", "--server", &url, "--email", "root@x.example", "--password-stdin"], &root_env, Some(&format!("{PW}\n")))
@@ -465,7 +465,7 @@ fn a_killed_server_loses_no_acknowledged_audit_record() {
     assert!(text(&o.stdout).contains("intact"), "{}", text(&o.stdout));
     assert_error(&moat(&["audit", "verify", "--data-dir", ds, "--trail", "nope"], &[], None), 2, "unknown_trail");
 
-    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0"]);
+    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
     let o = moat(&["--json", "--server", &srv.url, "audit", "events", "--action", "auth.login", "--limit", "1000"], &boss_env, None);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -49,6 +49,15 @@ impl Principal {
         Self { scope, user_id, email, role, key_scopes, credential }
     }
 
+    /// The principal of a password session (a bearer token's, or a PostgreSQL wire connection's),
+    /// with the role as it is *now* in the store. A platform session may only carry the Super
+    /// Admin role, a tenant session never; anything else is refused as an invalid credential.
+    pub fn for_session(scope: Scope, user_id: UserId, email: Email, current_role: Role, session: SessionId) -> Option<Self> {
+        let ok = matches!((scope, current_role), (Scope::Platform, Role::SuperAdmin))
+            || matches!(scope, Scope::Tenant(_)) && current_role != Role::SuperAdmin;
+        ok.then(|| Self::new(scope, user_id, email, current_role, None, Credential::Session(session)))
+    }
+
     pub fn scope(&self) -> Scope {
         self.scope
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixSeconds;
 use crate::error::MoatError;
 use crate::ids::{Email, SessionId, TenantId, UserId};
-use crate::principal::{Credential, Principal, Scope};
+use crate::principal::{Principal, Scope};
 use crate::role::Role;
 
 /// Access token lifetime (contract: `expires_in: 900`).
@@ -132,13 +132,7 @@ impl VerifiedAccess {
     /// once, not when the token expires). The caller has checked that the session is live, the
     /// user active and the tenant not suspended.
     pub fn into_principal(self, current_role: Role) -> Result<Principal, MoatError> {
-        // A platform token may only carry the Super Admin role, a tenant token never.
-        let ok = matches!((self.scope, current_role), (Scope::Platform, Role::SuperAdmin))
-            || matches!(self.scope, Scope::Tenant(_)) && current_role != Role::SuperAdmin;
-        if !ok {
-            return Err(invalid_token());
-        }
-        Ok(Principal::new(self.scope, self.user_id, self.email, current_role, None, Credential::Session(self.session_id)))
+        Principal::for_session(self.scope, self.user_id, self.email, current_role, self.session_id).ok_or_else(invalid_token)
     }
 }
 

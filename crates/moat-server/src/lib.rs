@@ -4,9 +4,11 @@
 pub mod bootstrap;
 pub mod config;
 pub mod demo;
+pub mod governed;
 pub mod http;
 pub mod limiter;
 pub mod openapi;
+pub mod pg;
 pub mod report;
 pub mod retention;
 pub mod scan;

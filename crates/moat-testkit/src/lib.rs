@@ -46,6 +46,8 @@ pub struct TestServer {
     pub state: Arc<AppState>,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL wire protocol listener.
+    pub pg: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -109,8 +111,11 @@ impl TestServer {
             .await
             .unwrap();
         });
+        let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pg = pg_listener.local_addr().unwrap();
+        tokio::spawn(moat_server::pg::serve(pg_listener, state.clone(), state.closing.clone().cancelled_owned()));
         let http = reqwest::Client::builder().user_agent("moat-testkit").build().unwrap();
-        Self { base, clock, state, http, dir, shutdown: Some(tx) }
+        Self { base, clock, state, http, dir, pg, shutdown: Some(tx) }
     }
 
     /// Any request. `auth` is a bearer credential; `cookie` a raw Cookie header.

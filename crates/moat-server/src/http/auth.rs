@@ -15,7 +15,7 @@ use moat_core::principal::{Credential, Principal, Scope};
 use moat_core::role::Role;
 use moat_core::token::{ACCESS_TTL_S, AccessGrant};
 use moat_core::{ErrorKind, MoatError, secret};
-use moat_store::{NewSession, RefreshOutcome, TenantStatus, UserStatus};
+use moat_store::{NewSession, RefreshOutcome, TenantStatus, UserRecord, UserStatus};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
@@ -74,26 +74,58 @@ async fn check_password(password: String, stored: Option<String>) -> bool {
 }
 
 pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody(req): JsonBody<LoginRequest>) -> ApiResult<Response> {
+    let ok = password_login(&st, &client, req.tenant.as_deref(), &req.email, &req.password, "password").await?;
+    let (access, cookie) = start_session(&st, &client, ok.scope, ok.user.id, &ok.user.email, ok.user.role).await?;
+    let e = AuditEvent::new(ok.trail, Category::Auth, "auth.login", ok.actor(), Outcome::Success).resource(format!("user:{}", ok.user.id));
+    st.record(&client, e).await?;
+    Ok(token_response(access, cookie))
+}
+
+/// A password sign-in that passed every check (the caller records its success).
+pub struct PasswordLogin {
+    pub user: UserRecord,
+    pub trail: Option<TenantId>,
+    pub scope: Scope,
+    via: &'static str,
+}
+
+impl PasswordLogin {
+    pub fn actor(&self) -> Actor {
+        Actor { via: self.via.into(), ..actor_for(self.user.id, &self.user.email, self.user.role, self.scope) }
+    }
+}
+
+/// Checks a password sign-in exactly as `POST /v1/auth/login` does, whatever the protocol
+/// (`via`: "password" for HTTP, "pgwire" for the PostgreSQL wire protocol): the per-address
+/// limiter, lockout before the password, one answer for every failure (`invalid_credentials`),
+/// and every attempt, failure and lockout audited.
+pub async fn password_login(
+    st: &AppState,
+    client: &ClientInfo,
+    tenant_slug: Option<&str>,
+    email: &str,
+    password: &str,
+    via: &'static str,
+) -> Result<PasswordLogin, MoatError> {
     let now = st.clock.now_s();
     let ip_key = format!("login-ip:{}", client.ip.as_deref().unwrap_or("unknown"));
-    let scope_key = req.tenant.as_deref().map_or_else(|| "platform".to_owned(), |t| t.trim().to_ascii_lowercase());
-    let email_key: String = req.email.trim().to_lowercase().chars().take(320).collect();
+    let scope_key = tenant_slug.map_or_else(|| "platform".to_owned(), |t| t.trim().to_ascii_lowercase());
+    let email_key: String = email.trim().to_lowercase().chars().take(320).collect();
     let attempt = |outcome, reason: &str, trail: Option<TenantId>| {
         AuditEvent::new(trail, Category::Auth, "auth.login", Actor::anonymous(Some(&email_key)), outcome)
             .resource(format!("tenant:{scope_key}"))
-            .details(serde_json::json!({"reason": reason}))
+            .details(serde_json::json!({"reason": reason, "via": via}))
     };
 
     if let Some(retry) = st.ip_limiter.blocked(&ip_key, now).await {
-        st.record(&client, attempt(Outcome::Denied, "ip_rate_limited", None)).await?;
+        st.record(client, attempt(Outcome::Denied, "ip_rate_limited", None)).await?;
         return Err(MoatError::new(
             ErrorKind::TooManyRequests { retry_after_s: Some(retry) },
             "rate_limited",
             "too many failed logins from this address; try later",
-        )
-        .into());
+        ));
     }
-    let tenant = match &req.tenant {
+    let tenant = match tenant_slug {
         Some(_) => st.stores.meta.tenant_by_slug(&scope_key).await?,
         None => None,
     };
@@ -107,24 +139,24 @@ pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody
         LockDecision::LockedUntilAdminUnlock => Some(None),
     };
     if let Some(retry_after_s) = retry_after_s {
-        st.record(&client, attempt(Outcome::Denied, "locked", trail)).await?;
+        st.record(client, attempt(Outcome::Denied, "locked", trail)).await?;
         let msg = if retry_after_s.is_some() {
             "too many failed logins; try again later"
         } else {
             "too many failed logins; an administrator must unlock the account"
         };
-        return Err(MoatError::new(ErrorKind::TooManyRequests { retry_after_s }, "account_locked", msg).into());
+        return Err(MoatError::new(ErrorKind::TooManyRequests { retry_after_s }, "account_locked", msg));
     }
 
-    let email = Email::parse(&req.email).ok();
-    let tenant_active = req.tenant.is_none() || tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Active);
-    let user = match (&email, tenant_active, req.tenant.is_some() == tenant.is_some()) {
+    let parsed = Email::parse(email).ok();
+    let tenant_active = tenant_slug.is_none() || tenant.as_ref().is_some_and(|t| t.status == TenantStatus::Active);
+    let user = match (&parsed, tenant_active, tenant_slug.is_some() == tenant.is_some()) {
         (Some(e), true, true) => st.stores.meta.user_by_email(trail, e).await?,
         _ => None,
     };
-    let password_ok = check_password(req.password.clone(), user.as_ref().map(|u| u.password_hash.clone())).await;
+    let password_ok = check_password(password.to_owned(), user.as_ref().map(|u| u.password_hash.clone())).await;
     let reason = match (&user, password_ok) {
-        _ if req.tenant.is_some() && tenant.is_none() => Some("unknown_tenant"),
+        _ if tenant_slug.is_some() && tenant.is_none() => Some("unknown_tenant"),
         _ if !tenant_active => Some("tenant_suspended"),
         (None, _) => Some("unknown_user"),
         (Some(_), false) => Some("bad_password"),
@@ -134,7 +166,7 @@ pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody
     let Some(user) = user.filter(|_| reason.is_none()) else {
         st.ip_limiter.record_failure(&ip_key, now).await;
         let (outcome, _) = st.stores.meta.record_login_failure(&scope_key, &email_key, &st.lockout, now).await?;
-        st.record(&client, attempt(Outcome::Failure, reason.unwrap_or("unknown"), trail)).await?;
+        st.record(client, attempt(Outcome::Failure, reason.unwrap_or("unknown"), trail)).await?;
         if !matches!(outcome, FailureOutcome::Counted) {
             let details = match outcome {
                 FailureOutcome::LockedFor { seconds } => serde_json::json!({"locked_for_s": seconds}),
@@ -143,18 +175,14 @@ pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody
             let e = AuditEvent::new(trail, Category::Auth, "auth.lockout", Actor::anonymous(Some(&email_key)), Outcome::Success)
                 .resource(format!("tenant:{scope_key}"))
                 .details(details);
-            st.record(&client, e).await?;
+            st.record(client, e).await?;
         }
-        return Err(invalid_credentials().into());
+        return Err(invalid_credentials());
     };
 
     st.stores.meta.clear_lockout(&scope_key, &email_key).await?;
     let scope = trail.map_or(Scope::Platform, Scope::Tenant);
-    let (access, cookie) = start_session(&st, &client, scope, user.id, &user.email, user.role).await?;
-    let e = AuditEvent::new(trail, Category::Auth, "auth.login", actor_for(user.id, &user.email, user.role, scope), Outcome::Success)
-        .resource(format!("user:{}", user.id));
-    st.record(&client, e).await?;
-    Ok(token_response(access, cookie))
+    Ok(PasswordLogin { user, trail, scope, via })
 }
 
 fn actor_for(user_id: UserId, email: &Email, role: Role, scope: Scope) -> Actor {
@@ -175,6 +203,16 @@ async fn start_session(
     email: &Email,
     role: Role,
 ) -> Result<(String, HeaderValue), MoatError> {
+    let (session_id, refresh) = open_session(st, client, scope, user_id).await?;
+    let (access, _) = st.keys.issue(&AccessGrant { scope, user_id, email: email.clone(), role, session_id }, st.clock.now_s())?;
+    Ok((access, refresh_cookie(&refresh, st.config.auth.refresh_ttl_s)))
+}
+
+/// Stores a new session (at most `auth.session_max_s` long) and returns it with its refresh
+/// token. A PostgreSQL wire connection holds a session too, and never sees its refresh token:
+/// ending the session (logout everywhere, a disabled user, a suspended tenant) ends the
+/// connection's access at its next statement.
+pub async fn open_session(st: &AppState, client: &ClientInfo, scope: Scope, user_id: UserId) -> Result<(SessionId, String), MoatError> {
     let now = st.clock.now_s();
     let session_id = SessionId::new();
     let refresh = secret::random_token()?;
@@ -191,8 +229,7 @@ async fn start_session(
         user_agent: client.user_agent.clone(),
     };
     st.stores.sessions.create_session(&ns, &secret::sha256_hex(refresh.as_bytes()), now + st.config.auth.refresh_ttl_s).await?;
-    let (access, _) = st.keys.issue(&AccessGrant { scope, user_id, email: email.clone(), role, session_id }, now)?;
-    Ok((access, refresh_cookie(&refresh, st.config.auth.refresh_ttl_s)))
+    Ok((session_id, refresh))
 }
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {

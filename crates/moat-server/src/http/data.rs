@@ -21,17 +21,18 @@ use futures::StreamExt;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::classification::Classification;
 use moat_core::{ErrorKind, MoatError};
+use moat_query::PlanTimings;
 use moat_query::engine::OutputColumn;
 use moat_query::ingest::IngestLimits;
 use moat_query::mask::MaskRule;
 use moat_query::policy::PiiCategory;
-use moat_query::{Catalog, PlanTimings, QueryStream};
 use moat_store::{ColumnLabel, ColumnRecord, TableRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::ApiResult;
-use super::extract::{Authorized, ClientInfo, JsonBody, QueryParams, act};
+use super::extract::{Authorized, JsonBody, QueryParams, act};
+use crate::governed;
 use crate::state::AppState;
 use crate::tables::{self, ImportRequest, Upload};
 
@@ -640,25 +641,11 @@ fn server_timing(catalog: Duration, plan: Duration, planning: PlanTimings, exec:
     )
 }
 
-/// What an audit record of a query says, whatever its outcome.
-fn query_details(query_id: &str, sql: &str, format: ResultFormat, q: Option<&QueryStream>) -> Value {
-    let mut d = json!({"query_id": query_id, "sql": sql, "format": format.as_str()});
-    if let Some(q) = q {
-        d["tables"] = json!(q.tables_read);
-        d["columns"] = json!(q.columns_read);
-        d["columns_masked"] = json!(q.columns_masked);
-    }
-    d
-}
-
-fn outcome_of(e: &MoatError) -> Outcome {
-    if matches!(e.kind, ErrorKind::Forbidden) { Outcome::Denied } else { Outcome::Failure }
-}
-
-/// `POST /v1/query`. JSON answers are collected (within the row and byte limits) and released
-/// after their audit record is durable. CSV and Arrow answers stream: the first batch is
-/// computed, the access is recorded durably, then rows flow; a second record (`query.end`) adds
-/// rows, bytes, truncation and duration when the stream ends, is cut off, or fails.
+/// `POST /v1/query`, through the one governed flow ([`crate::governed`]). JSON answers are
+/// collected (within the row and byte limits) and released after their audit record is
+/// durable. CSV and Arrow answers stream: the first batch is computed, the access is recorded
+/// durably, then rows flow; a second record (`query.end`) adds rows, bytes, truncation and
+/// duration when the stream ends, is cut off, or fails.
 pub async fn query(
     State(st): State<Arc<AppState>>,
     auth: Authorized<act::QueryExecute>,
@@ -666,52 +653,27 @@ pub async fn query(
     JsonBody(req): JsonBody<QueryRequest>,
 ) -> ApiResult<Response> {
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
-    let query_id = uuid::Uuid::now_v7().to_string();
-    let started = Instant::now();
     let format = ResultFormat::from_accept(&headers);
-    let (sources, views, policy) = st.query_catalog(tenant).await?;
-    let views: Vec<_> = views.iter().map(tables::view_source).collect();
-    let audit = |outcome, details: Value| {
-        AuditEvent::new(Some(tenant), Category::DataAccess, "query.execute", Actor::of(&auth.principal), outcome)
-            .resource("query")
-            .details(details)
-    };
-
-    // A refused or failed query's record: what was known, the error code, the time taken.
-    let refused = |mut d: Value, e: &MoatError| {
-        d["error"] = json!(e.code);
-        d["duration_ms"] = json!(started.elapsed().as_millis() as u64);
-        audit(outcome_of(e), d)
-    };
-
-    let governed_at = started.elapsed();
-    let mut stream = match st.engine.start(&auth.principal, tenant, Catalog { tables: &sources, views: &views }, &policy, &req.sql).await {
-        Ok(s) => s,
-        Err(e) => {
-            st.record(&auth.client, refused(query_details(&query_id, &req.sql, format, None), &e)).await?;
-            return Err(e.into());
-        }
-    };
-    let planned_at = started.elapsed();
-    let mut details = query_details(&query_id, &req.sql, format, Some(&stream));
-    let planning = stream.planning;
+    let planned = governed::plan(&st, &auth.client, &auth.principal, tenant, &req.sql, format.as_str()).await?;
+    let query_id = planned.query_id.clone();
 
     if format == ResultFormat::Json {
+        let governed::Planned { stream, mut details, audit, catalog_time, plan_time, .. } = planned;
+        let planning = stream.planning;
         let out = match stream.collect().await {
             Ok(o) => o,
             Err(e) => {
-                st.record(&auth.client, refused(details, &e)).await?;
+                audit.refuse(details, &e).await?;
                 return Err(e.into());
             }
         };
-        details["duration_ms"] = json!(started.elapsed().as_millis() as u64);
         details["rows"] = json!(out.row_count);
         details["bytes"] = json!(out.bytes);
         details["truncated"] = json!(out.truncated);
         // Durable before anything is released.
         let audit_started = Instant::now();
-        st.record(&auth.client, audit(Outcome::Success, details)).await?;
-        let timing = server_timing(governed_at, planned_at - governed_at, planning, out.exec, audit_started.elapsed());
+        audit.record_success(details).await?;
+        let timing = server_timing(catalog_time, plan_time, planning, out.exec, audit_started.elapsed());
         let (row_count, truncated) = (out.row_count, out.truncated);
         let classification = high_water(&out.columns);
         let body = QueryResponse {
@@ -736,55 +698,25 @@ pub async fn query(
         return Ok(resp);
     }
 
-    // Streamed: errors that show before the first row still get a proper error response.
-    let first = match stream.next_batch().await {
-        Some(Err(e)) => {
-            st.record(&auth.client, refused(details, &e)).await?;
-            return Err(e.into());
-        }
-        Some(Ok(b)) => Some(b),
-        None => None,
-    };
-    details["streamed"] = json!(true);
-    st.record(&auth.client, audit(Outcome::Success, details)).await?;
-    let columns_header = serde_json::to_string(&stream.columns).unwrap_or_default();
-    let classification = high_water(&stream.columns);
-    let encoder = Encoder::new(format, &labelled_schema(&stream.schema, &stream.columns, classification))?;
-    let end = StreamEnd {
-        st: st.clone(),
-        client: auth.client.clone(),
-        actor: Actor::of(&auth.principal),
-        tenant,
-        query_id: query_id.clone(),
-        started,
-        error: None,
-        done: false,
-    };
-    let body = futures::stream::unfold(Some(StreamState { stream, encoder, first, end }), |state| async move {
-        let mut s = state?;
-        let batch = match s.first.take() {
-            Some(b) => Some(Ok(b)),
-            None => s.stream.next_batch().await,
-        };
-        let chunk = match batch {
-            Some(Ok(b)) => s.encoder.batch(&b),
-            Some(Err(e)) => {
-                // Cut the response short: a client must not take a partial result as whole.
-                s.end.error = Some(e.code);
-                s.end.finish(stats(&s.stream)).await;
-                return Some((Err(std::io::Error::other(e.message)), None));
-            }
+    let streaming = planned.stream().await?;
+    let columns_header = serde_json::to_string(&streaming.stream.columns).unwrap_or_default();
+    let classification = high_water(&streaming.stream.columns);
+    let encoder = Encoder::new(format, &labelled_schema(&streaming.stream.schema, &streaming.stream.columns, classification))?;
+    let body = futures::stream::unfold(Some((streaming, encoder)), |state| async move {
+        let (mut s, mut encoder) = state?;
+        let chunk = match s.next_batch().await {
+            Some(Ok(b)) => encoder.batch(&b),
+            // Cut the response short: a client must not take a partial result as whole.
+            Some(Err(e)) => return Some((Err(std::io::Error::other(e.message)), None)),
             None => {
-                let tail = s.encoder.finish(&s.stream.schema);
-                s.end.finish(stats(&s.stream)).await;
+                let tail = encoder.finish(&s.stream.schema);
                 return Some((tail.map(bytes::Bytes::from).map_err(|e| std::io::Error::other(e.message)), None));
             }
         };
         match chunk {
-            Ok(c) => Some((Ok(bytes::Bytes::from(c)), Some(s))),
+            Ok(c) => Some((Ok(bytes::Bytes::from(c)), Some((s, encoder)))),
             Err(e) => {
-                s.end.error = Some(e.code);
-                s.end.finish(stats(&s.stream)).await;
+                s.finish(Some(e.code)).await;
                 Some((Err(std::io::Error::other(e.message)), None))
             }
         }
@@ -802,65 +734,4 @@ pub async fn query(
         ],
     );
     Ok(resp)
-}
-
-fn stats(q: &QueryStream) -> (usize, usize, bool) {
-    (q.rows(), q.bytes(), q.truncated())
-}
-
-struct StreamState {
-    stream: QueryStream,
-    encoder: Encoder,
-    first: Option<RecordBatch>,
-    end: StreamEnd,
-}
-
-/// The closing audit record of a streamed result; written when the stream ends, fails, or is
-/// dropped because the client went away.
-struct StreamEnd {
-    st: Arc<AppState>,
-    client: ClientInfo,
-    actor: Actor,
-    tenant: moat_core::ids::TenantId,
-    query_id: String,
-    started: Instant,
-    error: Option<&'static str>,
-    done: bool,
-}
-
-impl StreamEnd {
-    fn event(&self, rows: usize, bytes: usize, truncated: bool) -> AuditEvent {
-        let outcome = if self.error.is_some() { Outcome::Failure } else { Outcome::Success };
-        let mut d = json!({"query_id": self.query_id, "rows": rows, "bytes": bytes, "truncated": truncated,
-                           "duration_ms": self.started.elapsed().as_millis() as u64});
-        if let Some(e) = self.error {
-            d["error"] = json!(e);
-        }
-        AuditEvent::new(Some(self.tenant), Category::DataAccess, "query.end", self.actor.clone(), outcome).resource("query").details(d)
-    }
-
-    async fn finish(&mut self, (rows, bytes, truncated): (usize, usize, bool)) {
-        self.done = true;
-        let ev = self.event(rows, bytes, truncated);
-        if let Err(e) = self.st.record(&self.client, ev).await {
-            tracing::error!(code = e.code, query_id = self.query_id, "could not record the end of a streamed query");
-        }
-    }
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        if self.end.done {
-            return;
-        }
-        // The client went away mid-stream.
-        self.end.error = Some("client_disconnected");
-        let ev = self.end.event(self.stream.rows(), self.stream.bytes(), self.stream.truncated());
-        let (st, client) = (self.end.st.clone(), self.end.client.clone());
-        tokio::spawn(async move {
-            if let Err(e) = st.record(&client, ev).await {
-                tracing::error!(code = e.code, "could not record the end of a streamed query");
-            }
-        });
-    }
 }

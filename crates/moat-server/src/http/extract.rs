@@ -11,9 +11,10 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::authz::Target;
-use moat_core::ids::TenantId;
+use moat_core::ids::{SessionId, TenantId, UserId};
 use moat_core::permission::Permission;
 use moat_core::principal::{Principal, Scope};
+use moat_core::role::Role;
 use moat_core::{MoatError, apikey};
 use serde::de::DeserializeOwned;
 
@@ -152,29 +153,43 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         .or_else(|| raw.strip_prefix("bearer "))
         .map(str::trim)
         .ok_or_else(|| MoatError::unauthenticated("missing_credentials", "an Authorization: Bearer header is required"))?;
-    let now = state.clock.now_s();
     if cred.starts_with(apikey::PREFIX) {
-        if !apikey::looks_valid(cred) {
-            return Err(MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"));
-        }
-        let stored = state
-            .stores
-            .meta
-            .api_key_by_hash(&apikey::hash(cred))
-            .await?
-            .ok_or_else(|| MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"))?;
-        let (id, touch) = (stored.id, stored.needs_touch(now));
-        let p = apikey::principal_for_key(stored, now)?;
-        if touch {
-            state.stores.meta.touch_api_key(id, now).await?;
-        }
-        return Ok(p);
+        return api_key_principal(state, cred).await;
     }
-    let verified = state.keys.verify(cred, now)?;
+    let verified = state.keys.verify(cred, state.clock.now_s())?;
+    let role = live_session_role(state, verified.session_id(), verified.user_id()).await?;
+    verified.into_principal(role)
+}
+
+/// The principal of an API key (a bearer header's, or a PostgreSQL wire password's). Every
+/// refusal reads alike (`invalid_api_key`).
+pub async fn api_key_principal(state: &AppState, cred: &str) -> Result<Principal, MoatError> {
+    if !apikey::looks_valid(cred) {
+        return Err(MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"));
+    }
+    let now = state.clock.now_s();
+    let stored = state
+        .stores
+        .meta
+        .api_key_by_hash(&apikey::hash(cred))
+        .await?
+        .ok_or_else(|| MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"))?;
+    let (id, touch) = (stored.id, stored.needs_touch(now));
+    let p = apikey::principal_for_key(stored, now)?;
+    if touch {
+        state.stores.meta.touch_api_key(id, now).await?;
+    }
+    Ok(p)
+}
+
+/// The user's current role, if the session is live, the user active and the tenant not
+/// suspended (checked at every request and every PostgreSQL statement: a revoked session, a
+/// disabled user or a suspended tenant ends access at once).
+pub async fn live_session_role(state: &AppState, session: SessionId, user: UserId) -> Result<Role, MoatError> {
     let st = state
         .stores
         .sessions
-        .session_auth_state(verified.session_id(), verified.user_id())
+        .session_auth_state(session, user)
         .await?
         .ok_or_else(|| MoatError::unauthenticated("invalid_token", "the access token is invalid"))?;
     if !st.session_live {
@@ -186,7 +201,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
     if !st.tenant_active {
         return Err(MoatError::forbidden("tenant_suspended", "the tenant is suspended"));
     }
-    verified.into_principal(st.role)
+    Ok(st.role)
 }
 
 /// Any authenticated caller (whoami, logout).
