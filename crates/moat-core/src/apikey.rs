@@ -116,10 +116,16 @@ impl StoredKey {
     }
 }
 
+/// The one refusal of every API key problem (unknown, malformed, expired, revoked, another
+/// tenant's): a probe learns nothing about which keys exist.
+pub fn invalid_api_key() -> MoatError {
+    MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked")
+}
+
 /// Turns a looked-up key into a principal, or refuses it. All refusals look alike to the
 /// caller (`invalid_api_key`), so a probe learns nothing about which keys exist.
 pub fn principal_for_key(k: StoredKey, now: UnixSeconds) -> Result<Principal, MoatError> {
-    let refused = || MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked");
+    let refused = invalid_api_key;
     if k.revoked || !k.user_active || !k.tenant_active || now >= k.expires_at {
         return Err(refused());
     }

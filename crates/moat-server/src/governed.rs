@@ -144,10 +144,6 @@ pub struct Streaming {
 }
 
 impl Streaming {
-    pub fn query_id(&self) -> &str {
-        &self.audit.query_id
-    }
-
     /// The next batch; `None` at the end. The closing record is written before the last
     /// answer (end or error) is returned.
     pub async fn next_batch(&mut self) -> Option<Result<RecordBatch, MoatError>> {

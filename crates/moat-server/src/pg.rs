@@ -48,7 +48,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::governed;
-use crate::http::auth::{open_session, password_login};
+use crate::http::auth::{invalid_credentials, open_session, password_login};
 use crate::http::extract::{Action, ClientInfo, act, api_key_principal, live_session_role};
 use crate::state::AppState;
 
@@ -132,10 +132,6 @@ impl WireSession {
     }
 }
 
-fn invalid_credentials() -> MoatError {
-    MoatError::unauthenticated("invalid_credentials", "invalid tenant, email or password")
-}
-
 impl Conn {
     fn client_info(&self, application_name: Option<&str>) -> ClientInfo {
         ClientInfo {
@@ -158,7 +154,7 @@ impl Conn {
             // A key signs in only to its own tenant; another tenant's name reads as a bad key.
             let tenant = match (tenant, p.tenant_id()) {
                 (Some(t), Some(own)) if t.id == own => t,
-                _ => return Err(MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked")),
+                _ => return Err(moat_core::apikey::invalid_api_key()),
             };
             return Ok(WireSession {
                 tenant: tenant.id,

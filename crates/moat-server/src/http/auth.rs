@@ -43,7 +43,8 @@ pub struct TokenResponse {
     pub expires_in: i64,
 }
 
-fn invalid_credentials() -> MoatError {
+/// The one answer to every failed password sign-in, whatever failed.
+pub fn invalid_credentials() -> MoatError {
     MoatError::unauthenticated("invalid_credentials", "invalid tenant, email or password")
 }
 

@@ -165,15 +165,10 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
 /// refusal reads alike (`invalid_api_key`).
 pub async fn api_key_principal(state: &AppState, cred: &str) -> Result<Principal, MoatError> {
     if !apikey::looks_valid(cred) {
-        return Err(MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"));
+        return Err(apikey::invalid_api_key());
     }
     let now = state.clock.now_s();
-    let stored = state
-        .stores
-        .meta
-        .api_key_by_hash(&apikey::hash(cred))
-        .await?
-        .ok_or_else(|| MoatError::unauthenticated("invalid_api_key", "the API key is invalid, expired or revoked"))?;
+    let stored = state.stores.meta.api_key_by_hash(&apikey::hash(cred)).await?.ok_or_else(apikey::invalid_api_key)?;
     let (id, touch) = (stored.id, stored.needs_touch(now));
     let p = apikey::principal_for_key(stored, now)?;
     if touch {
