@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ParamValues;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
@@ -15,7 +16,11 @@ use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConf
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner;
 use futures::StreamExt;
 use moat_core::classification::Classification;
 use moat_core::ids::TenantId;
@@ -98,6 +103,44 @@ pub struct ViewSource {
 
 /// How deep views may build on views.
 pub const MAX_VIEW_DEPTH: usize = 8;
+
+/// The engine's name for a session's one catalog (PostgreSQL clients see their database name).
+const CATALOG: &str = "moat";
+
+/// Gives `$1`, `$2`, … their values, knowing the types the plan infers for them (`None` where
+/// it cannot): a PostgreSQL client's bound parameters.
+pub type Binder<'a> = dyn Fn(&[Option<DataType>]) -> Result<ParamValues, MoatError> + Send + Sync + 'a;
+
+/// One query as a client sent it.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub sql: &'a str,
+    /// A PostgreSQL client, connected to this database name: the statement is read in
+    /// PostgreSQL's dialect with the idioms of psql, drivers and BI tools rewritten
+    /// ([`restrict::check_postgres`]), and the session has a `pg_catalog` of the tenant's
+    /// tables ([`crate::pgcompat`]).
+    pub postgres: Option<&'a str>,
+    /// Parameter values. They are bound into the logical plan as literals before it is
+    /// optimised, so a parameter meets exactly what a literal would: masked values where the
+    /// scan masks.
+    pub bind: Option<&'a Binder<'a>>,
+}
+
+impl<'a> Request<'a> {
+    /// SQL in DataFusion's dialect, without parameters (`POST /v1/query`, the CLI).
+    pub fn sql(sql: &'a str) -> Self {
+        Self { sql, postgres: None, bind: None }
+    }
+}
+
+/// A planned statement's shape, without running it.
+#[derive(Debug)]
+pub struct Described {
+    pub columns: Vec<OutputColumn>,
+    pub schema: SchemaRef,
+    /// The inferred type of `$1`, `$2`, … (`None` where the plan does not tell).
+    pub params: Vec<Option<DataType>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputColumn {
@@ -277,11 +320,39 @@ impl Engine {
         if kind != QueryKind::Select {
             return Err(MoatError::invalid("invalid_view", "a view is one SELECT, WITH or VALUES statement"));
         }
+        Ok(self.describe_request(principal, tenant, catalog, policy, Request::sql(sql)).await?.columns)
+    }
+
+    /// Plans a client's statement as `principal` without running it: its result columns and
+    /// the types of its parameters (a PostgreSQL client's Describe).
+    pub async fn describe_request(
+        &self,
+        principal: &Principal,
+        tenant: TenantId,
+        catalog: Catalog<'_>,
+        policy: &MaskingPolicy,
+        request: Request<'_>,
+    ) -> Result<Described, MoatError> {
+        let (_, statement) = self.check(principal, request)?;
         let slot = self.slot(tenant)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
-        match tokio::time::timeout_at(deadline, self.prepare(principal, &slot, catalog, policy, sql)).await {
-            Ok(p) => Ok(p?.columns),
+        match tokio::time::timeout_at(deadline, self.prepare(principal, &slot, catalog, policy, request, statement)).await {
+            Ok(p) => {
+                let p = p?;
+                let params = parameter_types(p.df.logical_plan())?;
+                Ok(Described { columns: p.columns, schema: p.schema, params })
+            }
             Err(_) => Err(timeout_error(&self.limits)),
+        }
+    }
+
+    /// The statement's size, depth and kind, in the client's dialect.
+    fn check(&self, principal: &Principal, request: Request<'_>) -> Result<(QueryKind, Option<Statement>), MoatError> {
+        let may_explain = principal.has_permission(&Permission::new("query", "explain"));
+        let (sql, max_bytes, max_depth) = (request.sql, self.limits.max_sql_bytes, self.limits.max_depth);
+        match request.postgres {
+            Some(_) => restrict::check_postgres(sql, max_bytes, max_depth, may_explain).map(|(k, s)| (k, Some(s))),
+            None => restrict::check(sql, max_bytes, max_depth, may_explain).map(|k| (k, None)),
         }
     }
 
@@ -295,8 +366,19 @@ impl Engine {
         policy: &MaskingPolicy,
         sql: &str,
     ) -> Result<QueryStream, MoatError> {
-        let may_explain = principal.has_permission(&Permission::new("query", "explain"));
-        let kind = restrict::check(sql, self.limits.max_sql_bytes, self.limits.max_depth, may_explain)?;
+        self.start_request(principal, tenant, catalog, policy, Request::sql(sql)).await
+    }
+
+    /// [`Engine::start`] for a client's request (its dialect, its parameters).
+    pub async fn start_request(
+        &self,
+        principal: &Principal,
+        tenant: TenantId,
+        catalog: Catalog<'_>,
+        policy: &MaskingPolicy,
+        request: Request<'_>,
+    ) -> Result<QueryStream, MoatError> {
+        let checked = self.check(principal, request)?;
         let slot = self.slot(tenant)?;
         let permit = slot.running.clone().try_acquire_owned().map_err(|_| {
             MoatError::new(
@@ -306,7 +388,7 @@ impl Engine {
             )
         })?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.timeout_ms);
-        match tokio::time::timeout_at(deadline, self.plan(principal, &slot, catalog, policy, sql, kind)).await {
+        match tokio::time::timeout_at(deadline, self.plan(principal, &slot, catalog, policy, request, checked)).await {
             Ok(Ok(mut q)) => {
                 q.deadline = deadline;
                 q._permit = Some(permit);
@@ -323,10 +405,10 @@ impl Engine {
         slot: &TenantSlot,
         catalog: Catalog<'_>,
         policy: &MaskingPolicy,
-        sql: &str,
-        kind: QueryKind,
+        request: Request<'_>,
+        (kind, statement): (QueryKind, Option<Statement>),
     ) -> Result<QueryStream, MoatError> {
-        let p = self.prepare(principal, slot, catalog, policy, sql).await?;
+        let p = self.prepare(principal, slot, catalog, policy, request, statement).await?;
         let physical_started = Instant::now();
         let stream = p.df.execute_stream().await.map_err(df_error)?;
         let planning = PlanTimings { session: p.session, logical: p.logical, physical: physical_started.elapsed() };
@@ -337,6 +419,7 @@ impl Engine {
             tables_read: p.tables_read,
             columns_masked: p.columns_masked,
             columns_read: p.columns_read,
+            params: p.params,
             kind,
             inner: stream,
             pool: p.pool,
@@ -351,19 +434,21 @@ impl Engine {
         })
     }
 
-    /// The governed session of one query, its logical plan and its output classification.
+    /// The governed session of one query, its logical plan (parameters bound) and its output
+    /// classification. `statement`: a PostgreSQL client's statement, as checked and rewritten.
     async fn prepare(
         &self,
         principal: &Principal,
         slot: &TenantSlot,
         catalog: Catalog<'_>,
         policy: &MaskingPolicy,
-        sql: &str,
+        request: Request<'_>,
+        statement: Option<Statement>,
     ) -> Result<Prepared, MoatError> {
         let tables = catalog.tables;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema("moat", "public")
+            .with_default_catalog_and_schema(CATALOG, "public")
             .with_create_default_catalog_and_schema(true)
             .with_target_partitions(self.limits.target_partitions.max(1));
         // Filters that reach the Parquet scan (only ones on raw-visible columns: see
@@ -380,7 +465,15 @@ impl Engine {
             .with_cache_manager(slot.caches.clone());
         runtime.disk_manager = Some(slot.disk.clone());
         let started = Instant::now();
-        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc().map_err(df_error)?);
+        let mut state =
+            SessionStateBuilder::new().with_config(config).with_runtime_env(runtime.build_arc().map_err(df_error)?).with_default_features();
+        if request.postgres.is_some() {
+            state = state.with_type_planner(Arc::new(PgOidTypePlanner));
+        }
+        let ctx = SessionContext::new_with_state(state.build());
+        if let Some(database) = request.postgres {
+            crate::pgcompat::install(&ctx, CATALOG, database).map_err(df_error)?;
+        }
 
         // Decisions per table and column; the session knows only these tables.
         let mut decisions: HashMap<(String, String), (Classification, MaskDecision)> = HashMap::new();
@@ -399,12 +492,29 @@ impl Engine {
         }
 
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let statement = match statement {
+            Some(s) => DfStatement::Statement(Box::new(s)),
+            None => parse(&ctx, request.sql)?,
+        };
         if !catalog.views.is_empty() {
             let views: HashMap<&str, &ViewSource> = catalog.views.iter().map(|v| (v.name.as_str(), v)).collect();
-            register_views(&ctx, &views, sql, &mut Vec::new(), options).await?;
+            register_views(&ctx, &views, &statement, &mut Vec::new(), options).await?;
+        }
+        if request.postgres.is_some() && reads_pg_catalog(&ctx, &statement)? {
+            crate::pgcompat::warm_oids(&ctx).await.map_err(df_error)?;
         }
         let session = started.elapsed();
-        let df = ctx.sql_with_options(sql, options).await.map_err(df_error)?;
+        let plan = ctx.state().statement_to_plan(statement).await.map_err(df_error)?;
+        options.verify_plan(&plan).map_err(df_error)?;
+        let mut df = ctx.execute_logical_plan(plan).await.map_err(df_error)?;
+        let mut params = Vec::new();
+        if let Some(bind) = request.bind {
+            let values = bind(&parameter_types(df.logical_plan())?)?;
+            if let ParamValues::List(list) = &values {
+                params = list.iter().map(|v| v.value.to_string()).collect();
+            }
+            df = df.with_param_values(values).map_err(df_error)?;
+        }
         let logical = started.elapsed() - session;
         let sources = lineage(df.logical_plan());
         let mut tables_read = std::collections::BTreeSet::new();
@@ -450,6 +560,7 @@ impl Engine {
             tables_read: tables_read.into_iter().collect(),
             columns_masked: columns_masked.into_iter().collect(),
             columns_read: columns_read.into_iter().collect(),
+            params,
             pool,
             session,
             logical,
@@ -478,28 +589,47 @@ struct Prepared {
     tables_read: Vec<String>,
     columns_masked: Vec<String>,
     columns_read: Vec<String>,
+    params: Vec<String>,
     pool: Arc<QueryPool>,
     session: Duration,
     logical: Duration,
 }
 
-/// Registers, in `ctx`, each view `sql` names (and the views those name, first), planned over
-/// the governed tables already registered. `stack` holds the views being planned: a view that
-/// names itself, directly or not, or views nested deeper than [`MAX_VIEW_DEPTH`], are refused.
+/// `sql` in the session's dialect.
+fn parse(ctx: &SessionContext, sql: &str) -> Result<DfStatement, MoatError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    state.sql_to_statement(sql, &dialect).map_err(df_error)
+}
+
+/// Whether `statement` names a `pg_catalog` table.
+fn reads_pg_catalog(ctx: &SessionContext, statement: &DfStatement) -> Result<bool, MoatError> {
+    let references = ctx.state().resolve_table_references(statement).map_err(df_error)?;
+    Ok(references.iter().any(|r| r.schema() == Some("pg_catalog") || r.table().starts_with("pg_")))
+}
+
+/// The inferred types of `$1` … `$n`, in order (`n` the highest placeholder the plan names).
+fn parameter_types(plan: &datafusion::logical_expr::LogicalPlan) -> Result<Vec<Option<DataType>>, MoatError> {
+    let mut types = plan.get_parameter_types().map_err(df_error)?;
+    let n = types.keys().filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok()).max().unwrap_or(0);
+    Ok((1..=n).map(|i| types.remove(&format!("${i}")).flatten()).collect())
+}
+
+/// Registers, in `ctx`, each view `statement` names (and the views those name, first), planned
+/// over the governed tables already registered. `stack` holds the views being planned: a view
+/// that names itself, directly or not, or views nested deeper than [`MAX_VIEW_DEPTH`], are
+/// refused.
 async fn register_views(
     ctx: &SessionContext,
     views: &HashMap<&str, &ViewSource>,
-    sql: &str,
+    statement: &DfStatement,
     stack: &mut Vec<String>,
     options: SQLOptions,
 ) -> Result<(), MoatError> {
-    let state = ctx.state();
-    let dialect = state.config().options().sql_parser.dialect;
-    let statement = state.sql_to_statement(sql, &dialect).map_err(df_error)?;
-    let references = state.resolve_table_references(&statement).map_err(df_error)?;
-    // A look at the catalog itself (information_schema, SHOW TABLES) lists every view that can
-    // be planned now; a broken one is left out rather than failing the listing.
-    if stack.is_empty() && references.iter().any(|r| r.schema() == Some("information_schema")) {
+    let references = ctx.state().resolve_table_references(statement).map_err(df_error)?;
+    // A look at the catalog itself (information_schema, SHOW TABLES, pg_catalog) lists every
+    // view that can be planned now; a broken one is left out rather than failing the listing.
+    if stack.is_empty() && references.iter().any(|r| matches!(r.schema(), Some("information_schema" | "pg_catalog"))) {
         let mut all: Vec<&ViewSource> = views.values().copied().collect();
         all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         for view in all {
@@ -534,7 +664,7 @@ async fn register_view(
         return Err(MoatError::invalid("view_too_deep", format!("views may build on views at most {MAX_VIEW_DEPTH} deep")));
     }
     stack.push(name.to_owned());
-    Box::pin(register_views(ctx, views, &view.sql, stack, options)).await?;
+    Box::pin(register_views(ctx, views, &parse(ctx, &view.sql)?, stack, options)).await?;
     stack.pop();
     let planned = ctx.sql_with_options(&view.sql, options).await.map_err(|e| {
         let mut e = df_error(e);
@@ -576,6 +706,8 @@ pub struct QueryStream {
     pub tables_read: Vec<String>,
     pub columns_masked: Vec<String>,
     pub columns_read: Vec<String>,
+    /// The bound parameter values, as text (for the audit record).
+    pub params: Vec<String>,
     pub kind: QueryKind,
     pub planning: PlanTimings,
     inner: SendableRecordBatchStream,

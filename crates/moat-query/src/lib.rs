@@ -13,12 +13,15 @@ pub mod governed;
 pub mod ingest;
 pub mod lineage;
 pub mod mask;
+pub mod pgcompat;
 pub mod policy;
 pub mod pool;
 pub mod restrict;
 pub mod scrub;
 pub mod storage;
 
-pub use engine::{Catalog, Engine, EngineLimits, PlanTimings, QueryOutput, QueryStream, TableSource, ViewSource};
+pub use engine::{
+    Binder, Catalog, Described, Engine, EngineLimits, PlanTimings, QueryOutput, QueryStream, Request, TableSource, ViewSource,
+};
 pub use policy::{ColumnMeta, MaskDecision, PiiCategory};
 pub use storage::TableStorage;

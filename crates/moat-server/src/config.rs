@@ -128,6 +128,11 @@ pub struct ServerConfig {
     pub http: SocketAddr,
     /// PostgreSQL wire protocol listen address.
     pub pg: SocketAddr,
+    /// Signed-in PostgreSQL connections one tenant may hold at once (0: no limit).
+    pub pg_max_connections_per_tenant: usize,
+    /// A PostgreSQL connection with no statement running and nothing sent for this long is
+    /// closed (0: never).
+    pub pg_idle_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +186,12 @@ pub struct LogConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { http: SocketAddr::from(([127, 0, 0, 1], 8080)), pg: SocketAddr::from(([127, 0, 0, 1], 6432)) }
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            pg: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            pg_max_connections_per_tenant: 100,
+            pg_idle_timeout_s: 3_600,
+        }
     }
 }
 
@@ -417,6 +427,8 @@ pub fn default_toml() -> String {
 [server]
 http = "{http}"   # HTTP API
 pg = "{pg}"       # PostgreSQL wire protocol
+pg_max_connections_per_tenant = {pg_conns}   # signed-in pgwire connections per tenant (0: no limit)
+pg_idle_timeout_s = {pg_idle}   # close a pgwire connection idle this long (0: never)
 
 [store]
 url = "{store}"   # relative paths are inside the data dir
@@ -480,6 +492,8 @@ format = "{format}"   # text | json
 "#,
         http = d.server.http,
         pg = d.server.pg,
+        pg_conns = d.server.pg_max_connections_per_tenant,
+        pg_idle = d.server.pg_idle_timeout_s,
         store = d.store.url,
         iss = d.auth.issuer,
         aud = d.auth.audience,

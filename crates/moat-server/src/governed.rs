@@ -12,31 +12,67 @@ use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::ids::TenantId;
 use moat_core::principal::Principal;
 use moat_core::{ErrorKind, MoatError};
-use moat_query::{Catalog, QueryStream};
+use moat_query::{Catalog, Described, QueryStream, Request};
 use serde_json::{Value, json};
 
 use crate::http::extract::ClientInfo;
 use crate::state::AppState;
 use crate::tables;
 
-/// Who runs a query and from where: writes its audit records.
+/// Who runs a query and from where: writes its audit records. A query that ends before any
+/// record is written (its client cancelled it or went away while it was planned or computed)
+/// is recorded when the last handle is dropped: `query.execute`, failure, `query_canceled`.
 #[derive(Clone)]
-pub struct QueryAudit {
+pub struct QueryAudit(Arc<AuditInner>);
+
+pub struct AuditInner {
     st: Arc<AppState>,
     client: ClientInfo,
     actor: Actor,
     tenant: TenantId,
     query_id: String,
     started: Instant,
+    /// What the record of a query abandoned before its first record says.
+    asked: Value,
+    recorded: std::sync::atomic::AtomicBool,
+}
+
+impl std::ops::Deref for QueryAudit {
+    type Target = AuditInner;
+    fn deref(&self) -> &AuditInner {
+        &self.0
+    }
 }
 
 impl QueryAudit {
     async fn record(&self, event: AuditEvent) -> Result<(), MoatError> {
+        self.recorded.store(true, std::sync::atomic::Ordering::SeqCst);
         self.st.record(&self.client, event).await
     }
+}
 
+impl AuditInner {
     fn event(&self, action: &str, outcome: Outcome, details: Value) -> AuditEvent {
         AuditEvent::new(Some(self.tenant), Category::DataAccess, action, self.actor.clone(), outcome).resource("query").details(details)
+    }
+}
+
+impl Drop for AuditInner {
+    fn drop(&mut self) {
+        if self.recorded.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut details = std::mem::take(&mut self.asked);
+        details["error"] = json!("query_canceled");
+        details["duration_ms"] = json!(self.started.elapsed().as_millis() as u64);
+        let event = self.event("query.execute", Outcome::Failure, details);
+        let (st, client) = (self.st.clone(), self.client.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            if let Err(e) = st.record(&client, event).await {
+                tracing::error!(code = e.code, "could not record an abandoned query");
+            }
+        });
     }
 }
 
@@ -58,41 +94,106 @@ pub struct Planned {
     pub audit: QueryAudit,
 }
 
-/// Plans `sql` for `principal` in `tenant` through the engine; a refusal is audited (with its
-/// code) before it is returned. `format` names the answer's form in the audit record ("json",
-/// "csv", "arrow", "pgwire").
+impl QueryAudit {
+    fn new(st: &Arc<AppState>, client: &ClientInfo, principal: &Principal, tenant: TenantId, asked: &Value, query_id: String) -> Self {
+        QueryAudit(Arc::new(AuditInner {
+            st: st.clone(),
+            client: client.clone(),
+            actor: Actor::of(principal),
+            tenant,
+            query_id,
+            started: Instant::now(),
+            asked: asked.clone(),
+            recorded: false.into(),
+        }))
+    }
+}
+
+/// The tenant's catalog as the engine sees it: its tables, views and masking policy.
+async fn with_catalog<T>(
+    st: &AppState,
+    tenant: TenantId,
+    f: impl AsyncFnOnce(Catalog<'_>, &moat_query::policy::MaskingPolicy) -> Result<T, MoatError>,
+) -> Result<T, MoatError> {
+    let (sources, views, policy) = st.query_catalog(tenant).await?;
+    let views: Vec<_> = views.iter().map(tables::view_source).collect();
+    f(Catalog { tables: &sources, views: &views }, &policy).await
+}
+
+/// Plans `request` for `principal` in `tenant` through the engine; a refusal is audited (with
+/// its code) before it is returned. `format` names the answer's form in the audit record
+/// ("json", "csv", "arrow", "pgwire").
 pub async fn plan(
     st: &Arc<AppState>,
     client: &ClientInfo,
     principal: &Principal,
     tenant: TenantId,
-    sql: &str,
+    request: Request<'_>,
     format: &str,
 ) -> Result<Planned, MoatError> {
-    let ctx = QueryAudit {
-        st: st.clone(),
-        client: client.clone(),
-        actor: Actor::of(principal),
-        tenant,
-        query_id: uuid::Uuid::now_v7().to_string(),
-        started: Instant::now(),
-    };
-    let mut details = json!({"query_id": ctx.query_id, "sql": sql, "format": format});
-    let (sources, views, policy) = st.query_catalog(tenant).await?;
-    let views: Vec<_> = views.iter().map(tables::view_source).collect();
-    let catalog_time = ctx.started.elapsed();
-    let stream = match st.engine.start(principal, tenant, Catalog { tables: &sources, views: &views }, &policy, sql).await {
+    let query_id = uuid::Uuid::now_v7().to_string();
+    let mut details = json!({"query_id": query_id, "sql": request.sql, "format": format});
+    let ctx = QueryAudit::new(st, client, principal, tenant, &details, query_id);
+    let mut catalog_time = Duration::ZERO;
+    let started = ctx.started;
+    let planned = with_catalog(st, tenant, async |catalog, policy| {
+        catalog_time = started.elapsed();
+        st.engine.start_request(principal, tenant, catalog, policy, request).await
+    })
+    .await;
+    let stream = match planned {
         Ok(s) => s,
         Err(e) => {
             refuse(&ctx, details, &e).await?;
             return Err(e);
         }
     };
+    if !stream.params.is_empty() {
+        // What a parameter held is part of what was asked, like a literal in the SQL text.
+        details["params"] = json!(stream.params.iter().map(|p| clip(p, MAX_AUDITED_PARAM)).collect::<Vec<_>>());
+    }
     details["tables"] = json!(stream.tables_read);
     details["columns"] = json!(stream.columns_read);
     details["columns_masked"] = json!(stream.columns_masked);
-    let plan_time = ctx.started.elapsed() - catalog_time;
+    let plan_time = ctx.started.elapsed().saturating_sub(catalog_time);
     Ok(Planned { query_id: ctx.query_id.clone(), stream, details, catalog_time, plan_time, audit: ctx })
+}
+
+/// How much of one parameter value an audit record keeps.
+const MAX_AUDITED_PARAM: usize = 1024;
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// Describes `request` for `principal` in `tenant` without running it (a PostgreSQL client's
+/// Describe): the same catalog, masking and checks as [`plan`]. Nothing is read, so a
+/// described statement is not recorded (its execution is); a refused one is, as a refused
+/// query (a client does not execute what failed to describe).
+pub async fn describe(
+    st: &Arc<AppState>,
+    client: &ClientInfo,
+    principal: &Principal,
+    tenant: TenantId,
+    request: Request<'_>,
+) -> Result<Described, MoatError> {
+    let asked = json!({"query_id": uuid::Uuid::now_v7().to_string(), "sql": request.sql, "format": "pgwire", "phase": "describe"});
+    let ctx = QueryAudit::new(st, client, principal, tenant, &asked, String::new());
+    match with_catalog(st, tenant, async |catalog, policy| st.engine.describe_request(principal, tenant, catalog, policy, request).await)
+        .await
+    {
+        Ok(d) => {
+            ctx.recorded.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(d)
+        }
+        Err(e) => {
+            refuse(&ctx, asked, &e).await?;
+            Err(e)
+        }
+    }
 }
 
 async fn refuse(ctx: &QueryAudit, mut details: Value, e: &MoatError) -> Result<(), MoatError> {

@@ -8,21 +8,35 @@
 //!   cleartext password messages (the argon2id hash cannot answer SCRAM): see ARCHITECTURE.md.
 //!   A password sign-in opens a session like an HTTP login; every statement re-checks it, so a
 //!   revoked session, a disabled user or a suspended tenant ends access at the next statement.
-//! - **Statements** (simple query protocol): read-only SQL goes to the engine; transaction
-//!   control (`BEGIN`, `START TRANSACTION [READ ONLY]`, `COMMIT`, `ROLLBACK`, savepoints) is
-//!   accepted with the right transaction status (moat stays read-only); `SET` of harmless
-//!   session settings is accepted, anything else refused with a SQLSTATE.
+//!   Signed-in connections count against `server.pg_max_connections_per_tenant`; one idle for
+//!   `server.pg_idle_timeout_s` is closed.
+//! - **Statements**, simple and extended protocol (Parse/Bind/Describe/Execute with portals
+//!   and row limits, Close, Sync, Flush, cancel requests): read-only SQL goes to the engine in
+//!   PostgreSQL's dialect, with `pg_catalog` for psql and BI introspection
+//!   ([`moat_query::pgcompat`]); bound parameters become literals of the governed plan (so they
+//!   meet masked values, like a literal would). Transaction control (`BEGIN`,
+//!   `START TRANSACTION [READ ONLY]`, `COMMIT`, `ROLLBACK`, savepoints) is accepted with the
+//!   right transaction status (moat stays read-only); `SET` of harmless session settings is
+//!   accepted and `SHOW` of the settings drivers read is answered; anything else is refused
+//!   with a SQLSTATE.
 //! - **Errors** are PostgreSQL error responses: a SQLSTATE from [`sqlstate`] and the same
 //!   scrubbed message as over HTTP.
-//! - **Audit**: `pg.session.start` / `pg.session.end` (client address, application name), and
-//!   every statement as over HTTP (format `pgwire`).
+//! - **Audit**: `pg.session.start` / `pg.session.end` (client address, application name, why
+//!   it ended), and every statement as over HTTP (format `pgwire`, with its bound parameters);
+//!   a statement cancelled before it answered is recorded as `query_canceled`.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ParamValues;
 use futures::{Sink, SinkExt, StreamExt};
 use moat_core::MoatError;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
@@ -33,14 +47,17 @@ use moat_store::TenantStatus;
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
 };
-use pgwire::api::portal::Format;
-use pgwire::api::query::SimpleQueryHandler;
-use pgwire::api::results::{QueryResponse, Response, Tag};
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo as PgClientInfo, ClientPortalStore, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
     PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
 };
+use pgwire::api::{ConnectionManager, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -51,6 +68,78 @@ use crate::governed;
 use crate::http::auth::{invalid_credentials, open_session, password_login};
 use crate::http::extract::{Action, ClientInfo, act, api_key_principal, live_session_role};
 use crate::state::AppState;
+use moat_query::Request;
+
+/// What all connections share: cancel targets and the per-tenant connection counts.
+struct Shared {
+    cancels: Arc<ConnectionManager>,
+    per_tenant: Mutex<HashMap<TenantId, usize>>,
+    max_per_tenant: usize,
+    idle_timeout: Option<Duration>,
+}
+
+impl Shared {
+    /// Counts a signed-in connection against its tenant's limit.
+    fn admit(&self, tenant: TenantId) -> Result<(), MoatError> {
+        let mut counts = self.per_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(tenant).or_default();
+        if self.max_per_tenant > 0 && *n >= self.max_per_tenant {
+            return Err(MoatError::new(
+                moat_core::ErrorKind::TooManyRequests { retry_after_s: None },
+                "too_many_connections",
+                format!("the tenant already holds {} PostgreSQL connections (server.pg_max_connections_per_tenant)", self.max_per_tenant),
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn release(&self, tenant: TenantId) {
+        let mut counts = self.per_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&tenant);
+            }
+        }
+    }
+}
+
+/// When a connection last did something, and how many answers it is streaming now.
+struct Activity {
+    last: Mutex<Instant>,
+    busy: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(self.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+    }
+}
+
+/// Marks a connection busy while one of its answers streams.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.busy.fetch_add(1, Ordering::SeqCst);
+        Self(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Accepts connections until `shutdown` resolves; each connection runs on its own task.
 pub async fn serve(
@@ -59,12 +148,19 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let shared = Arc::new(Shared {
+        // Cancel requests arrive on connections of their own and find their target here.
+        cancels: Arc::new(ConnectionManager::new()),
+        per_tenant: Mutex::new(HashMap::new()),
+        max_per_tenant: st.config.server.pg_max_connections_per_tenant,
+        idle_timeout: Some(st.config.server.pg_idle_timeout_s).filter(|s| *s > 0).map(Duration::from_secs),
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, addr)) => {
                     let _ = socket.set_nodelay(true);
-                    tokio::spawn(connection(st.clone(), socket, addr));
+                    tokio::spawn(connection(st.clone(), shared.clone(), socket, addr));
                 }
                 // A failed accept (out of descriptors, a reset before accept) ends one
                 // connection, never the listener.
@@ -78,16 +174,41 @@ pub async fn serve(
     }
 }
 
-async fn connection(st: Arc<AppState>, socket: tokio::net::TcpStream, addr: SocketAddr) {
-    let conn = Conn { st: st.clone(), addr, session: Arc::new(Mutex::new(None)) };
-    if let Err(e) = pgwire::tokio::process_socket(socket, None, conn.clone()).await {
-        tracing::debug!(error = %e, %addr, "pgwire connection ended with an error");
+async fn connection(st: Arc<AppState>, shared: Arc<Shared>, socket: tokio::net::TcpStream, addr: SocketAddr) {
+    let activity = Arc::new(Activity { last: Mutex::new(Instant::now()), busy: AtomicUsize::new(0) });
+    let conn = Conn { st: st.clone(), shared: shared.clone(), activity: activity.clone(), addr, session: Arc::new(Mutex::new(None)) };
+    let mut work = Box::pin(pgwire::tokio::process_socket(socket, None, conn.clone()));
+    let mut reason = "client";
+    loop {
+        let check =
+            shared.idle_timeout.map_or(Duration::from_secs(3600), |t| (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(30)));
+        tokio::select! {
+            ended = &mut work => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, %addr, "pgwire connection ended with an error");
+                    reason = "error";
+                }
+                break;
+            }
+            () = tokio::time::sleep(check), if shared.idle_timeout.is_some() => {
+                if let (Some(limit), Some(idle)) = (shared.idle_timeout, activity.idle_for())
+                    && idle >= limit
+                {
+                    tracing::info!(%addr, idle_s = idle.as_secs(), "closing an idle pgwire connection");
+                    reason = "idle_timeout";
+                    break;
+                }
+            }
+        }
     }
+    // Closes the socket (an idle connection is dropped here).
+    drop(work);
     let session = conn.session.lock().map(|mut s| s.take()).unwrap_or_default();
     if let Some(s) = session {
+        shared.release(s.tenant);
         let e = AuditEvent::new(Some(s.tenant), Category::Auth, "pg.session.end", s.actor.clone(), Outcome::Success)
             .resource(format!("tenant:{}", s.slug))
-            .details(json!({"protocol": "pgwire"}));
+            .details(json!({"protocol": "pgwire", "reason": reason}));
         if let Err(e) = st.record(&s.client, e).await {
             tracing::error!(code = e.code, "could not record the end of a pgwire session");
         }
@@ -99,6 +220,8 @@ async fn connection(st: Arc<AppState>, socket: tokio::net::TcpStream, addr: Sock
 #[derive(Clone)]
 struct Conn {
     st: Arc<AppState>,
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
     addr: SocketAddr,
     session: Arc<Mutex<Option<Arc<WireSession>>>>,
 }
@@ -208,7 +331,10 @@ pub fn sqlstate(e: &MoatError) -> &'static str {
         "query_timeout" => "57014",
         "result_truncated" => "54000",
         "not_supported" | "setting_not_supported" => "0A000",
+        "unknown_setting" => "42704",
+        "invalid_parameter" => "22P02",
         "too_many_queries" => "53400",
+        "too_many_connections" => "53300",
         "query_error" => "42000",
         _ => match e.kind {
             K::Unauthenticated => "28000",
@@ -224,7 +350,7 @@ pub fn sqlstate(e: &MoatError) -> &'static str {
 
 fn server_parameters() -> DefaultServerParameterProvider {
     let mut p = DefaultServerParameterProvider::default();
-    p.server_version = format!("16.6 (moat {})", env!("CARGO_PKG_VERSION"));
+    p.server_version = format!("{PG_VERSION} (moat {})", env!("CARGO_PKG_VERSION"));
     p.is_superuser = false;
     p.default_transaction_read_only = true;
     p
@@ -258,12 +384,20 @@ impl StartupHandler for Conn {
                     AuditEvent::new(Some(session.tenant), Category::Auth, "pg.session.start", session.actor.clone(), Outcome::Success)
                         .resource(format!("tenant:{}", session.slug))
                         .details(json!({"protocol": "pgwire", "application_name": app}));
-                self.st.record(&session.client, start).await.map_err(|e| pg_error("FATAL", &e))?;
+                self.shared.admit(session.tenant).map_err(|e| pg_error("FATAL", &e))?;
+                if let Err(e) = self.st.record(&session.client, start).await {
+                    self.shared.release(session.tenant);
+                    return Err(pg_error("FATAL", &e));
+                }
                 if let Ok(mut s) = self.session.lock() {
                     *s = Some(Arc::new(session));
                 }
-                let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
-                client.set_pid_and_secret_key(pid, secret);
+                let (pid, secret) = pid_and_secret(client);
+                client.set_pid_and_secret_key(pid, secret.clone());
+                // A cancel request naming this key interrupts the statement in progress.
+                let (handle, guard) = self.shared.cancels.register(pid, secret);
+                client.session_extensions().insert(handle);
+                client.session_extensions().insert(guard);
                 finish_authentication(client, &server_parameters()).await?;
             }
             _ => {}
@@ -272,17 +406,58 @@ impl StartupHandler for Conn {
     }
 }
 
+/// A process id and secret key for cancel requests: the secret is random (32 bytes from
+/// protocol 3.2 on); the id only needs to differ between live connections.
+fn pid_and_secret(client: &dyn PgClientInfo) -> (i32, pgwire::messages::startup::SecretKey) {
+    static PIDS: std::sync::OnceLock<RandomPidSecretKeyGenerator> = std::sync::OnceLock::new();
+    PIDS.get_or_init(RandomPidSecretKeyGenerator::default).generate(client)
+}
+
 /// What a statement is, before the engine sees it.
-#[derive(Debug, PartialEq, Eq)]
-enum Statement {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
     Begin,
     Commit,
     Rollback,
     /// SAVEPOINT, RELEASE, ROLLBACK TO: inside a read-only transaction, nothing to undo.
     Savepoint(&'static str),
     Set,
+    /// `DEALLOCATE [PREPARE] name | ALL`: drivers free their prepared statements (`None`: all,
+    /// which leaves them to the end of the connection).
+    Deallocate(Option<String>),
+    /// `SHOW` of a setting moat answers itself ([`SHOWN_SETTINGS`]).
+    Show(&'static str, &'static str),
     Query,
 }
+
+/// What `SHOW` answers: PostgreSQL's name for the setting, and its value under moat.
+const SHOWN_SETTINGS: &[(&str, &str, &str)] = &[
+    // (as written after SHOW, lower case; column name; value)
+    ("transaction isolation level", "transaction_isolation", "read committed"),
+    ("transaction_isolation", "transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "default_transaction_isolation", "read committed"),
+    ("transaction_read_only", "transaction_read_only", "on"),
+    ("default_transaction_read_only", "default_transaction_read_only", "on"),
+    ("standard_conforming_strings", "standard_conforming_strings", "on"),
+    ("client_encoding", "client_encoding", "UTF8"),
+    ("server_encoding", "server_encoding", "UTF8"),
+    ("datestyle", "DateStyle", "ISO, MDY"),
+    ("intervalstyle", "IntervalStyle", "postgres"),
+    ("timezone", "TimeZone", "UTC"),
+    ("time zone", "TimeZone", "UTC"),
+    ("search_path", "search_path", "public"),
+    ("integer_datetimes", "integer_datetimes", "on"),
+    ("max_identifier_length", "max_identifier_length", "63"),
+    ("server_version", "server_version", PG_VERSION),
+    ("server_version_num", "server_version_num", "160006"),
+    ("is_superuser", "is_superuser", "off"),
+    ("bytea_output", "bytea_output", "hex"),
+    ("extra_float_digits", "extra_float_digits", "1"),
+    ("lc_collate", "lc_collate", "C.UTF-8"),
+    ("lc_ctype", "lc_ctype", "C.UTF-8"),
+];
+
+use moat_query::pgcompat::PG_VERSION;
 
 /// Settings a client may set: they change nothing moat does (output is always UTF-8, ISO dates,
 /// shortest floats; the search path is the tenant's one schema).
@@ -310,7 +485,7 @@ const HARMLESS_SETTINGS: &[&str] = &[
 
 /// Classifies a statement by its leading words; anything that is not transaction control or
 /// `SET` goes to the engine, which allows only read-only queries.
-fn classify(sql: &str) -> Result<Statement, MoatError> {
+fn classify(sql: &str) -> Result<Command, MoatError> {
     let text = sql.trim().trim_end_matches(';').trim();
     let words: Vec<String> = text.split_whitespace().take(6).map(str::to_ascii_lowercase).collect();
     let w = |i: usize| words.get(i).map_or("", String::as_str);
@@ -320,14 +495,40 @@ fn classify(sql: &str) -> Result<Statement, MoatError> {
             if read_write() {
                 return Err(MoatError::forbidden("read_only", "moat is read-only: a READ WRITE transaction cannot be started"));
             }
-            Statement::Begin
+            Command::Begin
         }
-        "commit" | "end" => Statement::Commit,
-        "abort" => Statement::Rollback,
-        "rollback" if w(1) == "to" || w(2) == "to" => Statement::Savepoint("ROLLBACK"),
-        "rollback" => Statement::Rollback,
-        "savepoint" => Statement::Savepoint("SAVEPOINT"),
-        "release" => Statement::Savepoint("RELEASE"),
+        "commit" | "end" => Command::Commit,
+        "abort" => Command::Rollback,
+        "rollback" if w(1) == "to" || w(2) == "to" => Command::Savepoint("ROLLBACK"),
+        "rollback" => Command::Rollback,
+        "savepoint" => Command::Savepoint("SAVEPOINT"),
+        "deallocate" => {
+            let name = if w(1) == "prepare" { w(2) } else { w(1) };
+            match name {
+                "" => return Err(MoatError::bad_request("syntax_error", "DEALLOCATE needs a statement name or ALL")),
+                "all" => Command::Deallocate(None),
+                // The name as sent (statement names are case-sensitive when quoted).
+                _ => {
+                    let raw = text.split_whitespace().nth(if w(1) == "prepare" { 2 } else { 1 }).unwrap_or_default();
+                    Command::Deallocate(Some(raw.trim_matches('"').to_owned()))
+                }
+            }
+        }
+        "release" => Command::Savepoint("RELEASE"),
+        "show" => {
+            let name = text[4..].trim().to_ascii_lowercase();
+            match SHOWN_SETTINGS.iter().find(|(n, ..)| *n == name) {
+                Some((_, column, value)) => Command::Show(column, value),
+                None => {
+                    let name: String = name.chars().take(64).collect();
+                    return Err(MoatError::new(
+                        moat_core::ErrorKind::BadRequest,
+                        "unknown_setting",
+                        format!("moat does not show the setting {name:?}"),
+                    ));
+                }
+            }
+        }
         "set" => {
             let rest = text[3..].trim().to_ascii_lowercase();
             let rest = rest.strip_prefix("session ").or_else(|| rest.strip_prefix("local ")).unwrap_or(&rest).trim_start();
@@ -342,41 +543,170 @@ fn classify(sql: &str) -> Result<Statement, MoatError> {
                     format!("the setting {name:?} cannot be changed through moat"),
                 ));
             }
-            Statement::Set
+            Command::Set
         }
-        _ => Statement::Query,
+        _ => Command::Query,
     })
 }
 
 #[async_trait]
 impl SimpleQueryHandler for Conn {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let Some(session) = self.current() else {
-            return Err(pg_error("FATAL", &MoatError::unauthenticated("missing_credentials", "the connection is not signed in")));
+        let session = self.signed_in()?;
+        let command = match classify(query) {
+            Ok(c) => c,
+            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e)))]),
         };
-        let one = |r: Response| Ok(vec![r]);
-        match classify(query) {
-            Err(e) => one(Response::Error(Box::new(error_info(&e)))),
-            Ok(Statement::Begin) => one(Response::TransactionStart(Tag::new("BEGIN"))),
-            Ok(Statement::Commit) => one(Response::TransactionEnd(Tag::new("COMMIT"))),
-            Ok(Statement::Rollback) => one(Response::TransactionEnd(Tag::new("ROLLBACK"))),
-            Ok(Statement::Savepoint(tag)) => one(Response::Execution(Tag::new(tag))),
-            Ok(Statement::Set) => one(Response::Execution(Tag::new("SET"))),
-            Ok(Statement::Query) => match self.run(&session, query).await {
-                Ok(r) => one(Response::Query(r)),
-                // A revoked session or suspended tenant ends the connection.
-                Err(e) if matches!(e.kind, moat_core::ErrorKind::Unauthenticated) || e.code == "tenant_suspended" => {
-                    Err(pg_error("FATAL", &e))
-                }
-                Err(e) => one(Response::Error(Box::new(error_info(&e)))),
-            },
+        if let Command::Deallocate(Some(name)) = &command {
+            client.portal_store().rm_statement(name);
         }
+        let request = Request { sql: query, postgres: Some(&session.slug), bind: None };
+        match self.respond(&session, &command, request, &Format::UnifiedText).await {
+            Ok(r) => Ok(vec![r]),
+            Err(e) if ends_connection(&e) => Err(pg_error("FATAL", &e)),
+            Err(e) => Ok(vec![Response::Error(Box::new(error_info(&e)))]),
+        }
+    }
+}
+
+/// A revoked session or key, a disabled user or a suspended tenant ends the connection.
+fn ends_connection(e: &MoatError) -> bool {
+    matches!(e.kind, moat_core::ErrorKind::Unauthenticated) || e.code == "tenant_suspended"
+}
+
+/// A statement a client parsed (extended query protocol): its text and what it is.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    sql: String,
+    command: Command,
+}
+
+/// Parses by classifying: planning waits for Describe or Execute, when the statement's
+/// parameters and the caller's catalog are known.
+#[derive(Debug, Default)]
+pub struct StatementParser;
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = ParsedStatement;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<ParsedStatement>>
+    where
+        C: PgClientInfo + Unpin + Send + Sync,
+    {
+        let command = classify(sql).map_err(|e| pg_error("ERROR", &e))?;
+        Ok(Some(ParsedStatement { sql: sql.to_owned(), command }))
+    }
+
+    fn get_parameter_types(&self, _stmt: &ParsedStatement) -> PgWireResult<Vec<Type>> {
+        Ok(Vec::new())
+    }
+
+    fn get_result_schema(&self, _stmt: &ParsedStatement, _format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Decodes a portal's parameters (text or binary, as the client sent them) into the types the
+/// client declared or, where it declared none, the plan inferred.
+fn binder(portal: &Portal<ParsedStatement>) -> impl Fn(&[Option<DataType>]) -> Result<ParamValues, MoatError> + Send + Sync + '_ {
+    move |inferred: &[Option<DataType>]| {
+        let inferred: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
+        deserialize_parameters(portal, &inferred).map_err(|e| {
+            let msg = match e {
+                PgWireError::UserError(info) => info.message,
+                other => other.to_string(),
+            };
+            MoatError::bad_request("invalid_parameter", moat_query::scrub::scrub(&msg))
+        })
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Conn {
+    type Statement = ParsedStatement;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        Arc::new(StatementParser)
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<ParsedStatement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let declared = &target.parameter_types;
+        if target.statement.command != Command::Query {
+            let params = declared.iter().map(|t| t.clone().unwrap_or(Type::TEXT)).collect();
+            return Ok(DescribeStatementResponse::new(params, answered_here(&target.statement.command, &Format::UnifiedText)));
+        }
+        let session = self.signed_in()?;
+        let request = Request { sql: &target.statement.sql, postgres: Some(&session.slug), bind: None };
+        let described = self.describe(&session, request).await.map_err(|e| self.failure(&e))?;
+        // The client's declared types first; then what the plan infers; text where neither
+        // tells (PostgreSQL's `unknown` literal).
+        let params = (0..declared.len().max(described.params.len()))
+            .map(|i| {
+                declared
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| described.params.get(i).cloned().flatten().and_then(|t| into_pg_type(&t).ok()))
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect();
+        let fields = pg_fields(&described.schema, &Format::UnifiedText).map_err(|e| self.failure(&e))?;
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(&self, _client: &mut C, portal: &Portal<ParsedStatement>) -> PgWireResult<DescribePortalResponse>
+    where
+        C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let command = &portal.statement.statement.command;
+        if *command != Command::Query {
+            return Ok(DescribePortalResponse::new(answered_here(command, &portal.result_column_format)));
+        }
+        let session = self.signed_in()?;
+        let bind = binder(portal);
+        let request = Request { sql: &portal.statement.statement.sql, postgres: Some(&session.slug), bind: Some(&bind) };
+        let described = self.describe(&session, request).await.map_err(|e| self.failure(&e))?;
+        let fields = pg_fields(&described.schema, &portal.result_column_format).map_err(|e| self.failure(&e))?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<ParsedStatement>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = self.signed_in()?;
+        let statement = &portal.statement.statement;
+        if let Command::Deallocate(Some(name)) = &statement.command {
+            client.portal_store().rm_statement(name);
+        }
+        let bind = binder(portal);
+        let request = Request { sql: &statement.sql, postgres: Some(&session.slug), bind: Some(&bind) };
+        // Rows beyond a portal's row limit wait in the portal (pgwire suspends and resumes it).
+        self.respond(&session, &statement.command, request, &portal.result_column_format).await.map_err(|e| self.failure(&e))
     }
 }
 
@@ -387,10 +717,48 @@ fn error_info(e: &MoatError) -> ErrorInfo {
     }
 }
 
+/// The columns of a statement moat answers itself: `SHOW`'s one; none for the others.
+fn answered_here(command: &Command, format: &Format) -> Vec<FieldInfo> {
+    match command {
+        Command::Show(column, _) => vec![FieldInfo::new((*column).to_owned(), None, None, Type::TEXT, format.format_for(0))],
+        _ => Vec::new(),
+    }
+}
+
+/// A one-column, one-row text answer (`SHOW`).
+fn one_text_row(column: &'static str, value: &'static str, format: &Format) -> Result<QueryResponse, MoatError> {
+    let fields = Arc::new(answered_here(&Command::Show(column, value), format));
+    let mut row = DataRowEncoder::new(fields.clone());
+    row.encode_field(&value).map_err(|e| {
+        tracing::error!(error = %e, "could not encode a setting");
+        MoatError::internal("pgwire_encoding")
+    })?;
+    let row = row.take_row();
+    Ok(QueryResponse::new(fields, futures::stream::iter(vec![Ok(row)])))
+}
+
+/// PostgreSQL fields for a result schema, each in the format the client asked for.
+fn pg_fields(schema: &datafusion::arrow::datatypes::Schema, format: &Format) -> Result<Vec<FieldInfo>, MoatError> {
+    arrow_schema_to_pg_fields(schema, format, None).map_err(|e| {
+        tracing::error!(error = %e, "a result type has no PostgreSQL mapping");
+        MoatError::internal("pgwire_type")
+    })
+}
+
 impl Conn {
-    /// One read-only statement through the governed flow; rows flow after the access is
-    /// recorded, and a result cut at the row limit ends in an error, never passes as whole.
-    async fn run(&self, session: &WireSession, sql: &str) -> Result<QueryResponse, MoatError> {
+    fn signed_in(&self) -> PgWireResult<Arc<WireSession>> {
+        self.activity.touch();
+        self.current()
+            .ok_or_else(|| pg_error("FATAL", &MoatError::unauthenticated("missing_credentials", "the connection is not signed in")))
+    }
+
+    /// The error response for `e`; fatal where the connection must end.
+    fn failure(&self, e: &MoatError) -> PgWireError {
+        pg_error(if ends_connection(e) { "FATAL" } else { "ERROR" }, e)
+    }
+
+    /// The caller as of now, allowed to run queries (a denial is audited).
+    async fn querier(&self, session: &WireSession) -> Result<Principal, MoatError> {
         let principal = session.principal(&self.st).await?;
         let wanted = <act::QueryExecute as Action>::PERMISSION;
         if let Err(denial) = self.st.authorizer.authorize(&principal, &wanted, Target::Tenant(session.tenant)) {
@@ -400,23 +768,53 @@ impl Conn {
             self.st.record(&session.client, event).await?;
             return Err(denial);
         }
-        let planned = governed::plan(&self.st, &session.client, &principal, session.tenant, sql, "pgwire").await?;
-        let fields = arrow_schema_to_pg_fields(&planned.stream.schema, &Format::UnifiedText, None).map_err(|e| {
-            tracing::error!(error = %e, "a result type has no PostgreSQL mapping");
-            MoatError::internal("pgwire_type")
-        })?;
-        let fields = Arc::new(fields);
+        Ok(principal)
+    }
+
+    async fn describe(&self, session: &WireSession, request: Request<'_>) -> Result<moat_query::Described, MoatError> {
+        let principal = self.querier(session).await?;
+        governed::describe(&self.st, &session.client, &principal, session.tenant, request).await
+    }
+
+    /// One statement: transaction control and harmless settings answered here, queries through
+    /// the governed flow.
+    async fn respond(
+        &self,
+        session: &WireSession,
+        command: &Command,
+        request: Request<'_>,
+        format: &Format,
+    ) -> Result<Response, MoatError> {
+        Ok(match command {
+            Command::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+            Command::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
+            Command::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            Command::Savepoint(tag) => Response::Execution(Tag::new(tag)),
+            Command::Set => Response::Execution(Tag::new("SET")),
+            Command::Deallocate(_) => Response::Execution(Tag::new("DEALLOCATE")),
+            Command::Show(column, value) => Response::Query(one_text_row(column, value, format)?),
+            Command::Query => Response::Query(self.run(session, request, format).await?),
+        })
+    }
+
+    /// One read-only statement through the governed flow; rows flow after the access is
+    /// recorded, and a result cut at the row limit ends in an error, never passes as whole.
+    async fn run(&self, session: &WireSession, request: Request<'_>, format: &Format) -> Result<QueryResponse, MoatError> {
+        let principal = self.querier(session).await?;
+        let planned = governed::plan(&self.st, &session.client, &principal, session.tenant, request, "pgwire").await?;
+        let fields = Arc::new(pg_fields(&planned.stream.schema, format)?);
         let streaming = planned.stream().await?;
         let max_rows = self.st.engine.limits().max_rows;
         let row_fields = fields.clone();
-        let rows = futures::stream::unfold(Some(streaming), move |state| {
+        // Busy until the answer is sent or dropped: an answer streaming is not idleness.
+        let rows = futures::stream::unfold(Some((streaming, Busy::new(&self.activity))), move |state| {
             let fields = row_fields.clone();
             async move {
-                let mut s = state?;
+                let (mut s, busy) = state?;
                 match s.next_batch().await {
                     Some(Ok(batch)) => {
                         let rows: Vec<_> = encode_recordbatch(fields, batch).collect();
-                        Some((futures::stream::iter(rows), Some(s)))
+                        Some((futures::stream::iter(rows), Some((s, busy))))
                     }
                     Some(Err(e)) => Some((futures::stream::iter(vec![Err(pg_error("ERROR", &e))]), None)),
                     None if s.stream.truncated() => {
@@ -439,6 +837,14 @@ impl Conn {
 impl PgWireServerHandlers for Conn {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         Arc::new(self.clone())
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(self.clone())
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.shared.cancels.clone()))
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {

@@ -94,13 +94,142 @@ async fn a_viewer_sees_masked_rows_of_its_own_tenant_only() {
     // The catalog shows the caller's tenant only.
     let tables = rows(&c, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").await.unwrap();
     assert_eq!(tables, vec![vec![Some("customers".to_owned())]]);
-    // The extended query protocol (tokio-postgres's typed API) is not served in this version:
-    // refused with an error response, never answered around the governed path.
-    let e = c.query("SELECT id FROM customers", &[]).await.expect_err("extended protocol");
-    assert!(e.as_db_error().is_some(), "{e}");
-    // The server keeps serving.
+    // The catalog shows the caller's tenant only, pg_catalog included.
+    let sql = "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE c.relkind = 'r' AND n.nspname = 'public'";
+    let names: Vec<String> = c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(names.contains(&"customers".to_owned()) && names.len() == 1, "{names:?}");
+    let dbs: Vec<String> = c.query("SELECT datname FROM pg_catalog.pg_database", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(dbs, ["acme"]);
+    let db: String = c.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    assert_eq!(db, "acme");
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_parameters_into_the_governed_plan() {
+    let (s, acme) = two_tenants().await;
     let c = connect(&s, "acme", "v@acme.example", PASSWORD).await.unwrap();
-    assert_eq!(rows(&c, "SELECT count(*) FROM customers").await.unwrap(), vec![vec![Some("2".to_owned())]]);
+    // The extended protocol (tokio-postgres's typed API: binary results) sees what the simple
+    // protocol and HTTP see.
+    let stmt = c.prepare("SELECT id, email, ssn, plan FROM customers WHERE id = $1").await.unwrap();
+    assert_eq!(stmt.params(), [tokio_postgres::types::Type::INT8]);
+    let r = c.query_one(&stmt, &[&1i64]).await.unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2)), (1, "a***@***.com".to_owned(), "****".to_owned()));
+    // Raw values bound as parameters meet masked values: a probe finds nothing.
+    for (sql, raw) in [
+        ("SELECT id FROM customers WHERE ssn = $1", "123-45-6789"),
+        ("SELECT id FROM customers WHERE email = $1", "ann@acme-secret.com"),
+        ("SELECT id FROM customers WHERE email LIKE $1", "ann@%"),
+        ("SELECT id FROM customers WHERE name = $1", "Ann Canary"),
+        ("SELECT id FROM customers WHERE ssn LIKE $1 || '%'", "123"),
+        ("SELECT id FROM customers WHERE substr(ssn, 1, 3) = $1", "123"),
+    ] {
+        assert!(c.query(sql, &[&raw]).await.unwrap().is_empty(), "{sql} with {raw}");
+    }
+    // Another tenant's rows are not there whatever is bound.
+    assert!(c.query("SELECT id FROM customers WHERE plan = $1", &[&"ent"]).await.unwrap().is_empty());
+    // Prepared once, executed many times.
+    let by_plan = c.prepare("SELECT count(*) FROM customers WHERE plan = $1").await.unwrap();
+    for (plan, n) in [("pro", 1i64), ("free", 1), ("ent", 0)] {
+        assert_eq!(c.query_one(&by_plan, &[&plan]).await.unwrap().get::<_, i64>(0), n, "{plan}");
+    }
+    // Each execution is audited with what was bound.
+    let ev = s.get("/v1/audit/events?action=query.execute&limit=200", &acme).await;
+    let bound: Vec<_> = ev.body["events"].as_array().unwrap().iter().filter(|e| e["details"]["params"] == json!(["123-45-6789"])).collect();
+    assert_eq!(bound.len(), 1, "{}", ev.body);
+    assert_eq!(bound[0]["details"]["tables"], json!(["customers"]));
+    // Refusals come back as error responses with SQLSTATEs, and the connection goes on.
+    for (sql, state) in
+        [("DELETE FROM customers WHERE id = $1", "25006"), ("SELECT * FROM orders", "42P01"), ("SELECT * FROM '/etc/passwd'", "42P01")]
+    {
+        let e = c.query(sql, &[]).await.expect_err(sql);
+        let got = sqlstate(&e);
+        assert!(got == state || (state == "42P01" && got == "42000"), "{sql}: {e}");
+    }
+    assert_eq!(c.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get::<_, i64>(0), 2);
+    // A parameter that does not decode is refused, not guessed.
+    let e = c.query("SELECT id FROM customers WHERE id = $1::int8", &[&"not a number"]).await.expect_err("bad parameter");
+    assert!(e.as_db_error().is_some() || e.to_string().contains("serializ"), "{e}");
+}
+
+#[tokio::test]
+async fn types_map_to_postgres_in_binary_and_text() {
+    let (s, _) = two_tenants().await;
+    let c = connect(&s, "acme", "admin@acme.example", PASSWORD).await.unwrap();
+    let sql = "SELECT CAST(1 AS SMALLINT) AS a, CAST(2 AS INT) AS b, CAST(3 AS BIGINT) AS c, CAST(1.5 AS REAL) AS d, \
+               CAST(2.25 AS DOUBLE PRECISION) AS e, true AS f, 'x' AS g, DATE '2024-01-02' AS h, \
+               TIMESTAMP '2024-01-02 03:04:05' AS i";
+    // Binary (tokio-postgres's typed API).
+    let r = c.query_one(sql, &[]).await.unwrap();
+    assert_eq!(r.get::<_, i16>(0), 1);
+    assert_eq!(r.get::<_, i32>(1), 2);
+    assert_eq!(r.get::<_, i64>(2), 3);
+    assert_eq!(r.get::<_, f32>(3), 1.5);
+    assert_eq!(r.get::<_, f64>(4), 2.25);
+    assert!(r.get::<_, bool>(5));
+    assert_eq!(r.get::<_, String>(6), "x");
+    let types: Vec<&str> = r.columns().iter().map(|c| c.type_().name()).collect();
+    assert_eq!(types, ["int2", "int4", "int8", "float4", "float8", "bool", "text", "date", "timestamp"]);
+    // Text (the simple protocol).
+    let t = rows(&c, sql).await.unwrap();
+    assert_eq!(
+        t[0].iter().map(|v| v.clone().unwrap()).collect::<Vec<_>>(),
+        ["1", "2", "3", "1.5", "2.25", "t", "x", "2024-01-02", "2024-01-02 03:04:05.000000"]
+    );
+}
+
+#[tokio::test]
+async fn portals_return_rows_in_pages_within_a_transaction() {
+    let (s, acme) = two_tenants().await;
+    let mut c = connect(&s, "acme", "admin@acme.example", PASSWORD).await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    let stmt = tx.prepare("SELECT id FROM customers UNION ALL SELECT id + 10 FROM customers ORDER BY 1").await.unwrap();
+    let portal = tx.bind(&stmt, &[]).await.unwrap();
+    let mut pages = Vec::new();
+    loop {
+        let page: Vec<i64> = tx.query_portal(&portal, 3).await.unwrap().iter().map(|r| r.get(0)).collect();
+        if page.is_empty() {
+            break;
+        }
+        pages.push(page);
+    }
+    assert_eq!(pages, vec![vec![1, 2, 11], vec![12]]);
+    tx.commit().await.unwrap();
+    // One access record for the query, however many pages it took.
+    let ev = s.get("/v1/audit/events?action=query.execute&limit=100", &acme).await;
+    let n = ev.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["details"]["sql"].as_str().is_some_and(|q| q.contains("UNION ALL")))
+        .count();
+    assert_eq!(n, 1, "{}", ev.body);
+}
+
+#[tokio::test]
+async fn a_cancel_request_stops_the_running_statement_and_is_audited() {
+    let (s, acme) = two_tenants().await;
+    let c = connect(&s, "acme", "admin@acme.example", PASSWORD).await.unwrap();
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let e = c.simple_query("SELECT count(*) FROM generate_series(1, 100000000000) AS t(a) WHERE a % 7 = 3").await.expect_err("cancelled");
+    canceller.await.unwrap().unwrap();
+    assert_eq!(sqlstate(&e), "57014", "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the statement was not interrupted");
+    // The connection goes on.
+    assert_eq!(rows(&c, "SELECT 1").await.unwrap(), vec![vec![Some("1".to_owned())]]);
+    for _ in 0..100 {
+        let ev = s.get("/v1/audit/events?action=query.execute&limit=100", &acme).await;
+        if ev.body["events"].as_array().unwrap().iter().any(|e| e["details"]["error"] == "query_canceled") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no record of the cancelled statement");
 }
 
 #[tokio::test]
@@ -238,4 +367,112 @@ async fn psql_shows_masked_customers() {
     for secret in ["Ann", "Canary", "6789", "Bob"] {
         assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
     }
+    // psql's catalog commands: the caller's tenant only, and only the columns it may see.
+    let psql = |command: &'static str| {
+        let conn = conn.clone();
+        async move {
+            let out = tokio::process::Command::new("psql")
+                .args([conn.as_str(), "-X", "-A", "-t", "-c", command])
+                .env("PGPASSWORD", PASSWORD)
+                .env("PGCONNECT_TIMEOUT", "10")
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{command}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+            stdout
+        }
+    };
+    let dt = psql("\\dt").await;
+    assert!(dt.lines().any(|l| l.starts_with("public|customers|table")), "{dt}");
+    assert_eq!(dt.trim().lines().count(), 1, "{dt}");
+    let d = psql("\\d customers").await;
+    for col in ["id", "name", "email", "ssn", "plan"] {
+        assert!(d.lines().any(|l| l.starts_with(&format!("{col}|"))), "{col} missing: {d}");
+    }
+    assert!(!d.contains("revenue"), "an omitted column shows in \\d: {d}");
+    let l = psql("\\l").await;
+    assert!(l.lines().any(|x| x.starts_with("acme|")), "{l}");
+    assert!(!l.contains("beta"), "another tenant shows in \\l: {l}");
+}
+
+/// psycopg 3, SQLAlchemy 2 reflection and pandas.read_sql, the way notebook and BI users
+/// connect (`tests/interop/pg_clients.py`). Runs when `MOAT_TEST_PYTHON` is set; CI installs
+/// the packages.
+#[tokio::test]
+async fn python_drivers_see_what_http_sees() {
+    let Ok(python) = std::env::var("MOAT_TEST_PYTHON") else {
+        eprintln!("skipped: set MOAT_TEST_PYTHON=python3 (with psycopg, sqlalchemy, pandas installed) to run");
+        return;
+    };
+    let (s, _) = two_tenants().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/pg_clients.py");
+    let out = tokio::process::Command::new(python)
+        .args([script, &s.pg.ip().to_string(), &s.pg.port().to_string(), "acme", "v@acme.example", PASSWORD])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let got: moat_testkit::serde_json::Value = moat_testkit::serde_json::from_str(&stdout).unwrap();
+    assert_eq!(got["psycopg_rows"], json!([[1, "a***@***.com", "****", "pro"], [2, "b***@***.com", "****", "free"]]));
+    assert_eq!(got["psycopg_probe"], json!([]), "a raw SSN bound as a parameter matched a masked column");
+    assert_eq!(got["psycopg_bound"], json!([[1, "pro"]]));
+    assert_eq!(got["psycopg_prepared"], json!(1));
+    assert_eq!(got["psycopg_delete"], "25006");
+    assert_eq!(got["sqlalchemy_tables"], json!(["customers"]));
+    let columns: Vec<&str> = got["sqlalchemy_columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["id", "name", "email", "ssn", "plan"], "revenue is omitted for a viewer");
+    assert_eq!(got["pandas_columns"], json!(["id", "name", "email", "ssn", "plan"]));
+    let text = got.to_string();
+    for secret in ["Ann Canary", "ann@acme-secret.com", "123-45-6789", "Globex", "spy@", "revenue"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn connections_are_limited_per_tenant_and_closed_when_idle() {
+    let s = TestServer::start_with(|c| {
+        c.server.pg_max_connections_per_tenant = 2;
+        c.server.pg_idle_timeout_s = 1;
+    })
+    .await;
+    let acme = s.tenant_with_admin("acme").await;
+    s.put_csv("/v1/tables/customers", &acme, CSV_A).await;
+    let beta = s.tenant_with_admin("beta").await;
+    let a1 = connect(&s, "acme", "admin@acme.example", PASSWORD).await.unwrap();
+    let a2 = connect(&s, "acme", "admin@acme.example", PASSWORD).await.unwrap();
+    let e = connect(&s, "acme", "admin@acme.example", PASSWORD).await.expect_err("over the limit");
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("moat error code: too_many_connections"));
+    // Another tenant's connections are counted apart.
+    let b1 = connect(&s, "beta", "admin@beta.example", PASSWORD).await.unwrap();
+    assert_eq!(rows(&b1, "SELECT 1").await.unwrap(), vec![vec![Some("1".to_owned())]]);
+    // A closed connection gives its place back.
+    drop(a2);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect(&s, "acme", "admin@acme.example", PASSWORD).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let a3 = again.expect("the place of a closed connection was not given back");
+    // A statement keeps a connection alive; silence beyond the idle timeout closes it.
+    assert_eq!(rows(&a1, "SELECT 1").await.unwrap(), vec![vec![Some("1".to_owned())]]);
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert!(rows(&a1, "SELECT 1").await.is_err(), "an idle connection stayed open");
+    assert!(a3.is_closed() || rows(&a3, "SELECT 1").await.is_err());
+    let mut reasons = Vec::new();
+    for _ in 0..100 {
+        let end = s.get("/v1/audit/events?action=pg.session.end&limit=10", &acme).await;
+        reasons = end.body["events"].as_array().unwrap().iter().map(|e| e["details"]["reason"].clone()).collect();
+        if reasons.iter().any(|r| r == "idle_timeout") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reasons.iter().any(|r| r == "idle_timeout"), "{reasons:?}");
+    let _ = beta;
 }

@@ -654,7 +654,7 @@ pub async fn query(
 ) -> ApiResult<Response> {
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
     let format = ResultFormat::from_accept(&headers);
-    let planned = governed::plan(&st, &auth.client, &auth.principal, tenant, &req.sql, format.as_str()).await?;
+    let planned = governed::plan(&st, &auth.client, &auth.principal, tenant, moat_query::Request::sql(&req.sql), format.as_str()).await?;
     let query_id = planned.query_id.clone();
 
     if format == ResultFormat::Json {
