@@ -38,6 +38,10 @@ pub enum Command {
     Init {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Also make a self-signed certificate (localhost) and switch TLS on for HTTP and
+        /// pgwire; for development (clients trust it with MOAT_CA_CERT / sslrootcert).
+        #[arg(long)]
+        self_signed: bool,
     },
     /// Platform Super Admin accounts (offline, on the data dir).
     Superadmin {

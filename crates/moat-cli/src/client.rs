@@ -78,12 +78,20 @@ impl Client {
                 .map_err(|_| CliError::usage("invalid_justification", "--justification: must be printable text on one line"))?;
             headers.insert("x-moat-justification", v);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(std::time::Duration::from_secs(120))
-            .user_agent(concat!("moat-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::runtime("client_error", e.to_string()))?;
+            .user_agent(concat!("moat-cli/", env!("CARGO_PKG_VERSION")));
+        // A private CA (a `moat init --self-signed` certificate) trusted beside the system's.
+        if let Some(path) = std::env::var_os("MOAT_CA_CERT").filter(|p| !p.is_empty()) {
+            let pem = std::fs::read(&path).map_err(|e| {
+                CliError::usage("invalid_ca_cert", format!("MOAT_CA_CERT: cannot read {}: {e}", std::path::Path::new(&path).display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| CliError::usage("invalid_ca_cert", format!("MOAT_CA_CERT: not a PEM certificate bundle: {e}")))?;
+            http = http.tls_certs_merge(certs);
+        }
+        let http = http.build().map_err(|e| CliError::runtime("client_error", e.to_string()))?;
         Ok(Self { http, server: server.trim_end_matches('/').to_owned(), session, in_tenant })
     }
 

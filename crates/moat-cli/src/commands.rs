@@ -76,7 +76,7 @@ pub async fn run(cli: Cli) -> CliResult {
     // A client of the chosen server; `scoped` ones act in --in-tenant.
     let client = |scoped: bool| Client::new(server.clone(), if scoped { in_tenant.clone() } else { None }, justification.as_deref());
     match cli.command {
-        Command::Init { dir } => init(&DataDir::new(dir.data_dir), json_out).await,
+        Command::Init { dir, self_signed } => init(&DataDir::new(dir.data_dir), self_signed, json_out).await,
         Command::Superadmin { cmd: SuperadminCmd::Create { email, password_stdin, dir } } => {
             let pw = read_password(password_stdin, "Password: ")?;
             let id = bootstrap::create_super_admin(&DataDir::new(dir.data_dir), &email, &pw, SystemClock.now_s()).await?;
@@ -176,15 +176,26 @@ fn emit(json_out: bool, v: &Value, human: impl FnOnce(&Value)) {
     if json_out { output::print_json(v) } else { human(v) }
 }
 
-async fn init(dir: &DataDir, json_out: bool) -> CliResult {
+async fn init(dir: &DataDir, self_signed: bool, json_out: bool) -> CliResult {
     let outcome = bootstrap::init(dir, SystemClock.now_s()).await?;
     let created = outcome == InitOutcome::Created;
-    emit(json_out, &json!({"data_dir": dir.root, "created": created}), |_| {
+    let cert = if self_signed { Some(bootstrap::enable_self_signed_tls(dir)?) } else { None };
+    emit(json_out, &json!({"data_dir": dir.root, "created": created, "tls_cert": cert}), |_| {
         if created {
             println!("initialised {}", dir.root.display());
-            println!("next: moat superadmin create --email you@example.com --password-stdin --data-dir {}", dir.root.display());
-        } else {
+        } else if cert.is_none() {
             println!("{} is already initialised; nothing was changed", dir.root.display());
+        }
+        if let Some(c) = &cert {
+            println!("TLS is on (HTTPS and pgwire) with a self-signed certificate for localhost: {}", c.display());
+            println!(
+                "  clients trust it with: export MOAT_CA_CERT={}   psql \"sslmode=verify-full sslrootcert={} …\"",
+                c.display(),
+                c.display()
+            );
+        }
+        if created {
+            println!("next: moat superadmin create --email you@example.com --password-stdin --data-dir {}", dir.root.display());
         }
     });
     Ok(())
@@ -223,8 +234,9 @@ async fn serve(dir: DataDir, o: Overrides, banner: Option<String>) -> CliResult 
     if let Some(b) = banner {
         println!("{b}");
     }
+    let (scheme, pg_tls) = if state.tls.is_some() { ("https", " (TLS)") } else { ("http", "") };
     eprintln!(
-        "moat {} serving HTTP on http://{local} and the PostgreSQL wire protocol on {pg_local} (data dir {})",
+        "moat {} serving HTTP on {scheme}://{local} and the PostgreSQL wire protocol on {pg_local}{pg_tls} (data dir {})",
         env!("CARGO_PKG_VERSION"),
         dir.root.display()
     );

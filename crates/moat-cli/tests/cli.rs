@@ -68,6 +68,42 @@ fn init_is_idempotent_and_private() {
 }
 
 #[test]
+fn self_signed_init_serves_https_that_the_cli_trusts_with_moat_ca_cert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let ds = d.to_str().unwrap();
+    let o = moat(&["init", "--self-signed", "--data-dir", ds], &[], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("TLS is on"), "{}", text(&o.stdout));
+    assert_eq!(mode(&d.join("tls/key.pem")), 0o600);
+    let toml = std::fs::read_to_string(d.join("moat.toml")).unwrap();
+    assert!(toml.contains("cert = \"tls/cert.pem\"") && toml.contains("key = \"tls/key.pem\""), "{toml}");
+    // Run again: the same certificate, the same config.
+    let cert_before = std::fs::read(d.join("tls/cert.pem")).unwrap();
+    assert!(moat(&["init", "--self-signed", "--data-dir", ds], &[], None).status.success());
+    assert_eq!(std::fs::read(d.join("tls/cert.pem")).unwrap(), cert_before);
+    assert_eq!(std::fs::read_to_string(d.join("moat.toml")).unwrap(), toml);
+    let o =
+        moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", ds], &[], Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
+    assert!(srv.url.starts_with("https://"), "{}", srv.url);
+    let session = tmp.path().join("session.json");
+    let login = ["login", "--server", srv.url.as_str(), "--email", "root@x.example", "--password-stdin"];
+    // Without the CA the CLI refuses the certificate; with MOAT_CA_CERT it signs in.
+    let o = moat(&login, &[("MOAT_CLI_SESSION", session.to_str().unwrap())], Some(&format!("{PW}\n")));
+    assert_error(&o, 1, "server_unreachable");
+    let ca = d.join("tls/cert.pem");
+    let env = [("MOAT_CLI_SESSION", session.to_str().unwrap()), ("MOAT_CA_CERT", ca.to_str().unwrap())];
+    let o = moat(&login, &env, Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = moat(&["whoami"], &env, None);
+    assert!(o.status.success() && text(&o.stdout).contains("root@x.example"), "{}", text(&o.stderr));
+    let bad = [("MOAT_CLI_SESSION", session.to_str().unwrap()), ("MOAT_CA_CERT", "/nonexistent/ca.pem")];
+    assert_error(&moat(&["whoami"], &bad, None), 2, "invalid_ca_cert");
+}
+
+#[test]
 fn usage_and_validation_errors_exit_2_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("d");

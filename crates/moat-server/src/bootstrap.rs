@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
 use moat_core::clock::UnixSeconds;
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DataDir, default_toml};
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> MoatError {
+pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> MoatError {
     MoatError::new(moat_core::ErrorKind::Internal, "io_error", format!("cannot {what} {}: {e}", path.display()))
 }
 
@@ -33,6 +33,40 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
     }
     let mut f = opts.open(path).map_err(|e| io_err("create", path, e))?;
     f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| io_err("write", path, e))
+}
+
+/// Switches TLS on in `moat.toml` with a self-signed development certificate (made once, then
+/// reused); returns the certificate's path.
+pub fn enable_self_signed_tls(dir: &DataDir) -> Result<PathBuf> {
+    let (cert, key) = crate::tls::write_self_signed(&dir.root)?;
+    let path = dir.config_file();
+    let text = fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+    let mut out = Vec::new();
+    let (mut in_tls, mut seen) = (false, false);
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            in_tls = trimmed.starts_with("[tls]");
+            seen |= in_tls;
+        }
+        if in_tls && trimmed.starts_with("cert ") {
+            out.push(format!("cert = \"{cert}\"   # self-signed for development (moat init --self-signed)"));
+        } else if in_tls && trimmed.starts_with("key ") {
+            out.push(format!("key = \"{key}\""));
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    if !seen {
+        out.push(String::new());
+        out.push("[tls]".to_owned());
+        out.push(format!("cert = \"{cert}\"   # self-signed for development (moat init --self-signed)"));
+        out.push(format!("key = \"{key}\""));
+    }
+    let tmp = dir.root.join("moat.toml.tmp");
+    fs::write(&tmp, out.join("\n") + "\n").map_err(|e| io_err("write", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| io_err("write", &path, e))?;
+    Ok(dir.root.join(cert))
 }
 
 pub fn create_private_dir(path: &Path) -> Result<()> {

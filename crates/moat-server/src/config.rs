@@ -21,7 +21,36 @@ pub struct Config {
     /// PII discovery (`moat_pii`): on ingest and on demand.
     pub scan: crate::scan::ScanConfig,
     pub audit: AuditConfig,
+    /// TLS for HTTP and the PostgreSQL wire protocol (off until `cert` and `key` are set).
+    pub tls: TlsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first); relative paths are inside the data dir. Empty: no TLS.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key: String,
+    /// PEM CA certificates: when set, clients must present a certificate they signed (mTLS).
+    pub client_ca: String,
+    /// Oldest protocol accepted: "1.2" or "1.3" (TLS 1.1 and older never are).
+    pub min_version: String,
+    /// `Strict-Transport-Security: max-age=…` on every HTTPS answer (0: not sent).
+    pub hsts_max_age_s: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert: String::new(), key: String::new(), client_ca: String::new(), min_version: "1.2".into(), hsts_max_age_s: 31_536_000 }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +367,16 @@ impl Config {
         if self.ingest.timeout_ms < 1000 {
             return Err(config_error("ingest.timeout_ms: must be at least 1000"));
         }
+        let t = &self.tls;
+        if t.cert.is_empty() != t.key.is_empty() {
+            return Err(config_error("tls.cert: cert and key go together (both set: TLS on; both empty: off)"));
+        }
+        if !t.client_ca.is_empty() && !t.enabled() {
+            return Err(config_error("tls.client_ca: client certificates need TLS (set tls.cert and tls.key)"));
+        }
+        if !["1.2", "1.3"].contains(&t.min_version.as_str()) {
+            return Err(config_error("tls.min_version: must be \"1.2\" or \"1.3\""));
+        }
         let au = &self.audit;
         if !moat_core::checkpoint::is_key_name(&format!("{}/audit/platform", au.origin)) || au.origin.is_empty() {
             return Err(config_error("audit.origin: must be non-empty, without spaces or '+'"));
@@ -486,6 +525,13 @@ retention_segment_records = {r_seg}   # whole sealed segments are pruned
 witness_url = ""   # a C2SP tlog-witness that cosigns every checkpoint (with witness_key)
 witness_key = ""   # the witness's cosignature key: name+keyid+base64(0x04 ‖ key)
 
+[tls]
+cert = ""         # PEM certificate chain: TLS on for HTTP and pgwire (`moat init --self-signed` makes one)
+key = ""          # its PEM private key
+client_ca = ""    # PEM CA bundle: require client certificates signed by it (mTLS)
+min_version = "{tls_min}"   # "1.2" or "1.3"
+hsts_max_age_s = {hsts}
+
 [log]
 level = "{level}"
 format = "{format}"   # text | json
@@ -493,6 +539,8 @@ format = "{format}"   # text | json
         http = d.server.http,
         pg = d.server.pg,
         pg_conns = d.server.pg_max_connections_per_tenant,
+        tls_min = d.tls.min_version,
+        hsts = d.tls.hsts_max_age_s,
         pg_idle = d.server.pg_idle_timeout_s,
         store = d.store.url,
         iss = d.auth.issuer,

@@ -15,4 +15,5 @@ pub mod scan;
 pub mod state;
 pub mod tables;
 pub mod telemetry;
+pub mod tls;
 pub mod witness;

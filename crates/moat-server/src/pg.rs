@@ -177,7 +177,8 @@ pub async fn serve(
 async fn connection(st: Arc<AppState>, shared: Arc<Shared>, socket: tokio::net::TcpStream, addr: SocketAddr) {
     let activity = Arc::new(Activity { last: Mutex::new(Instant::now()), busy: AtomicUsize::new(0) });
     let conn = Conn { st: st.clone(), shared: shared.clone(), activity: activity.clone(), addr, session: Arc::new(Mutex::new(None)) };
-    let mut work = Box::pin(pgwire::tokio::process_socket(socket, None, conn.clone()));
+    let tls = st.tls.as_ref().map(|t| t.pg.clone());
+    let mut work = Box::pin(pgwire::tokio::process_socket(socket, tls, conn.clone()));
     let mut reason = "client";
     loop {
         let check =
@@ -372,6 +373,11 @@ impl StartupHandler for Conn {
                 client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
             }
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
+                // With TLS on, credentials cross the network only encrypted (loopback aside).
+                if tls_needed(self.st.tls.is_some(), client.is_secure(), self.addr.ip()) {
+                    let e = MoatError::unauthenticated("tls_required", "this server accepts sign-ins over TLS only (sslmode=require)");
+                    return Err(pg_error("FATAL", &e));
+                }
                 let pwd = pwd.into_password()?;
                 let meta = client.metadata();
                 let user = meta.get(METADATA_USER).cloned().unwrap_or_default();
@@ -404,6 +410,12 @@ impl StartupHandler for Conn {
         }
         Ok(())
     }
+}
+
+/// Whether a sign-in must be refused for want of TLS: with TLS on, credentials cross the
+/// network only encrypted; plaintext stays possible from the server's own host (loopback).
+fn tls_needed(tls_on: bool, secure: bool, peer: std::net::IpAddr) -> bool {
+    tls_on && !secure && !peer.is_loopback()
 }
 
 /// A process id and secret key for cancel requests: the secret is random (32 bytes from
@@ -849,5 +861,31 @@ impl PgWireServerHandlers for Conn {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_tls_on_only_loopback_may_sign_in_in_plaintext() {
+        let remote: std::net::IpAddr = "10.1.2.3".parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let local = std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        assert!(tls_needed(true, false, remote), "plaintext from the network");
+        assert!(!tls_needed(true, true, remote));
+        assert!(!tls_needed(true, false, local));
+        assert!(!tls_needed(false, false, remote), "TLS off: nothing to require");
+    }
+
+    #[test]
+    fn statements_are_classified_before_the_engine() {
+        assert_eq!(classify("DEALLOCATE PREPARE \"_pg3_1\"").ok(), Some(Command::Deallocate(Some("_pg3_1".to_owned()))));
+        assert_eq!(classify("deallocate all").ok(), Some(Command::Deallocate(None)));
+        assert_eq!(classify("SHOW transaction isolation level").ok(), Some(Command::Show("transaction_isolation", "read committed")));
+        assert_eq!(classify("SHOW data_directory").map_err(|e| e.code).err(), Some("unknown_setting"));
+        assert_eq!(classify("SET role = 'postgres'").map_err(|e| e.code).err(), Some("setting_not_supported"));
+        assert_eq!(classify("BEGIN READ WRITE").map_err(|e| e.code).err(), Some("read_only"));
+        assert_eq!(classify("SELECT 1").ok(), Some(Command::Query));
     }
 }

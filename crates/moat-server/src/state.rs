@@ -48,6 +48,8 @@ pub struct AppState {
     pub closing: tokio_util::sync::CancellationToken,
     /// Live audit streams open per tenant (`audit.max_streams_per_tenant`).
     pub streams: StreamSlots,
+    /// TLS acceptors for HTTP and pgwire (`[tls]`), when TLS is on.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// Counts live streams per tenant; a slot is given back when its guard drops.
@@ -101,6 +103,7 @@ impl AppState {
     /// another backend or a wrapped one).
     pub async fn open_with_stores(dir: &DataDir, config: Config, clock: Arc<dyn Clock>, stores: Stores) -> Result<Self> {
         let keys = crate::bootstrap::load_keyset(dir, &config, clock.now_s())?;
+        let tls = crate::tls::Tls::from_config(&config.tls, &dir.root)?;
         let lockout = LockoutPolicy { threshold: config.auth.lockout_threshold, stage_durations_s: config.auth.lockout_stages_s.clone() };
         let ip_limiter = Arc::new(MemoryLimiter::new(config.auth.ip_failure_limit, config.auth.ip_failure_window_s));
         let tables = TableStorage::local(&config.table_data_dir(&dir.root))?;
@@ -152,6 +155,7 @@ impl AppState {
             checkpoint_sink,
             closing: tokio_util::sync::CancellationToken::new(),
             streams: StreamSlots::default(),
+            tls,
         })
     }
 

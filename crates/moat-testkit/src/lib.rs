@@ -24,6 +24,12 @@ pub const PASSWORD: &str = "Tr1cky-Gazelle";
 
 /// A customers table as CSV for benchmarks: `id,name,email,ssn,amount`, `rows` rows, the same
 /// bytes every run.
+/// Two tenants' `customers` tables for the cross-tenant and masking tests (canary values that
+/// must never show where they should not).
+pub const CUSTOMERS_A: &str =
+    "id,name,email,ssn,plan,revenue\n1,Ann Canary,ann@acme-secret.com,123-45-6789,pro,100\n2,Bob Stone,bob@acme.com,987-65-4321,free,5\n";
+pub const CUSTOMERS_B: &str = "id,name,email,ssn,plan,revenue\n1,Globex Spy,spy@globex-secret.com,999-99-9999,ent,7\n";
+
 pub fn customers_csv(rows: usize) -> String {
     let mut csv = String::with_capacity(rows * 64);
     csv.push_str("id,name,email,ssn,amount\n");
@@ -97,11 +103,18 @@ impl TestServer {
         let mut cfg = Config::load(Some(&data.config_file()), Vec::new(), &Overrides::default()).unwrap();
         tweak(&mut cfg);
         cfg.validate().unwrap();
+        // With TLS on, the helpers speak HTTPS and trust the configured certificate.
+        let tls_root = cfg.tls.enabled().then(|| {
+            let cert = std::path::Path::new(&cfg.tls.cert);
+            let cert = if cert.is_absolute() { cert.to_path_buf() } else { data.root.join(cert) };
+            reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap()
+        });
         let clock = ManualClock::new(now);
         let stores = wrap(moat_store::open(&cfg.store_url(&data.root)).await.unwrap());
         let state = Arc::new(AppState::open_with_stores(&data, cfg, Arc::new(clock.clone()), stores).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls_root.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
         tokio::spawn(async move {
@@ -114,7 +127,11 @@ impl TestServer {
         let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pg = pg_listener.local_addr().unwrap();
         tokio::spawn(moat_server::pg::serve(pg_listener, state.clone(), state.closing.clone().cancelled_owned()));
-        let http = reqwest::Client::builder().user_agent("moat-testkit").build().unwrap();
+        let mut http = reqwest::Client::builder().user_agent("moat-testkit");
+        if let Some(root) = tls_root {
+            http = http.tls_certs_only([root]);
+        }
+        let http = http.build().unwrap();
         Self { base, clock, state, http, dir, pg, shutdown: Some(tx) }
     }
 
@@ -144,6 +161,28 @@ impl TestServer {
 
     pub async fn post(&self, path: &str, auth: &str, body: Value) -> Resp {
         self.send(Method::POST, path, Some(auth), Some(body), None).await
+    }
+
+    /// Classifies column `col` of `customers` (panics unless accepted).
+    pub async fn label(&self, admin: &str, col: &str, classification: &str, pii: &str, entity: Option<&str>) {
+        let body = serde_json::json!({"classification": classification, "pii": pii, "entity": entity});
+        let r = self.send(reqwest::Method::PUT, &format!("/v1/tables/customers/columns/{col}"), Some(admin), Some(body), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+
+    /// Classifies the columns of a `customers` table shaped like [`CUSTOMERS_A`] as the
+    /// contract's demo does: names and emails CONFIDENTIAL PII, the SSN RESTRICTED.
+    pub async fn label_customers(&self, admin: &str) {
+        for (col, classification, pii, entity) in [
+            ("id", "PUBLIC", "none", None),
+            ("name", "CONFIDENTIAL", "direct", Some("person_name")),
+            ("email", "CONFIDENTIAL", "direct", Some("email")),
+            ("ssn", "RESTRICTED", "direct", Some("ssn")),
+            ("plan", "INTERNAL", "none", None),
+            ("revenue", "CONFIDENTIAL", "none", None),
+        ] {
+            self.label(admin, col, classification, pii, entity).await;
+        }
     }
 
     /// Uploads CSV as a table.

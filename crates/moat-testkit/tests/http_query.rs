@@ -6,38 +6,14 @@ use moat_testkit::reqwest::{Method, StatusCode};
 use moat_testkit::serde_json::{Value, json};
 use moat_testkit::{Resp, TestServer};
 
-const CSV_A: &str =
-    "id,name,email,ssn,plan,revenue\n1,Ann Canary,ann@acme-secret.com,123-45-6789,pro,100\n2,Bob Stone,bob@acme.com,987-65-4321,free,5\n";
-const CSV_B: &str = "id,name,email,ssn,plan,revenue\n1,Globex Spy,spy@globex-secret.com,999-99-9999,ent,7\n";
-
-async fn label(s: &TestServer, admin: &str, col: &str, classification: &str, pii: &str, entity: Option<&str>) {
-    let r = s
-        .send(
-            Method::PUT,
-            &format!("/v1/tables/customers/columns/{col}"),
-            Some(admin),
-            Some(json!({"classification": classification, "pii": pii, "entity": entity})),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-}
-
-async fn labelled(s: &TestServer, admin: &str) {
-    label(s, admin, "id", "PUBLIC", "none", None).await;
-    label(s, admin, "name", "CONFIDENTIAL", "direct", Some("person_name")).await;
-    label(s, admin, "email", "CONFIDENTIAL", "direct", Some("email")).await;
-    label(s, admin, "ssn", "RESTRICTED", "direct", Some("ssn")).await;
-    label(s, admin, "plan", "INTERNAL", "none", None).await;
-    label(s, admin, "revenue", "CONFIDENTIAL", "none", None).await;
-}
+use moat_testkit::{CUSTOMERS_A as CSV_A, CUSTOMERS_B as CSV_B};
 
 /// Tenant `acme` with the labelled `customers` table; tokens of its admin, an editor and a viewer.
 async fn acme_with_roles() -> (TestServer, String, String, String) {
     let s = TestServer::start().await;
     let admin = s.tenant_with_admin("acme").await;
     s.put_csv("/v1/tables/customers", &admin, CSV_A).await;
-    labelled(&s, &admin).await;
+    s.label_customers(&admin).await;
     let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
     let (_, viewer) = s.user(&admin, "acme", "v@acme.example", "viewer").await;
     (s, admin, editor, viewer)
@@ -71,7 +47,7 @@ async fn ingest_catalog_and_atomic_replace() {
     let q = s.query(&admin, "SELECT count(*) AS n FROM customers").await;
     assert_eq!(q.body["rows"][0][0], 2);
     // A good replacement is version 2; a manual label survives it.
-    label(&s, &admin, "ssn", "RESTRICTED", "direct", Some("ssn")).await;
+    s.label(&admin, "ssn", "RESTRICTED", "direct", Some("ssn")).await;
     let r = s.put_csv("/v1/tables/customers", &admin, format!("{CSV_A}3,Cy Doe,cy@acme.com,111-22-3333,pro,9\n")).await;
     assert_eq!((r.status, r.body["version"].as_i64()), (StatusCode::OK, Some(2)));
     assert_eq!(s.query(&admin, "SELECT count(*) FROM customers").await.body["rows"][0][0], 3);
@@ -464,7 +440,7 @@ async fn uploads_are_classified_by_the_scanner_and_manual_labels_win() {
     assert_eq!(q.body["rows"][0][1], "****", "RESTRICTED without a grant: full mask");
     assert_eq!(q.body["rows"][0][2], "pro");
     // A manual label survives the re-scan of a replacement.
-    label(&s, &admin, "plan", "CONFIDENTIAL", "none", None).await;
+    s.label(&admin, "plan", "CONFIDENTIAL", "none", None).await;
     let r = s.put_csv("/v1/tables/customers", &admin, csv).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let t = s.get("/v1/tables/customers", &admin).await;
@@ -494,7 +470,7 @@ async fn on_demand_scans_label_unlabelled_columns_keep_manual_ones_and_are_audit
     let other = s.tenant_with_admin("globex").await;
     let (_, editor) = s.user(&admin, "acme", "e@acme.example", "editor").await;
     assert_eq!(s.put_csv("/v1/tables/customers", &admin, people_csv(200)).await.status, StatusCode::CREATED);
-    label(&s, &admin, "notes", "PUBLIC", "none", None).await;
+    s.label(&admin, "notes", "PUBLIC", "none", None).await;
 
     // A dry run proposes and changes nothing.
     let r = s.post("/v1/tables/customers/scan?dry_run=true", &admin, json!({})).await;
@@ -598,7 +574,7 @@ async fn views_are_saved_queries_that_mask_and_label_like_their_tables() {
     let rec = s.audit_of(Some("acme")).await.into_iter().rev().find(|e| e.action == "query.execute").unwrap();
     assert_eq!(rec.details["tables"], json!(["customers"]), "{:?}", rec.details);
     // Raising a table's label raises every view built on it, at once.
-    label(&s, &admin, "plan", "RESTRICTED", "none", None).await;
+    s.label(&admin, "plan", "RESTRICTED", "none", None).await;
     let v = s.get("/v1/views/contacts", &viewer).await;
     assert_eq!((col(&v, "plan")["classification"].as_str(), v.body["classification"].as_str()), (Some("RESTRICTED"), Some("RESTRICTED")));
     assert_eq!(s.query(&viewer, "SELECT plan FROM contacts WHERE id = 1").await.body["rows"][0][0], "****");

@@ -10,35 +10,18 @@ use moat_testkit::{PASSWORD, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-const CSV_A: &str =
-    "id,name,email,ssn,plan,revenue\n1,Ann Canary,ann@acme-secret.com,123-45-6789,pro,100\n2,Bob Stone,bob@acme.com,987-65-4321,free,5\n";
-const CSV_B: &str = "id,name,email,ssn,plan,revenue\n1,Globex Spy,spy@globex-secret.com,999-99-9999,ent,7\n";
-
-async fn labelled(s: &TestServer, admin: &str) {
-    for (col, classification, pii, entity) in [
-        ("id", "PUBLIC", "none", None),
-        ("name", "CONFIDENTIAL", "direct", Some("person_name")),
-        ("email", "CONFIDENTIAL", "direct", Some("email")),
-        ("ssn", "RESTRICTED", "direct", Some("ssn")),
-        ("plan", "INTERNAL", "none", None),
-        ("revenue", "CONFIDENTIAL", "none", None),
-    ] {
-        let body = json!({"classification": classification, "pii": pii, "entity": entity});
-        let r = s.send(Method::PUT, &format!("/v1/tables/customers/columns/{col}"), Some(admin), Some(body), None).await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    }
-}
+use moat_testkit::{CUSTOMERS_A as CSV_A, CUSTOMERS_B as CSV_B};
 
 /// Two tenants with a `customers` table each; acme has a viewer and an admin.
 async fn two_tenants() -> (TestServer, String) {
     let s = TestServer::start().await;
     let acme = s.tenant_with_admin("acme").await;
     s.put_csv("/v1/tables/customers", &acme, CSV_A).await;
-    labelled(&s, &acme).await;
+    s.label_customers(&acme).await;
     s.user(&acme, "acme", "v@acme.example", "viewer").await;
     let beta = s.tenant_with_admin("beta").await;
     s.put_csv("/v1/tables/customers", &beta, CSV_B).await;
-    labelled(&s, &beta).await;
+    s.label_customers(&beta).await;
     (s, acme)
 }
 
@@ -176,6 +159,20 @@ async fn types_map_to_postgres_in_binary_and_text() {
         t[0].iter().map(|v| v.clone().unwrap()).collect::<Vec<_>>(),
         ["1", "2", "3", "1.5", "2.25", "t", "x", "2024-01-02", "2024-01-02 03:04:05.000000"]
     );
+    // numeric, timestamptz, bytea: their type names, text forms and (bytea, timestamptz)
+    // binary values.
+    let sql = "SELECT CAST(12.50 AS DECIMAL(10,2)) AS n, arrow_cast(TIMESTAMP '2024-01-02 03:04:05', 'Timestamp(Microsecond, Some(\"UTC\"))') AS tz, \
+               CAST('ab' AS BYTEA) AS b";
+    let r = c.query_one(sql, &[]).await.unwrap();
+    let types: Vec<&str> = r.columns().iter().map(|c| c.type_().name()).collect();
+    assert_eq!(types, ["numeric", "timestamptz", "bytea"]);
+    assert_eq!(r.get::<_, Vec<u8>>(2), b"ab");
+    let tz: std::time::SystemTime = r.get(1);
+    assert_eq!(tz.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_704_164_645);
+    let t = rows(&c, sql).await.unwrap();
+    assert_eq!(t[0][0].as_deref(), Some("12.50"));
+    assert!(t[0][1].as_deref().is_some_and(|v| v.starts_with("2024-01-02 03:04:05")), "{t:?}");
+    assert_eq!(t[0][2].as_deref(), Some("\\x6162"));
 }
 
 #[tokio::test]
@@ -338,8 +335,50 @@ async fn garbage_on_the_socket_closes_that_connection_only() {
         // The server answers with an error or closes; it never hangs the test.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
     }
+    // Signed in, then garbage: an unknown message type, a truncated message, a 2 GiB one.
+    for junk in [&b"\x01\x00\x00\x00\x04"[..], &b"Q\x00\x00\x00\x20SELE"[..], &b"Q\x7f\xff\xff\xff"[..]] {
+        let mut sock = signed_in_socket(&s).await;
+        sock.write_all(junk).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        // An error response or a closed connection, never a hang.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+        drop(sock);
+    }
     let c = connect(&s, "acme", "v@acme.example", PASSWORD).await.unwrap();
     assert_eq!(rows(&c, "SELECT count(*) FROM customers").await.unwrap(), vec![vec![Some("2".to_owned())]]);
+}
+
+/// A raw socket past sign-in (startup, cleartext password, ReadyForQuery).
+async fn signed_in_socket(s: &TestServer) -> tokio::net::TcpStream {
+    let mut sock = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [("user", "v@acme.example"), ("database", "acme")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    sock.write_all(&startup).await.unwrap();
+    let mut auth = [0u8; 9];
+    sock.read_exact(&mut auth).await.unwrap();
+    assert_eq!(auth[0], b'R', "cleartext password requested");
+    let mut pw = b"p".to_vec();
+    pw.extend_from_slice(&((PASSWORD.len() + 5) as u32).to_be_bytes());
+    pw.extend_from_slice(PASSWORD.as_bytes());
+    pw.push(0);
+    sock.write_all(&pw).await.unwrap();
+    // Read until ReadyForQuery ('Z', length 5, status).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(6).any(|w| w[0] == b'Z' && w[1..5] == [0, 0, 0, 5]) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), sock.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed during sign-in");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    sock
 }
 
 /// Debian's `psql`, when installed (CI has it): the acceptance command of the contract.
@@ -475,4 +514,49 @@ async fn connections_are_limited_per_tenant_and_closed_when_idle() {
     }
     assert!(reasons.iter().any(|r| r == "idle_timeout"), "{reasons:?}");
     let _ = beta;
+}
+
+/// The masking-inference attempts of the HTTP tests, over pgwire: errors, aggregates, EXPLAIN
+/// and the catalogs give nothing away.
+#[tokio::test]
+async fn inference_attempts_over_pgwire_leak_nothing() {
+    let (s, _) = two_tenants().await;
+    let c = connect(&s, "acme", "v@acme.example", PASSWORD).await.unwrap();
+    let mut seen = String::new();
+    // An engine error on a masked value is scrubbed.
+    for sql in ["SELECT CAST(ssn AS INT) FROM customers", "SELECT CAST(email AS DATE) FROM customers"] {
+        let e = c.query(sql, &[]).await.expect_err(sql);
+        seen.push_str(&format!("{e:?} {}", e.as_db_error().map(|d| d.message()).unwrap_or_default()));
+        let e = c.simple_query(sql).await.expect_err(sql);
+        seen.push_str(&format!("{e:?}"));
+    }
+    // Aggregates see masked values only.
+    let r = c.query_one("SELECT min(ssn), max(ssn), max(email), count(DISTINCT ssn) FROM customers", &[]).await.unwrap();
+    assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1)), ("****".to_owned(), "****".to_owned()));
+    assert_eq!(r.get::<_, i64>(3), 1, "every SSN masks to the same value");
+    seen.push_str(&r.get::<_, String>(2));
+    // No plans for a Viewer.
+    let e = c.query("EXPLAIN SELECT * FROM customers WHERE ssn = '123-45-6789'", &[]).await.expect_err("explain");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    // The catalogs list the columns the caller sees, nothing of another tenant, no row counts.
+    for sql in [
+        "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid WHERE c.relname = 'customers'",
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'",
+    ] {
+        let cols: Vec<String> = c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert!(cols.contains(&"ssn".to_owned()) && !cols.contains(&"revenue".to_owned()), "{sql}: {cols:?}");
+    }
+    let tuples: Vec<f64> = c
+        .query("SELECT reltuples FROM pg_catalog.pg_class WHERE relname = 'customers'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tuples, [0.0]);
+    let everything = c.simple_query("SELECT relname FROM pg_catalog.pg_class").await.unwrap();
+    seen.push_str(&format!("{everything:?}"));
+    for secret in ["123-45-6789", "6789", "ann@acme-secret.com", "Ann Canary", "Globex", "spy@", "revenue"] {
+        assert!(!seen.contains(secret), "{secret} leaked: {seen}");
+    }
 }

@@ -34,6 +34,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.json_body_limit_bytes;
     let timeout_ms = state.config.limits.request_timeout_ms;
     let ingest_timeout_ms = state.config.ingest.timeout_ms;
+    // HTTPS answers tell browsers to come back over HTTPS only.
+    let hsts = (state.tls.is_some() && state.config.tls.hsts_max_age_s > 0)
+        .then(|| HeaderValue::from_str(&format!("max-age={}", state.config.tls.hsts_max_age_s)).ok())
+        .flatten();
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
@@ -88,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .layer(SetResponseHeaderLayer::overriding(HeaderName::from_static("x-content-type-options"), HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, hsts))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(NewRequestId))
@@ -133,14 +138,22 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
     crate::retention::spawn_periodic(state.clone());
+    let tls = state.tls.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Live streams end now; other requests finish first.
-            closing.cancel();
-        })
-        .await
+    let shutdown = async move {
+        shutdown.await;
+        // Live streams end now; other requests finish first.
+        closing.cancel();
+    };
+    match tls {
+        // `tap_io` gives the TLS listener axum's `ConnectInfo<SocketAddr>`.
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            let listener = crate::tls::TlsListener::new(listener, tls.http)?.tap_io(|_| {});
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 #[cfg(test)]
