@@ -22,7 +22,6 @@ use moat_core::tlog::{Hash, NodeId};
 use moat_store::{
     Appended, AuditFilter, AuditRecord, AuditStore, CheckpointRecord, NewAuditEntry, Prune, SegmentCategory, StoredEntry, Stores, TrailHead,
 };
-use moat_testkit::reqwest::Method;
 use moat_testkit::serde_json::json;
 use moat_testkit::{PASSWORD, TestServer};
 
@@ -85,7 +84,11 @@ impl AuditStore for NoCostAudit {
 /// A server with the customers-like table and a Viewer's token.
 async fn server(rows: usize, no_cost_audit: bool) -> (TestServer, String) {
     let s = TestServer::start_with_stores(
-        |c| c.ingest.body_limit_bytes = 1 << 34,
+        |c| {
+            c.ingest.body_limit_bytes = 1 << 34;
+            // The load, not the tenant's concurrency cap, decides (MOAT_BENCH_CLIENTS may be large).
+            c.query.max_concurrent_per_tenant = 4096;
+        },
         |stores| match no_cost_audit {
             true => Stores { audit: Arc::new(NoCostAudit { inner: stores.audit.clone(), seq: AtomicI64::new(1_000_000) }), ..stores },
             false => stores,
@@ -94,13 +97,7 @@ async fn server(rows: usize, no_cost_audit: bool) -> (TestServer, String) {
     .await;
     let admin = s.tenant_with_admin("acme").await;
     assert_eq!(s.put_csv("/v1/tables/t", &admin, moat_testkit::customers_csv(rows)).await.status.as_u16(), 201);
-    for (col, label) in
-        [("id", "PUBLIC"), ("name", "CONFIDENTIAL"), ("email", "CONFIDENTIAL"), ("ssn", "CONFIDENTIAL"), ("amount", "INTERNAL")]
-    {
-        let r =
-            s.send(Method::PUT, &format!("/v1/tables/t/columns/{col}"), Some(&admin), Some(json!({"classification": label})), None).await;
-        assert_eq!(r.status.as_u16(), 200);
-    }
+    s.label_bench_customers(&admin, "t").await;
     s.post("/v1/users", &admin, json!({"email": "v@acme.example", "password": PASSWORD, "role": "viewer"})).await;
     let viewer = s.login(Some("acme"), "v@acme.example", PASSWORD).await;
     (s, viewer)

@@ -13,7 +13,6 @@
 
 use std::process::Command;
 
-use moat_testkit::reqwest::Method;
 use moat_testkit::serde_json::json;
 use moat_testkit::{PASSWORD, TestServer};
 
@@ -22,13 +21,11 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 /// Runs pgbench and returns its transactions per second (excluding connection time).
-fn pgbench(conn: &[(&str, String)], password: &str, script: &std::path::Path, mode: &str, clients: u64, secs: u64) -> f64 {
+fn pgbench(conn: &str, password: &str, script: &std::path::Path, mode: &str, clients: u64, secs: u64) -> f64 {
     let mut cmd = Command::new("pgbench");
     cmd.args(["-n", "-M", mode, "-f"]).arg(script).args(["-c", &clients.to_string(), "-j", &clients.min(4).to_string()]);
-    cmd.args(["-T", &secs.to_string()]);
-    for (k, v) in conn {
-        cmd.arg(format!("--{k}={v}"));
-    }
+    // The connection string goes where pgbench takes the database name.
+    cmd.args(["-T", &secs.to_string(), conn]);
     let out = cmd.env("PGPASSWORD", password).output().expect("pgbench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "pgbench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -69,13 +66,7 @@ async fn main() {
     let s = TestServer::start_with(|c| c.ingest.body_limit_bytes = 1 << 34).await;
     let admin = s.tenant_with_admin("acme").await;
     assert_eq!(s.put_csv("/v1/tables/moat_bench_customers", &admin, csv).await.status.as_u16(), 201);
-    for (col, label) in
-        [("id", "PUBLIC"), ("name", "CONFIDENTIAL"), ("email", "CONFIDENTIAL"), ("ssn", "CONFIDENTIAL"), ("amount", "INTERNAL")]
-    {
-        let body = json!({"classification": label});
-        let r = s.send(Method::PUT, &format!("/v1/tables/moat_bench_customers/columns/{col}"), Some(&admin), Some(body), None).await;
-        assert_eq!(r.status.as_u16(), 200);
-    }
+    s.label_bench_customers(&admin, "moat_bench_customers").await;
     s.post("/v1/users", &admin, json!({"email": "v@acme.example", "password": PASSWORD, "role": "viewer"})).await;
 
     // PostgreSQL: the same rows, with a primary key (what a DBA would give this lookup).
@@ -93,20 +84,15 @@ async fn main() {
         format!("\\set k random(0, {})\nSELECT id, name, email, ssn, amount FROM moat_bench_customers WHERE id = :k;\n", rows - 1),
     )
     .unwrap();
-    let moat_conn = [
-        ("host", s.pg.ip().to_string()),
-        ("port", s.pg.port().to_string()),
-        ("username", "v@acme.example".to_owned()),
-        ("dbname", "acme".to_owned()),
-    ];
-    let pg_conn: Vec<(&'static str, String)> = vec![("dbname", pg_url.clone())];
+    let moat_conn = format!("host={} port={} user=v@acme.example dbname=acme", s.pg.ip(), s.pg.port());
+    let pg_conn = pg_url.clone();
 
     println!("pgbench lookup by key, {rows} rows, {clients} clients, {secs} s per run:");
     for mode in &modes {
         // Warm both, then measure back to back (pgbench is a separate process; the server
         // shares this one's runtime).
-        let run = |conn: &[(&'static str, String)], pw: &str, secs: u64| {
-            let (conn, pw, script, mode) = (conn.to_vec(), pw.to_owned(), script.clone(), mode.clone());
+        let run = |conn: &str, pw: &str, secs: u64| {
+            let (conn, pw, script, mode) = (conn.to_owned(), pw.to_owned(), script.clone(), mode.clone());
             tokio::task::spawn_blocking(move || pgbench(&conn, &pw, &script, &mode, clients, secs))
         };
         run(&moat_conn, PASSWORD, 1).await.unwrap();

@@ -165,9 +165,28 @@ impl TestServer {
 
     /// Classifies column `col` of `customers` (panics unless accepted).
     pub async fn label(&self, admin: &str, col: &str, classification: &str, pii: &str, entity: Option<&str>) {
+        self.label_in(admin, "customers", col, classification, pii, entity).await;
+    }
+
+    /// Classifies column `col` of `table` (panics unless accepted).
+    pub async fn label_in(&self, admin: &str, table: &str, col: &str, classification: &str, pii: &str, entity: Option<&str>) {
         let body = serde_json::json!({"classification": classification, "pii": pii, "entity": entity});
-        let r = self.send(reqwest::Method::PUT, &format!("/v1/tables/customers/columns/{col}"), Some(admin), Some(body), None).await;
+        let r = self.send(reqwest::Method::PUT, &format!("/v1/tables/{table}/columns/{col}"), Some(admin), Some(body), None).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+
+    /// Classifies a table shaped by [`customers_csv`] for the benchmarks: three PII columns a
+    /// Viewer sees masked, not omitted (a hash token, a partial e-mail, `****`).
+    pub async fn label_bench_customers(&self, admin: &str, table: &str) {
+        for (col, classification, pii, entity) in [
+            ("id", "PUBLIC", "none", None),
+            ("name", "CONFIDENTIAL", "direct", Some("person_name")),
+            ("email", "CONFIDENTIAL", "direct", Some("email")),
+            ("ssn", "RESTRICTED", "direct", Some("ssn")),
+            ("amount", "INTERNAL", "none", None),
+        ] {
+            self.label_in(admin, table, col, classification, pii, entity).await;
+        }
     }
 
     /// Classifies the columns of a `customers` table shaped like [`CUSTOMERS_A`] as the
