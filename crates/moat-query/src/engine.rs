@@ -217,7 +217,23 @@ fn df_error(e: DataFusionError) -> MoatError {
             e.message = scrub(&diag.message);
             e
         }
-        DataFusionError::Shared(inner) => df_error(DataFusionError::External(Box::new(inner))),
+        // One error shared by several partitions: its own kind when this is the last holder,
+        // otherwise by what it says (memory stays a memory error).
+        DataFusionError::Shared(inner) => match Arc::try_unwrap(inner) {
+            Ok(e) => df_error(e),
+            Err(shared) => match shared.as_ref() {
+                DataFusionError::ResourcesExhausted(m) => df_error(DataFusionError::ResourcesExhausted(m.clone())),
+                other => df_error(DataFusionError::Execution(other.to_string())),
+            },
+        },
+        // Errors raised inside table providers and functions come wrapped.
+        DataFusionError::External(e) => match e.downcast::<DataFusionError>() {
+            Ok(inner) => df_error(*inner),
+            Err(e) => {
+                tracing::error!(error = %e, "query engine failure");
+                MoatError::internal("query_engine_error")
+            }
+        },
         other => {
             tracing::error!(error = %other, "query engine failure");
             MoatError::internal("query_engine_error")

@@ -14,12 +14,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, StringBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int16Builder, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder, new_null_array,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, SchemaProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::{TableProvider, TableType, ViewTable, provider_as_source};
+use datafusion::datasource::{MemTable, TableProvider, TableType, ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::logical_expr::ScalarUDF;
@@ -87,8 +89,75 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// Columns PostgreSQL types `int2vector` or `int2[]` (key and option positions), which the
+/// library's built-in rows carry as text (`1 2`): lists of smallint, so that clients can
+/// subscript them (`con.conkey[pos.n]`, PgJDBC's key and index queries).
+const SMALL_INT_ARRAYS: &[&str] = &["indkey", "indoption", "conkey", "confkey"];
+
+fn small_int_arrays(name: &str, table: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    let schema = table.schema();
+    let columns: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let column = col(datafusion::common::Column::from_name(f.name()));
+            match SMALL_INT_ARRAYS.contains(&f.name().as_str()) && f.data_type() == &DataType::Utf8 {
+                true => ScalarUDF::new_from_impl(SmallIntArray::default()).call(vec![column]).alias(f.name()),
+                false => column,
+            }
+        })
+        .collect();
+    let plan = LogicalPlanBuilder::scan(name, provider_as_source(table), None)?.project(columns)?.build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// Text such as `1 2` or `{1,2}` as a list of smallint (NULL stays NULL).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SmallIntArray {
+    signature: Signature,
+}
+
+impl Default for SmallIntArray {
+    fn default() -> Self {
+        Self { signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for SmallIntArray {
+    fn name(&self) -> &str {
+        "moat_int2vector"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType, DataFusionError> {
+        Ok(DataType::new_list(DataType::Int16, true))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(texts) = arrays.first() else { return Err(DataFusionError::Plan("moat_int2vector takes one argument".to_owned())) };
+        let mut out = ListBuilder::new(Int16Builder::new());
+        for text in texts.as_string::<i32>() {
+            match text {
+                Some(t) => {
+                    for n in t.trim_matches(['{', '}']).split([' ', ',']).filter(|n| !n.is_empty()) {
+                        out.values().append_option(n.parse::<i16>().ok());
+                    }
+                    out.append(true);
+                }
+                None => out.append(false),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 /// `pg_catalog` as the library builds it, but `pg_database` holds the caller's database only
-/// (the library always adds a `postgres` row for tools that expect one).
+/// (the library always adds a `postgres` row for tools that expect one) and `pg_settings`
+/// moat's [`SETTINGS`].
 #[derive(Debug)]
 struct TenantPgCatalog {
     inner: PgCatalogSchemaProvider<Database, EmptyContextProvider>,
@@ -109,6 +178,10 @@ impl SchemaProvider for TenantPgCatalog {
                     .filter(col("datname").eq(lit(self.database.clone())))?
                     .build()?;
                 Ok(Some(Arc::new(ViewTable::new(plan, None))))
+            }
+            Some(t) if name.eq_ignore_ascii_case("pg_settings") => pg_settings(t.schema()).map(Some),
+            Some(t) if name.eq_ignore_ascii_case("pg_index") || name.eq_ignore_ascii_case("pg_constraint") => {
+                small_int_arrays(name, t).map(Some)
             }
             other => Ok(other),
         }
@@ -180,6 +253,62 @@ fn functions() -> &'static [ScalarUDF] {
 
 /// The PostgreSQL version moat speaks as; drivers (SQLAlchemy, JDBC) read it from `version()`.
 pub const PG_VERSION: &str = "16.6";
+
+/// The server settings clients read, by PostgreSQL's name, and their values under moat: what
+/// `SHOW` answers and what `pg_settings` lists (PgJDBC reads `max_index_keys` there). Output is
+/// always UTF-8, ISO dates, UTC; transactions are read-only.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "read committed"),
+    ("transaction_read_only", "on"),
+    ("default_transaction_read_only", "on"),
+    ("standard_conforming_strings", "on"),
+    ("client_encoding", "UTF8"),
+    ("server_encoding", "UTF8"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("search_path", "public"),
+    ("integer_datetimes", "on"),
+    ("max_identifier_length", "63"),
+    ("max_index_keys", "32"),
+    ("max_function_args", "100"),
+    ("block_size", "8192"),
+    ("server_version", PG_VERSION),
+    ("server_version_num", "160006"),
+    ("is_superuser", "off"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "1"),
+    ("lc_collate", "C.UTF-8"),
+    ("lc_ctype", "C.UTF-8"),
+];
+
+/// A setting by the name a client wrote (any case; `SHOW`'s spaced spellings too).
+pub fn setting(written: &str) -> Option<(&'static str, &'static str)> {
+    let name = match written.trim().to_ascii_lowercase().as_str() {
+        "transaction isolation level" => "transaction_isolation".to_owned(),
+        "time zone" => "timezone".to_owned(),
+        other => other.to_owned(),
+    };
+    SETTINGS.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)).copied()
+}
+
+/// `pg_settings` with moat's [`SETTINGS`] (the library's lists one), in the library's columns.
+fn pg_settings(schema: SchemaRef) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    let names: Vec<&str> = SETTINGS.iter().map(|(n, _)| *n).collect();
+    let values: Vec<&str> = SETTINGS.iter().map(|(_, v)| *v).collect();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "name" => cast(&StringArray::from(names.clone()), f.data_type()),
+            "setting" | "reset_val" | "boot_val" => cast(&StringArray::from(values.clone()), f.data_type()),
+            _ => Ok(new_null_array(f.data_type(), SETTINGS.len())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
 
 /// `version()` as PostgreSQL words it (DataFusion's own names DataFusion, which drivers reject).
 fn version() -> ScalarUDF {
@@ -326,8 +455,41 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 }
 
+/// `information_schema._pg_expandarray(array)`: in PostgreSQL a set-returning function of
+/// `(x, n)` rows. PgJDBC's key and index queries apply it to `pg_index.indkey` and keep the rows
+/// whose `x` is a column of the table asked about. moat's tables have no keys or indexes, so it
+/// answers a NULL row (PostgreSQL's row type, for planning): those queries find no keys, which
+/// is true of every table a client can query. (The built-in catalog tables' own keys are not
+/// expanded.)
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        "_pg_expandarray"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType, DataFusionError> {
+        let element = match args.first() {
+            Some(DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)) => f.data_type().clone(),
+            _ => DataType::Int32,
+        };
+        Ok(DataType::Struct(vec![Field::new("x", element, true), Field::new("n", DataType::Int32, true)].into()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
+        Ok(ColumnarValue::Array(new_null_array(args.return_type(), args.number_rows)))
+    }
+}
+
 /// Catalog functions drivers call that moat answers with what is true of it: no serial
-/// sequences, every collation visible.
+/// sequences, every collation visible, no index definitions.
 fn stand_ins() -> &'static [ScalarUDF] {
     static UDFS: OnceLock<Vec<ScalarUDF>> = OnceLock::new();
     UDFS.get_or_init(|| {
@@ -335,10 +497,12 @@ fn stand_ins() -> &'static [ScalarUDF] {
             |name, value| ScalarUDF::new_from_impl(Constant { name, value, signature: Signature::variadic_any(Volatility::Immutable) });
         vec![
             constant("pg_get_serial_sequence", ScalarValue::Utf8(None)),
+            constant("pg_get_indexdef", ScalarValue::Utf8(None)),
             constant("pg_collation_is_visible", ScalarValue::Boolean(Some(true))),
             constant("pg_type_is_visible", ScalarValue::Boolean(Some(true))),
             constant("pg_function_is_visible", ScalarValue::Boolean(Some(true))),
             ScalarUDF::new_from_impl(JsonBuildObject { signature: Signature::variadic_any(Volatility::Immutable) }),
+            ScalarUDF::new_from_impl(ExpandArray { signature: Signature::any(1, Volatility::Immutable) }),
         ]
     })
 }

@@ -7,8 +7,8 @@ use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Query, SelectItem, SetExpr, Statement, Value, VisitMut, VisitorMut,
-    visit_expressions_mut, visit_relations,
+    AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Query, SelectItem, SetExpr, Statement, Value, VisitMut,
+    VisitorMut, visit_expressions_mut, visit_relations,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -91,6 +91,7 @@ pub fn check_postgres(sql: &str, max_sql_bytes: usize, max_depth: usize, may_exp
             for stmt in &mut statements {
                 let _ = stmt.visit(&mut CatalogCaseSubqueries);
                 let _ = stmt.visit(&mut AggregateScalarSubqueries);
+                let _ = stmt.visit(&mut FieldAccessByName);
             }
             statements
         }
@@ -143,6 +144,30 @@ impl VisitorMut for CatalogCaseSubqueries {
                 }
                 ControlFlow::<()>::Continue(())
             });
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// In an introspection statement, `(row).field` (PgJDBC's `(_pg_expandarray(i.indkey)).n`,
+/// `(result.keys).x`) names the field as DataFusion's field access expects it: a string, folded to lower case
+/// unless quoted, as PostgreSQL folds identifiers.
+struct FieldAccessByName;
+
+impl VisitorMut for FieldAccessByName {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        // `t.col[i]` is a column of a table, not a field of a row: left as it is.
+        if let Expr::CompoundFieldAccess { root, access_chain } = expr
+            && !matches!(root.as_ref(), Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+        {
+            for access in access_chain {
+                if let AccessExpr::Dot(Expr::Identifier(ident)) = access {
+                    let name = if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() };
+                    *access = AccessExpr::Dot(Expr::Value(Value::SingleQuotedString(name).with_empty_span()));
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -326,6 +351,11 @@ mod tests {
             "SELECT CASE WHEN a.x THEN (SELECT d.v FROM pg_catalog.pg_attrdef d WHERE d.id = a.id) END FROM pg_catalog.pg_attribute a";
         let (_, s) = check_postgres(sql, 65_536, 64, false).map_err(|e| e.code).unwrap();
         assert!(s.to_string().starts_with("SELECT CASE WHEN a.x THEN NULL END FROM"), "{s}");
+        // A field of a row is named by a string; a subscripted column of a table stays as is.
+        let sql = "SELECT (information_schema._pg_expandarray(i.indkey)).N, (r.keys).\"X\", c.conkey[2] FROM pg_catalog.pg_index i";
+        let (_, s) = check_postgres(sql, 65_536, 64, false).map_err(|e| e.code).unwrap();
+        let s = s.to_string();
+        assert!(s.contains(".'n'") && s.contains("(r.keys).'X'") && s.contains("c.conkey[2]"), "{s}");
         for sql in [
             "INSERT INTO t VALUES (1)",
             "UPDATE t SET a = 1",

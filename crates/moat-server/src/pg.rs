@@ -59,6 +59,7 @@ use pgwire::api::{
 };
 use pgwire::api::{ConnectionManager, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use serde_json::json;
@@ -336,7 +337,8 @@ pub fn sqlstate(e: &MoatError) -> &'static str {
         "invalid_parameter" => "22P02",
         "too_many_queries" => "53400",
         "too_many_connections" => "53300",
-        "query_error" => "42000",
+        "in_failed_transaction" => "25P02",
+        "query_error" => query_error_state(&e.message),
         _ => match e.kind {
             K::Unauthenticated => "28000",
             K::Forbidden => "42501",
@@ -346,6 +348,20 @@ pub fn sqlstate(e: &MoatError) -> &'static str {
             K::Unavailable => "58000",
             K::Internal => "XX000",
         },
+    }
+}
+
+/// PostgreSQL's finer states for the engine's planning errors, read from the (scrubbed) message
+/// DataFusion words them with; an omitted column reads exactly like one that does not exist.
+fn query_error_state(message: &str) -> &'static str {
+    if message.contains("No field named") || (message.starts_with("column ") && message.contains("not found")) {
+        "42703"
+    } else if message.contains("not found") && message.starts_with("table ") {
+        "42P01"
+    } else if message.contains("Invalid function") {
+        "42883"
+    } else {
+        "42000"
     }
 }
 
@@ -437,37 +453,11 @@ pub enum Command {
     /// `DEALLOCATE [PREPARE] name | ALL`: drivers free their prepared statements (`None`: all,
     /// which leaves them to the end of the connection).
     Deallocate(Option<String>),
-    /// `SHOW` of a setting moat answers itself ([`SHOWN_SETTINGS`]).
+    /// `SHOW` of a setting moat answers itself ([`moat_query::pgcompat::SETTINGS`]): its name
+    /// as PostgreSQL spells it (the column) and its value.
     Show(&'static str, &'static str),
     Query,
 }
-
-/// What `SHOW` answers: PostgreSQL's name for the setting, and its value under moat.
-const SHOWN_SETTINGS: &[(&str, &str, &str)] = &[
-    // (as written after SHOW, lower case; column name; value)
-    ("transaction isolation level", "transaction_isolation", "read committed"),
-    ("transaction_isolation", "transaction_isolation", "read committed"),
-    ("default_transaction_isolation", "default_transaction_isolation", "read committed"),
-    ("transaction_read_only", "transaction_read_only", "on"),
-    ("default_transaction_read_only", "default_transaction_read_only", "on"),
-    ("standard_conforming_strings", "standard_conforming_strings", "on"),
-    ("client_encoding", "client_encoding", "UTF8"),
-    ("server_encoding", "server_encoding", "UTF8"),
-    ("datestyle", "DateStyle", "ISO, MDY"),
-    ("intervalstyle", "IntervalStyle", "postgres"),
-    ("timezone", "TimeZone", "UTC"),
-    ("time zone", "TimeZone", "UTC"),
-    ("search_path", "search_path", "public"),
-    ("integer_datetimes", "integer_datetimes", "on"),
-    ("max_identifier_length", "max_identifier_length", "63"),
-    ("server_version", "server_version", PG_VERSION),
-    ("server_version_num", "server_version_num", "160006"),
-    ("is_superuser", "is_superuser", "off"),
-    ("bytea_output", "bytea_output", "hex"),
-    ("extra_float_digits", "extra_float_digits", "1"),
-    ("lc_collate", "lc_collate", "C.UTF-8"),
-    ("lc_ctype", "lc_ctype", "C.UTF-8"),
-];
 
 use moat_query::pgcompat::PG_VERSION;
 
@@ -529,8 +519,8 @@ fn classify(sql: &str) -> Result<Command, MoatError> {
         "release" => Command::Savepoint("RELEASE"),
         "show" => {
             let name = text[4..].trim().to_ascii_lowercase();
-            match SHOWN_SETTINGS.iter().find(|(n, ..)| *n == name) {
-                Some((_, column, value)) => Command::Show(column, value),
+            match moat_query::pgcompat::setting(&name) {
+                Some((column, value)) => Command::Show(column, value),
                 None => {
                     let name: String = name.chars().take(64).collect();
                     return Err(MoatError::new(
@@ -561,6 +551,34 @@ fn classify(sql: &str) -> Result<Command, MoatError> {
     })
 }
 
+/// PostgreSQL's rule after an error inside a transaction block: every statement is refused
+/// until the block ends, and `COMMIT` then rolls back (its tag says `ROLLBACK`). Rolling back to
+/// a savepoint is refused too: the protocol library keeps the failed status until the block
+/// ends, so moat asks for the whole `ROLLBACK` (a read-only transaction loses nothing by it).
+fn after_failure(command: &Command) -> Result<Command, MoatError> {
+    match command {
+        Command::Rollback | Command::Commit => Ok(Command::Rollback),
+        Command::Savepoint("ROLLBACK") => Err(MoatError::new(
+            moat_core::ErrorKind::BadRequest,
+            "not_supported",
+            "after an error moat rolls back the whole transaction only: send ROLLBACK (nothing was written)",
+        )),
+        _ => Err(MoatError::new(
+            moat_core::ErrorKind::BadRequest,
+            "in_failed_transaction",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )),
+    }
+}
+
+/// The command to carry out given the connection's transaction status.
+fn in_status(status: TransactionStatus, command: &Command) -> Result<Command, MoatError> {
+    match status {
+        TransactionStatus::Error => after_failure(command),
+        _ => Ok(command.clone()),
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Conn {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -571,7 +589,7 @@ impl SimpleQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = self.signed_in()?;
-        let command = match classify(query) {
+        let command = match classify(query).and_then(|c| in_status(client.transaction_status(), &c)) {
             Ok(c) => c,
             Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e)))]),
         };
@@ -651,7 +669,7 @@ impl ExtendedQueryHandler for Conn {
 
     async fn do_describe_statement<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         target: &StoredStatement<ParsedStatement>,
     ) -> PgWireResult<DescribeStatementResponse>
     where
@@ -661,6 +679,7 @@ impl ExtendedQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let declared = &target.parameter_types;
+        in_status(client.transaction_status(), &target.statement.command).map_err(|e| self.failure(&e))?;
         if target.statement.command != Command::Query {
             let params = declared.iter().map(|t| t.clone().unwrap_or(Type::TEXT)).collect();
             return Ok(DescribeStatementResponse::new(params, answered_here(&target.statement.command, &Format::UnifiedText)));
@@ -684,7 +703,7 @@ impl ExtendedQueryHandler for Conn {
         Ok(DescribeStatementResponse::new(params, fields))
     }
 
-    async fn do_describe_portal<C>(&self, _client: &mut C, portal: &Portal<ParsedStatement>) -> PgWireResult<DescribePortalResponse>
+    async fn do_describe_portal<C>(&self, client: &mut C, portal: &Portal<ParsedStatement>) -> PgWireResult<DescribePortalResponse>
     where
         C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = ParsedStatement>,
@@ -692,6 +711,7 @@ impl ExtendedQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let command = &portal.statement.statement.command;
+        in_status(client.transaction_status(), command).map_err(|e| self.failure(&e))?;
         if *command != Command::Query {
             return Ok(DescribePortalResponse::new(answered_here(command, &portal.result_column_format)));
         }
@@ -712,13 +732,14 @@ impl ExtendedQueryHandler for Conn {
     {
         let session = self.signed_in()?;
         let statement = &portal.statement.statement;
-        if let Command::Deallocate(Some(name)) = &statement.command {
+        let command = in_status(client.transaction_status(), &statement.command).map_err(|e| self.failure(&e))?;
+        if let Command::Deallocate(Some(name)) = &command {
             client.portal_store().rm_statement(name);
         }
         let bind = binder(portal);
         let request = Request { sql: &statement.sql, postgres: Some(&session.slug), bind: Some(&bind) };
         // Rows beyond a portal's row limit wait in the portal (pgwire suspends and resumes it).
-        self.respond(&session, &statement.command, request, &portal.result_column_format).await.map_err(|e| self.failure(&e))
+        self.respond(&session, &command, request, &portal.result_column_format).await.map_err(|e| self.failure(&e))
     }
 }
 
@@ -887,5 +908,32 @@ mod tests {
         assert_eq!(classify("SET role = 'postgres'").map_err(|e| e.code).err(), Some("setting_not_supported"));
         assert_eq!(classify("BEGIN READ WRITE").map_err(|e| e.code).err(), Some("read_only"));
         assert_eq!(classify("SELECT 1").ok(), Some(Command::Query));
+    }
+
+    #[test]
+    fn after_an_error_in_a_transaction_only_its_end_is_accepted() {
+        let failed = TransactionStatus::Error;
+        for sql in ["SELECT 1", "SET application_name = 'x'", "SHOW search_path", "BEGIN", "SAVEPOINT a", "DEALLOCATE x"] {
+            let command = classify(sql).unwrap_or(Command::Query);
+            let refused = in_status(failed, &command).map_err(|e| (e.code, sqlstate(&e))).err();
+            assert_eq!(refused, Some(("in_failed_transaction", "25P02")), "{sql}");
+        }
+        assert_eq!(in_status(failed, &Command::Rollback).ok(), Some(Command::Rollback));
+        assert_eq!(in_status(failed, &Command::Commit).ok(), Some(Command::Rollback), "COMMIT of a failed block rolls back");
+        assert_eq!(in_status(failed, &Command::Savepoint("ROLLBACK")).map_err(|e| e.code).err(), Some("not_supported"));
+        for status in [TransactionStatus::Idle, TransactionStatus::Transaction] {
+            assert_eq!(in_status(status, &Command::Query).ok(), Some(Command::Query));
+            assert_eq!(in_status(status, &Command::Commit).ok(), Some(Command::Commit));
+        }
+    }
+
+    #[test]
+    fn planning_errors_get_postgresql_states() {
+        let state = |m: &str| sqlstate(&MoatError::bad_request("query_error", m.to_owned()));
+        assert_eq!(state("column 'nothing_here' not found"), "42703");
+        assert_eq!(state("Schema error: No field named nothing_here."), "42703");
+        assert_eq!(state("table 'acme.public.nope' not found"), "42P01");
+        assert_eq!(state("Invalid function 'nope'"), "42883");
+        assert_eq!(state("Cannot cast string to Int64"), "42000");
     }
 }

@@ -435,6 +435,20 @@ async fn psql_shows_masked_customers() {
     assert!(!l.contains("beta"), "another tenant shows in \\l: {l}");
 }
 
+/// Runs an interop client (`program args… HOST PORT DBNAME USER PASSWORD`, signing in as the
+/// acme Viewer) and returns the JSON object it prints.
+async fn interop_client(s: &TestServer, program: &str, args: &[&str]) -> moat_testkit::serde_json::Value {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .args([&s.pg.ip().to_string(), &s.pg.port().to_string(), "acme", "v@acme.example", PASSWORD])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    moat_testkit::serde_json::from_str(&stdout).unwrap()
+}
+
 /// psycopg 3, SQLAlchemy 2 reflection and pandas.read_sql, the way notebook and BI users
 /// connect (`tests/interop/pg_clients.py`). Runs when `MOAT_TEST_PYTHON` is set; CI installs
 /// the packages.
@@ -446,14 +460,7 @@ async fn python_drivers_see_what_http_sees() {
     };
     let (s, _) = two_tenants().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/pg_clients.py");
-    let out = tokio::process::Command::new(python)
-        .args([script, &s.pg.ip().to_string(), &s.pg.port().to_string(), "acme", "v@acme.example", PASSWORD])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let got: moat_testkit::serde_json::Value = moat_testkit::serde_json::from_str(&stdout).unwrap();
+    let got = interop_client(&s, &python, &[script]).await;
     assert_eq!(got["psycopg_rows"], json!([[1, "a***@***.com", "****", "pro"], [2, "b***@***.com", "****", "free"]]));
     assert_eq!(got["psycopg_probe"], json!([]), "a raw SSN bound as a parameter matched a masked column");
     assert_eq!(got["psycopg_bound"], json!([[1, "pro"]]));
@@ -465,6 +472,64 @@ async fn python_drivers_see_what_http_sees() {
     assert_eq!(got["pandas_columns"], json!(["id", "name", "email", "ssn", "plan"]));
     let text = got.to_string();
     for secret in ["Ann Canary", "ann@acme-secret.com", "123-45-6789", "Globex", "spy@", "revenue"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
+
+/// `SHOW` and `pg_settings` answer from one list of moat's settings; unknown ones are refused.
+#[tokio::test]
+async fn show_and_pg_settings_agree() {
+    let (s, _) = two_tenants().await;
+    let c = connect(&s, "acme", "v@acme.example", PASSWORD).await.unwrap();
+    for (shown, name, value) in [
+        ("transaction isolation level", "transaction_isolation", "read committed"),
+        ("TimeZone", "TimeZone", "UTC"),
+        ("max_index_keys", "max_index_keys", "32"),
+        ("transaction_read_only", "transaction_read_only", "on"),
+    ] {
+        assert_eq!(rows(&c, &format!("SHOW {shown}")).await.unwrap(), vec![vec![Some(value.to_owned())]], "{shown}");
+        let listed = rows(&c, &format!("SELECT setting FROM pg_catalog.pg_settings WHERE name = '{name}'")).await.unwrap();
+        assert_eq!(listed, vec![vec![Some(value.to_owned())]], "{name}");
+    }
+    assert_eq!(sqlstate(&rows(&c, "SHOW data_directory").await.unwrap_err()), "42704");
+    let all = rows(&c, "SELECT name FROM pg_catalog.pg_settings").await.unwrap();
+    assert!(!all.iter().flatten().flatten().any(|n| n.contains("data_directory") || n.contains("password")), "{all:?}");
+}
+
+/// PgJDBC, the driver under DBeaver, Metabase and most BI servers: DatabaseMetaData
+/// introspection, plain and prepared statements (past the driver's prepare threshold), a cursor
+/// with a fetch size, and PostgreSQL's failed-transaction rule (`tests/interop/JdbcClient.java`).
+/// Runs when `MOAT_TEST_JDBC` names the driver's jar (Debian: libpostgresql-jdbc-java,
+/// `/usr/share/java/postgresql.jar`); `java` comes from the PATH.
+#[tokio::test]
+async fn jdbc_tools_introspect_and_query_the_callers_tenant_only() {
+    let Ok(jar) = std::env::var("MOAT_TEST_JDBC") else {
+        eprintln!("skipped: set MOAT_TEST_JDBC=/usr/share/java/postgresql.jar (with java on the PATH) to run");
+        return;
+    };
+    let (s, _) = two_tenants().await;
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/JdbcClient.java");
+    let got = interop_client(&s, "java", &["-cp", &jar, program]).await;
+    let text = got.to_string();
+    assert_eq!(got["product"], "PostgreSQL 16", "{text}");
+    assert_eq!(got["catalogs"], json!(["acme"]), "{text}");
+    assert_eq!(got["tables"], json!(["customers"]), "{text}");
+    assert_eq!(
+        got["columns"],
+        json!(["id:int8", "name:text", "email:text", "ssn:text", "plan:text"]),
+        "revenue is omitted for a viewer: {text}"
+    );
+    for empty in ["primary_keys", "imported_keys", "index_info"] {
+        assert_eq!(got[empty], json!([]), "{empty}: {text}");
+    }
+    assert_eq!(got["select"], json!([["1", "a***@***.com", "****", "pro"], ["2", "b***@***.com", "****", "free"]]), "{text}");
+    assert_eq!(got["result_types"], json!(["id:int8", "name:text", "email:text", "ssn:text", "plan:text"]), "{text}");
+    assert_eq!(got["bound"], json!([["1", "pro"]]), "{text}");
+    assert_eq!(got["probe"], json!([]), "a raw SSN bound as a parameter matched a masked column: {text}");
+    assert_eq!(got["cursor"], json!([["1"], ["2"]]), "{text}");
+    assert_eq!(got["delete"], "25006", "{text}");
+    assert_eq!(got["failed_transaction"], json!(["42703", "25P02", "recovered"]), "{text}");
+    for secret in ["Ann Canary", "ann@acme-secret.com", "123-45-6789", "Globex", "spy@", "beta", "revenue"] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
 }
