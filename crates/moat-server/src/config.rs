@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// Shared security state for many replicas (Redis); in-process when `url` is empty.
+    pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     /// Query limits (the engine's own type: one definition, one set of defaults).
@@ -171,6 +173,23 @@ pub struct StoreConfig {
     pub url: String,
     /// Owner role for migrations and provisioning (PostgreSQL); defaults to `url`.
     pub admin_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `redis://[user:password@]host[:port][/db]`: the per-address sign-in limiter is shared by
+    /// every replica naming the same Redis and namespace. Empty: in-process (one replica). If
+    /// Redis cannot be reached, sign-ins are refused (503 `cache_unavailable`) until it is back.
+    pub url: String,
+    /// Prefix of every key (several deployments may share one Redis).
+    pub namespace: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { url: String::new(), namespace: "moat".into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,11 +426,9 @@ impl Config {
         }
         if !au.witness_url.is_empty() {
             // Cosignatures are signed, so plain HTTP cannot forge one (only withhold it); HTTPS
-            // needs the TLS stack of W1-7.
-            if !au.witness_url.starts_with("http://") {
-                return Err(config_error(
-                    "audit.witness_url: must start with http:// (https:// witnesses need the TLS support that is not built yet)",
-                ));
+            // keeps the submissions private.
+            if !(au.witness_url.starts_with("http://") || au.witness_url.starts_with("https://")) {
+                return Err(config_error("audit.witness_url: must start with https:// or http://"));
             }
             if moat_core::checkpoint::CosignatureVerifier::parse(&au.witness_key).is_err() {
                 return Err(config_error("audit.witness_key: not a cosignature key (name+keyid+base64 of 0x04 and an Ed25519 key)"));
@@ -419,6 +436,16 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(config_error("log.format: must be \"text\" or \"json\""));
+        }
+        if !self.cache.url.is_empty() && !self.cache.url.starts_with("redis://") {
+            return Err(config_error(format!(
+                "cache.url: unsupported scheme in {:?}; this build supports redis:// (or empty for in-process)",
+                self.cache.url.split("://").next().unwrap_or_default()
+            )));
+        }
+        let ns = &self.cache.namespace;
+        if ns.is_empty() || ns.len() > 64 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(config_error("cache.namespace: 1 to 64 letters, digits, '_' or '-'"));
         }
         if !self.store.url.starts_with("sqlite://") {
             return Err(config_error(format!(
@@ -654,6 +681,11 @@ mod tests {
         assert!(e.message.starts_with("auth.leeway_s:"), "{}", e.message);
         let e = Config::load(None, env(&[("MOAT_STORE__URL", "mysql://x")]), &Overrides::default()).expect_err("bad");
         assert!(e.message.starts_with("store.url:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_CACHE__URL", "memcached://x")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("cache.url:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_CACHE__NAMESPACE", "a:b")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("cache.namespace:"), "{}", e.message);
+        Config::load(None, env(&[("MOAT_CACHE__URL", "redis://127.0.0.1:6379/0")]), &Overrides::default()).expect("a Redis URL");
         // A witness needs both settings, a usable URL and a cosignature key.
         let w = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default()).map(|_| ()).map_err(|e| e.message);
         assert!(w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/")]).unwrap_err().starts_with("audit.witness_url:"));
@@ -667,5 +699,6 @@ mod tests {
         let e = w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/"), ("MOAT_AUDIT__WITNESS_KEY", &log_key)]).unwrap_err();
         assert!(e.starts_with("audit.witness_key:"), "{e}");
         w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/"), ("MOAT_AUDIT__WITNESS_KEY", &key)]).expect("a valid witness");
+        w(&[("MOAT_AUDIT__WITNESS_URL", "https://w.example/"), ("MOAT_AUDIT__WITNESS_KEY", &key)]).expect("an HTTPS witness");
     }
 }

@@ -15,7 +15,7 @@ use moat_store::audit_log::{AuditLog, AuditLogConfig, CheckpointKey, CheckpointS
 
 use crate::config::{Config, DataDir};
 use crate::http::extract::ClientInfo;
-use crate::limiter::{FailureLimiter, MemoryLimiter};
+use crate::limiter::{FailureLimiter, MemoryLimiter, RedisLimiter};
 
 /// Tenant setting keys.
 pub const PASSWORD_POLICY: &str = "password_policy";
@@ -105,7 +105,11 @@ impl AppState {
         let keys = crate::bootstrap::load_keyset(dir, &config, clock.now_s())?;
         let tls = crate::tls::Tls::from_config(&config.tls, &dir.root)?;
         let lockout = LockoutPolicy { threshold: config.auth.lockout_threshold, stage_durations_s: config.auth.lockout_stages_s.clone() };
-        let ip_limiter = Arc::new(MemoryLimiter::new(config.auth.ip_failure_limit, config.auth.ip_failure_window_s));
+        let (limit, window) = (config.auth.ip_failure_limit, config.auth.ip_failure_window_s);
+        let ip_limiter: Arc<dyn FailureLimiter> = match config.cache.url.as_str() {
+            "" => Arc::new(MemoryLimiter::new(limit, window)),
+            url => Arc::new(RedisLimiter::new(url, &config.cache.namespace, limit, window)?),
+        };
         let tables = TableStorage::local(&config.table_data_dir(&dir.root))?;
         // Spill files and spooled uploads are temporary files that delete themselves; the
         // directories are private to the server's user.

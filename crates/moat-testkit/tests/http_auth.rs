@@ -176,6 +176,62 @@ async fn password_spraying_is_limited_per_address() {
     assert!(r.header("retry-after").is_some());
 }
 
+/// With `cache.url` set and Redis unreachable, no sign-in gets past the limiter it cannot ask
+/// (fail closed, 503), each refusal is on the record, and the server keeps serving.
+#[tokio::test]
+async fn sign_ins_fail_closed_when_the_shared_limiter_cannot_be_reached() {
+    // Nothing listens on port 1.
+    let s = TestServer::start_with(|c| c.cache.url = "redis://127.0.0.1:1".into()).await;
+    for _ in 0..2 {
+        let r = s.login_raw(None, SUPER_ADMIN, PASSWORD).await;
+        assert_eq!((r.status, r.code()), (StatusCode::SERVICE_UNAVAILABLE, "cache_unavailable"), "{:?}", r.body);
+        assert!(!r.body.to_string().contains("127.0.0.1:1"), "the answer names the Redis address: {:?}", r.body);
+    }
+    let refused = s.audit_of(None).await.into_iter().filter(|r| r.action == "auth.login" && r.outcome.as_str() == "denied").count();
+    assert_eq!(refused, 2, "each refused sign-in is recorded");
+    assert_eq!(s.send(Method::GET, "/healthz", None, None, None).await.status, StatusCode::OK);
+}
+
+/// Replicas behind a load balancer share the per-address limiter through Redis (`cache.url`):
+/// guesses spread over them count together, and every key carries the window as its TTL.
+/// Runs when `MOAT_TEST_REDIS` is set.
+#[tokio::test]
+async fn replicas_share_the_sign_in_limiter_through_redis() {
+    let Ok(url) = std::env::var("MOAT_TEST_REDIS") else {
+        eprintln!("skipped: set MOAT_TEST_REDIS=redis://127.0.0.1:6379 to run");
+        return;
+    };
+    // A namespace of this run's own: tests running beside it count apart.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let namespace = format!("moat-test-{}-{nanos}", std::process::id());
+    let tweak = |c: &mut moat_server::config::Config| {
+        c.cache.url = url.clone();
+        c.cache.namespace = namespace.clone();
+        c.auth.ip_failure_limit = 6;
+        c.auth.ip_failure_window_s = 600;
+    };
+    let (a, b) = (TestServer::start_with(tweak).await, TestServer::start_with(tweak).await);
+    a.tenant_with_admin("acme").await;
+    b.tenant_with_admin("acme").await;
+    // Six guesses, alternating between the replicas: three each, under the limit on either.
+    for i in 0..6 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(replica.login_raw(Some("acme"), &format!("user{i}@acme.example"), "Spring-2026!x").await.code(), "invalid_credentials");
+    }
+    for replica in [&a, &b] {
+        let r = replica.login_raw(Some("acme"), "admin@acme.example", PASSWORD).await;
+        assert_eq!((r.status, r.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"), "{:?}", r.body);
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=600).contains(&retry), "retry-after {retry}");
+    }
+    let mut redis = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut redis).await.unwrap();
+    assert_eq!(keys, [format!("{namespace}:p:login-ip:127.0.0.1")], "platform keys are prefixed p:");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query_async(&mut redis).await.unwrap();
+    assert!((1..=600).contains(&ttl), "every key carries a TTL within the window: {ttl}");
+    let _: () = redis::cmd("DEL").arg(&keys[0]).query_async(&mut redis).await.unwrap();
+}
+
 #[tokio::test]
 async fn forged_and_foreign_tokens_are_refused() {
     let s = TestServer::start().await;

@@ -118,7 +118,15 @@ pub async fn password_login(
             .details(serde_json::json!({"reason": reason, "via": via}))
     };
 
-    if let Some(retry) = st.ip_limiter.blocked(&ip_key, now).await {
+    let blocked = match st.ip_limiter.blocked(&ip_key, now).await {
+        Ok(blocked) => blocked,
+        // The limiter cannot tell (Redis down): refused, fail closed, and on the record.
+        Err(e) => {
+            st.record(client, attempt(Outcome::Denied, e.code, None)).await?;
+            return Err(e);
+        }
+    };
+    if let Some(retry) = blocked {
         st.record(client, attempt(Outcome::Denied, "ip_rate_limited", None)).await?;
         return Err(MoatError::new(
             ErrorKind::TooManyRequests { retry_after_s: Some(retry) },
@@ -165,7 +173,7 @@ pub async fn password_login(
         (Some(_), true) => None,
     };
     let Some(user) = user.filter(|_| reason.is_none()) else {
-        st.ip_limiter.record_failure(&ip_key, now).await;
+        let counted = st.ip_limiter.record_failure(&ip_key, now).await;
         let (outcome, _) = st.stores.meta.record_login_failure(&scope_key, &email_key, &st.lockout, now).await?;
         st.record(client, attempt(Outcome::Failure, reason.unwrap_or("unknown"), trail)).await?;
         if !matches!(outcome, FailureOutcome::Counted) {
@@ -178,6 +186,8 @@ pub async fn password_login(
                 .details(details);
             st.record(client, e).await?;
         }
+        // A failure the shared limiter could not count refuses like a limiter that cannot answer.
+        counted?;
         return Err(invalid_credentials());
     };
 
