@@ -25,7 +25,7 @@
 //!   it ended), and every statement as over HTTP (format `pgwire`, with its bound parameters);
 //!   a statement cancelled before it answered is recorded as `query_canceled`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,11 +54,12 @@ use pgwire::api::results::{DataRowEncoder, DescribePortalResponse, DescribeState
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo as PgClientInfo, ClientPortalStore, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
-    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+    ClientInfo as PgClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_APPLICATION_NAME, METADATA_DATABASE, METADATA_USER,
+    PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
 };
 use pgwire::api::{ConnectionManager, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::{Close, CloseComplete, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -177,7 +178,14 @@ pub async fn serve(
 
 async fn connection(st: Arc<AppState>, shared: Arc<Shared>, socket: tokio::net::TcpStream, addr: SocketAddr) {
     let activity = Arc::new(Activity { last: Mutex::new(Instant::now()), busy: AtomicUsize::new(0) });
-    let conn = Conn { st: st.clone(), shared: shared.clone(), activity: activity.clone(), addr, session: Arc::new(Mutex::new(None)) };
+    let conn = Conn {
+        st: st.clone(),
+        shared: shared.clone(),
+        activity: activity.clone(),
+        addr,
+        session: Arc::new(Mutex::new(None)),
+        prepared: Arc::default(),
+    };
     let tls = st.tls.as_ref().map(|t| t.pg.clone());
     let mut work = Box::pin(pgwire::tokio::process_socket(socket, tls, conn.clone()));
     let mut reason = "client";
@@ -226,6 +234,29 @@ struct Conn {
     activity: Arc<Activity>,
     addr: SocketAddr,
     session: Arc<Mutex<Option<Arc<WireSession>>>>,
+    /// The names of the connection's prepared statements (at most
+    /// [`MAX_PREPARED_PER_CONNECTION`]), so that `DEALLOCATE ALL` frees them all.
+    prepared: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Named prepared statements one connection may hold (PostgreSQL sets no limit; drivers keep a
+/// bounded cache: PgJDBC 256, psycopg 100). Beyond it `Parse` answers 53400.
+const MAX_PREPARED_PER_CONNECTION: usize = 1_000;
+
+/// Counts a named statement in (the unnamed one and a name already held replace themselves).
+fn admit_statement(held: &mut HashSet<String>, name: &str) -> Result<(), MoatError> {
+    if name.is_empty() || name == DEFAULT_NAME || held.contains(name) {
+        return Ok(());
+    }
+    if held.len() >= MAX_PREPARED_PER_CONNECTION {
+        return Err(MoatError::new(
+            moat_core::ErrorKind::TooManyRequests { retry_after_s: None },
+            "too_many_prepared_statements",
+            format!("a connection holds at most {MAX_PREPARED_PER_CONNECTION} prepared statements; DEALLOCATE some"),
+        ));
+    }
+    held.insert(name.to_owned());
+    Ok(())
 }
 
 /// How a signed-in connection proves itself again at every statement.
@@ -338,6 +369,7 @@ pub fn sqlstate(e: &MoatError) -> &'static str {
         "too_many_queries" => "53400",
         "too_many_connections" => "53300",
         "in_failed_transaction" => "25P02",
+        "too_many_prepared_statements" => "53400",
         "query_error" => query_error_state(&e.message),
         _ => match e.kind {
             K::Unauthenticated => "28000",
@@ -593,8 +625,8 @@ impl SimpleQueryHandler for Conn {
             Ok(c) => c,
             Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e)))]),
         };
-        if let Command::Deallocate(Some(name)) = &command {
-            client.portal_store().rm_statement(name);
+        if let Command::Deallocate(name) = &command {
+            self.deallocate(client.portal_store(), name.as_deref());
         }
         let request = Request { sql: query, postgres: Some(&session.slug), bind: None };
         match self.respond(&session, &command, request, &Format::UnifiedText).await {
@@ -667,6 +699,42 @@ impl ExtendedQueryHandler for Conn {
         Arc::new(StatementParser)
     }
 
+    /// pgwire's own, with the connection's prepared statements counted and bounded.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        self.prepared(|held| admit_statement(held, &name)).map_err(|e| self.failure(&e))?;
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        client.send(PgWireBackendMessage::ParseComplete(ParseComplete::new())).await?;
+        Ok(())
+    }
+
+    /// pgwire's own, with a closed statement no longer counted.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: PgClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => self.deallocate(client.portal_store(), Some(name)),
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client.send(PgWireBackendMessage::CloseComplete(CloseComplete::new())).await?;
+        Ok(())
+    }
+
     async fn do_describe_statement<C>(
         &self,
         client: &mut C,
@@ -733,8 +801,8 @@ impl ExtendedQueryHandler for Conn {
         let session = self.signed_in()?;
         let statement = &portal.statement.statement;
         let command = in_status(client.transaction_status(), &statement.command).map_err(|e| self.failure(&e))?;
-        if let Command::Deallocate(Some(name)) = &command {
-            client.portal_store().rm_statement(name);
+        if let Command::Deallocate(name) = &command {
+            self.deallocate(client.portal_store(), name.as_deref());
         }
         let bind = binder(portal);
         let request = Request { sql: &statement.sql, postgres: Some(&session.slug), bind: Some(&bind) };
@@ -779,6 +847,24 @@ fn pg_fields(schema: &datafusion::arrow::datatypes::Schema, format: &Format) -> 
 }
 
 impl Conn {
+    fn prepared<T>(&self, f: impl FnOnce(&mut HashSet<String>) -> T) -> T {
+        f(&mut self.prepared.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Frees one prepared statement, or all of them (`DEALLOCATE ALL`).
+    fn deallocate(&self, store: &impl PortalStore, name: Option<&str>) {
+        let names: Vec<String> = self.prepared(|held| match name {
+            Some(n) => {
+                held.remove(n);
+                vec![n.to_owned()]
+            }
+            None => held.drain().collect(),
+        });
+        for n in names {
+            store.rm_statement(&n);
+        }
+    }
+
     fn signed_in(&self) -> PgWireResult<Arc<WireSession>> {
         self.activity.touch();
         self.current()
@@ -925,6 +1011,19 @@ mod tests {
             assert_eq!(in_status(status, &Command::Query).ok(), Some(Command::Query));
             assert_eq!(in_status(status, &Command::Commit).ok(), Some(Command::Commit));
         }
+    }
+
+    #[test]
+    fn prepared_statements_are_bounded_per_connection() {
+        let mut held = HashSet::new();
+        for i in 0..MAX_PREPARED_PER_CONNECTION {
+            assert!(admit_statement(&mut held, &format!("s{i}")).is_ok());
+        }
+        assert!(admit_statement(&mut held, "s0").is_ok(), "re-preparing a held name replaces it");
+        assert!(admit_statement(&mut held, "").is_ok() && admit_statement(&mut held, DEFAULT_NAME).is_ok(), "the unnamed one");
+        let e = admit_statement(&mut held, "one_more").map_err(|e| (e.code, sqlstate(&e))).err();
+        assert_eq!(e, Some(("too_many_prepared_statements", "53400")));
+        assert_eq!(held.len(), MAX_PREPARED_PER_CONNECTION);
     }
 
     #[test]

@@ -116,6 +116,9 @@ async fn prepared_statements_bind_parameters_into_the_governed_plan() {
     for (plan, n) in [("pro", 1i64), ("free", 1), ("ent", 0)] {
         assert_eq!(c.query_one(&by_plan, &[&plan]).await.unwrap().get::<_, i64>(0), n, "{plan}");
     }
+    // DEALLOCATE ALL frees every prepared statement of the connection (26000 after it).
+    rows(&c, "DEALLOCATE ALL").await.unwrap();
+    assert_eq!(sqlstate(&c.query_one(&by_plan, &[&"pro"]).await.unwrap_err()), "26000");
     // Each execution is audited with what was bound.
     let ev = s.get("/v1/audit/events?action=query.execute&limit=200", &acme).await;
     let bound: Vec<_> = ev.body["events"].as_array().unwrap().iter().filter(|e| e["details"]["params"] == json!(["123-45-6789"])).collect();
