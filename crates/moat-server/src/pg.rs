@@ -482,8 +482,8 @@ pub enum Command {
     /// SAVEPOINT, RELEASE, ROLLBACK TO: inside a read-only transaction, nothing to undo.
     Savepoint(&'static str),
     Set,
-    /// `DEALLOCATE [PREPARE] name | ALL`: drivers free their prepared statements (`None`: all,
-    /// which leaves them to the end of the connection).
+    /// `DEALLOCATE [PREPARE] name | ALL`: drivers free their prepared statements (`None`: all
+    /// of the connection's).
     Deallocate(Option<String>),
     /// `SHOW` of a setting moat answers itself ([`moat_query::pgcompat::SETTINGS`]): its name
     /// as PostgreSQL spells it (the column) and its value.
