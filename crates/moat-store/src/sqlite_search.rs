@@ -171,8 +171,11 @@ impl SearchIndex {
 
     /// One transaction of one trail; whether more is left.
     async fn pass(&self, trail: &str) -> Result<(u64, bool)> {
-        // Deferred: reading `log` takes a snapshot, not a lock; the write lock is the index's.
-        let mut tx = self.pool.begin().await.map_err(index_err)?;
+        // IMMEDIATE: the index's write lock first (reading `log` takes a snapshot, not a lock).
+        // Another handle on the same store (`moat demo` holds two) may be indexing: a deferred
+        // transaction that read first could not upgrade past its commit ("database is locked");
+        // this one waits for it (busy timeout), then reads what it committed.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(index_err)?;
         let Some(head) = sqlx::query("SELECT num, size FROM log.audit_trails WHERE trail = ?")
             .bind(trail)
             .fetch_optional(&mut *tx)

@@ -171,3 +171,31 @@ async fn the_search_index_is_rebuilt_from_the_log() {
     assert_eq!(found.len(), 100);
     assert!(found.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
 }
+
+/// Two handles on one store (as `moat demo` holds while it serves) index and search the same
+/// index file at once: each waits for the other's pass instead of failing with "database is
+/// locked".
+#[tokio::test]
+async fn two_handles_index_and_search_at_once() {
+    use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
+    use moat_store::{AuditFilter, AuditStore, NewAuditEntry};
+    let (_dir, s, raw) = file_store().await;
+    let keys = AuditKeys::new([9; 32]);
+    let search = |w: &str| AuditFilter { q: Some(w.into()), limit: 10_000, ..AuditFilter::default() };
+    for round in 0..20i64 {
+        let batch: Vec<NewAuditEntry> = (0..50)
+            .map(|i| NewAuditEntry {
+                event: AuditEvent::new(None, Category::Admin, "x.event", Actor::system("t"), Outcome::Success)
+                    .details(serde_json::json!({"word": "shared"})),
+                ts_ms: 1_000 + round * 100 + i,
+                event_id: uuid::Uuid::now_v7().to_string(),
+            })
+            .collect();
+        s.audit.append_batch(&batch, &keys).await.expect("append");
+        let (fa, fb) = (search("shared"), search("shared"));
+        let (a, b) = tokio::join!(s.audit.list(None, &fa), raw.list(None, &fb));
+        let want = ((round + 1) * 50) as usize;
+        assert_eq!(a.expect("first handle").len(), want, "round {round}");
+        assert_eq!(b.expect("second handle").len(), want, "round {round}");
+    }
+}
