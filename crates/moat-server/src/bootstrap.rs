@@ -41,6 +41,8 @@ pub fn enable_self_signed_tls(dir: &DataDir) -> Result<PathBuf> {
     let (cert, key) = crate::tls::write_self_signed(&dir.root)?;
     let path = dir.config_file();
     let text = fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+    let cert_line = format!("cert = \"{cert}\"   # self-signed for development (moat init --self-signed)");
+    let key_line = format!("key = \"{key}\"");
     let mut out = Vec::new();
     let (mut in_tls, mut seen) = (false, false);
     for line in text.lines() {
@@ -50,23 +52,25 @@ pub fn enable_self_signed_tls(dir: &DataDir) -> Result<PathBuf> {
             seen |= in_tls;
         }
         if in_tls && trimmed.starts_with("cert ") {
-            out.push(format!("cert = \"{cert}\"   # self-signed for development (moat init --self-signed)"));
+            out.push(cert_line.clone());
         } else if in_tls && trimmed.starts_with("key ") {
-            out.push(format!("key = \"{key}\""));
+            out.push(key_line.clone());
         } else {
             out.push(line.to_owned());
         }
     }
     if !seen {
-        out.push(String::new());
-        out.push("[tls]".to_owned());
-        out.push(format!("cert = \"{cert}\"   # self-signed for development (moat init --self-signed)"));
-        out.push(format!("key = \"{key}\""));
+        out.extend([String::new(), "[tls]".to_owned(), cert_line, key_line]);
     }
-    let tmp = dir.root.join("moat.toml.tmp");
-    fs::write(&tmp, out.join("\n") + "\n").map_err(|e| io_err("write", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| io_err("write", &path, e))?;
+    write_config(dir, &(out.join("\n") + "\n"))?;
     Ok(dir.root.join(cert))
+}
+
+/// Replaces `moat.toml` whole (a temporary file renamed over it: never half written).
+fn write_config(dir: &DataDir, text: &str) -> Result<()> {
+    let tmp = dir.root.join("moat.toml.tmp");
+    fs::write(&tmp, text).map_err(|e| io_err("write", &tmp, e))?;
+    fs::rename(&tmp, dir.config_file()).map_err(|e| io_err("write", &dir.config_file(), e))
 }
 
 pub fn create_private_dir(path: &Path) -> Result<()> {
@@ -119,9 +123,7 @@ pub async fn init(dir: &DataDir, now: UnixSeconds) -> Result<InitOutcome> {
             fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|e| io_err("protect", &p, e))?;
         }
     }
-    let tmp = dir.root.join("moat.toml.tmp");
-    fs::write(&tmp, default_toml()).map_err(|e| io_err("write", &tmp, e))?;
-    fs::rename(&tmp, dir.config_file()).map_err(|e| io_err("write", &dir.config_file(), e))?;
+    write_config(dir, &default_toml())?;
     Ok(InitOutcome::Created)
 }
 

@@ -105,11 +105,14 @@ impl RedisLimiter {
     }
 
     async fn conn(&self) -> Result<redis::aio::ConnectionManager, MoatError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        self.conn.get_or_try_init(|| self.client.get_connection_manager_with_config(config)).await.cloned().map_err(unavailable)
+        let connect = || {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(REDIS_TIMEOUT))
+                .set_response_timeout(Some(REDIS_TIMEOUT))
+                .set_number_of_retries(1);
+            self.client.get_connection_manager_with_config(config)
+        };
+        self.conn.get_or_try_init(connect).await.cloned().map_err(unavailable)
     }
 }
 

@@ -39,8 +39,7 @@ async fn main() {
         ("ssn", "CONFIDENTIAL", "direct", Some("ssn")),
         ("amount", "INTERNAL", "none", None),
     ] {
-        let body = json!({"classification": label, "pii": pii, "entity": entity});
-        assert_eq!(s.send(Method::PUT, &format!("/v1/tables/t/columns/{col}"), Some(&admin), Some(body), None).await.status.as_u16(), 200);
+        s.label_in(&admin, "t", col, label, pii, entity).await;
     }
     s.post("/v1/users", &admin, json!({"email": "v@acme.example", "password": PASSWORD, "role": "viewer"})).await;
     let viewer = s.login(Some("acme"), "v@acme.example", PASSWORD).await;
