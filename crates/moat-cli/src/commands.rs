@@ -395,7 +395,7 @@ fn broken(first_bad_seq: Option<i64>, problem: Option<&str>) -> String {
 async fn verify_store(dir: DataDir, trail: Option<String>, json_out: bool) -> CliResult {
     use moat_store::audit_log::{CheckpointSink, DirSink, verify_trail};
     let cfg = bootstrap::load_config(&dir)?;
-    let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
+    let stores = moat_store::open_with(&cfg.store_url(&dir.root), cfg.store.admin_url.as_deref()).await?;
     let keys = bootstrap::audit_keys(&dir)?;
     let checkpoint_key = bootstrap::checkpoint_key(&dir, &cfg)?;
     let sink = cfg.publish_dir(&dir.root).map(DirSink::new);

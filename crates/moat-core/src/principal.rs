@@ -17,6 +17,16 @@ pub enum Scope {
     Tenant(TenantId),
 }
 
+impl Scope {
+    /// The tenant, or `None` for the platform.
+    pub fn tenant_id(self) -> Option<TenantId> {
+        match self {
+            Self::Tenant(t) => Some(t),
+            Self::Platform => None,
+        }
+    }
+}
+
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
@@ -63,10 +73,7 @@ impl Principal {
     }
     /// The tenant of a tenant-scoped principal; `None` for the platform Super Admin.
     pub fn tenant_id(&self) -> Option<TenantId> {
-        match self.scope {
-            Scope::Tenant(t) => Some(t),
-            Scope::Platform => None,
-        }
+        self.scope.tenant_id()
     }
     pub fn user_id(&self) -> UserId {
         self.user_id

@@ -113,7 +113,7 @@ pub async fn init(dir: &DataDir, now: UnixSeconds) -> Result<InitOutcome> {
     }
     checkpoint_seed(dir)?;
     let cfg = Config::default();
-    moat_store::open(&cfg.store_url(&dir.root)).await?;
+    moat_store::open_with(&cfg.store_url(&dir.root), cfg.store.admin_url.as_deref()).await?;
     // The store holds password hashes and the audit trail: owner only.
     #[cfg(unix)]
     for f in ["moat.db", "moat.db-wal", "moat.db-shm"] {
@@ -242,7 +242,7 @@ pub async fn create_super_admin(dir: &DataDir, email: &str, password: &str, now:
     let email = Email::parse(email)?;
     let local = email.as_str().split('@').next();
     PasswordPolicy::default().check(password, local)?;
-    let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
+    let stores = moat_store::open_with(&cfg.store_url(&dir.root), cfg.store.admin_url.as_deref()).await?;
     let id = UserId::new();
     let hash = hash_password(password)?;
     stores

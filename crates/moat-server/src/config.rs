@@ -169,7 +169,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (relative paths are inside the data dir) or, later, `postgres://…`.
+    /// `sqlite://PATH` (relative paths are inside the data dir) or `postgres://…` (the runtime
+    /// role: moat refuses a superuser or BYPASSRLS role).
     pub url: String,
     /// Owner role for migrations and provisioning (PostgreSQL); defaults to `url`.
     pub admin_url: Option<String>,
@@ -447,11 +448,17 @@ impl Config {
         if ns.is_empty() || ns.len() > 64 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(config_error("cache.namespace: 1 to 64 letters, digits, '_' or '-'"));
         }
-        if !self.store.url.starts_with("sqlite://") {
+        let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+        if !self.store.url.starts_with("sqlite://") && !postgres(&self.store.url) {
             return Err(config_error(format!(
-                "store.url: unsupported scheme in {:?}; this build supports sqlite://",
+                "store.url: unsupported scheme in {:?}; use sqlite://PATH or postgres://…",
                 self.store.url.split("://").next().unwrap_or_default()
             )));
+        }
+        if let Some(admin) = &self.store.admin_url
+            && !(postgres(admin) && postgres(&self.store.url))
+        {
+            return Err(config_error("store.admin_url: a postgres:// URL, and only with a postgres:// store.url"));
         }
         Ok(())
     }
@@ -498,6 +505,8 @@ pg_idle_timeout_s = {pg_idle}   # close a pgwire connection idle this long (0: n
 
 [store]
 url = "{store}"   # relative paths are inside the data dir
+# PostgreSQL: url = "postgres://moat_app@db/moat" (a plain role: no superuser, no BYPASSRLS)
+# admin_url = "postgres://moat_owner@db/moat"     # the owner role: migrations, tenant provisioning
 
 [auth]
 issuer = "{iss}"
@@ -686,6 +695,10 @@ mod tests {
         let e = Config::load(None, env(&[("MOAT_CACHE__NAMESPACE", "a:b")]), &Overrides::default()).expect_err("bad");
         assert!(e.message.starts_with("cache.namespace:"), "{}", e.message);
         Config::load(None, env(&[("MOAT_CACHE__URL", "redis://127.0.0.1:6379/0")]), &Overrides::default()).expect("a Redis URL");
+        let pg = [("MOAT_STORE__URL", "postgres://app@db/moat"), ("MOAT_STORE__ADMIN_URL", "postgres://owner@db/moat")];
+        Config::load(None, env(&pg), &Overrides::default()).expect("a PostgreSQL store with its owner");
+        let e = Config::load(None, env(&[("MOAT_STORE__ADMIN_URL", "postgres://owner@db/moat")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("store.admin_url:"), "an owner for the SQLite store: {}", e.message);
         // A witness needs both settings, a usable URL and a cosignature key.
         let w = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default()).map(|_| ()).map_err(|e| e.message);
         assert!(w(&[("MOAT_AUDIT__WITNESS_URL", "http://w.example/")]).unwrap_err().starts_with("audit.witness_url:"));

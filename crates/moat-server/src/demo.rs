@@ -53,7 +53,7 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
         password
     };
     let cfg = load_config(dir)?;
-    let stores = moat_store::open(&cfg.store_url(&dir.root)).await?;
+    let stores = moat_store::open_with(&cfg.store_url(&dir.root), cfg.store.admin_url.as_deref()).await?;
     let keys = crate::bootstrap::audit_keys(dir)?;
     let hash = hash_password(&password)?;
     let system = || Actor::system("demo");

@@ -280,7 +280,7 @@ impl WireSession {
         match &self.credential {
             WireCredential::ApiKey(key) => api_key_principal(st, key).await,
             WireCredential::Password { scope, user_id, email, session } => {
-                let role = live_session_role(st, *session, *user_id).await?;
+                let role = live_session_role(st, scope.tenant_id(), *session, *user_id).await?;
                 Principal::for_session(*scope, *user_id, email.clone(), role, *session)
                     .ok_or_else(|| MoatError::unauthenticated("invalid_token", "the session is not valid"))
             }

@@ -95,7 +95,7 @@ impl AppState {
     }
 
     pub async fn open_with_clock(dir: &DataDir, config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
-        let stores = moat_store::open(&config.store_url(&dir.root)).await?;
+        let stores = moat_store::open_with(&config.store_url(&dir.root), config.store.admin_url.as_deref()).await?;
         Self::open_with_stores(dir, config, clock, stores).await
     }
 

@@ -189,8 +189,10 @@ pub async fn password_history(s: &Stores) {
     for i in 0..6 {
         assert!(s.meta.set_password(Some(t.id), u.id, &format!("hash{i}"), NOW + i).await.unwrap());
     }
-    let h = s.meta.password_history(u.id, 5).await.unwrap();
+    let h = s.meta.password_history(Some(t.id), u.id, 5).await.unwrap();
     assert_eq!(h, vec!["hash5", "hash4", "hash3", "hash2", "hash1"]);
+    let other = tenant(s).await;
+    assert!(s.meta.password_history(Some(other.id), u.id, 5).await.unwrap().is_empty(), "not through another tenant");
 }
 
 pub async fn lockout_counts_atomically(s: &Stores) {
@@ -220,20 +222,24 @@ pub async fn refresh_rotation_and_reuse(s: &Stores) {
     let ns =
         NewSession { id: sid, tenant_id: Some(t.id), user_id: u.id, now: NOW, expires_at: NOW + 86_400, source_ip: None, user_agent: None };
     s.sessions.create_session(&ns, "h1", NOW + 86_400).await.unwrap();
-    assert!(s.sessions.session_auth_state(sid, u.id).await.unwrap().unwrap().session_live);
-    assert!(s.sessions.session_auth_state(sid, UserId::new()).await.unwrap().is_none(), "session bound to its user");
+    assert!(s.sessions.session_auth_state(Some(t.id), sid, u.id).await.unwrap().unwrap().session_live);
+    assert!(s.sessions.session_auth_state(Some(t.id), sid, UserId::new()).await.unwrap().is_none(), "session bound to its user");
     assert!(matches!(s.sessions.rotate_refresh("h1", "h2", NOW + 86_400, NOW + 1).await.unwrap(), RefreshOutcome::Rotated { .. }));
     assert!(matches!(s.sessions.rotate_refresh("h2", "h3", NOW + 86_400, NOW + 2).await.unwrap(), RefreshOutcome::Rotated { .. }));
     // h1 again: reuse, the family dies, and h3 no longer works.
     assert!(matches!(s.sessions.rotate_refresh("h1", "hx", NOW + 86_400, NOW + 3).await.unwrap(), RefreshOutcome::Reused { .. }));
-    assert!(!s.sessions.session_auth_state(sid, u.id).await.unwrap().unwrap().session_live);
+    assert!(!s.sessions.session_auth_state(Some(t.id), sid, u.id).await.unwrap().unwrap().session_live);
     assert_eq!(s.sessions.rotate_refresh("h3", "h4", NOW + 86_400, NOW + 4).await.unwrap(), RefreshOutcome::Invalid);
     assert_eq!(s.sessions.rotate_refresh("nope", "h5", NOW + 86_400, NOW).await.unwrap(), RefreshOutcome::Invalid);
     // Expired refresh token.
     let sid2 = SessionId::new();
     s.sessions.create_session(&NewSession { id: sid2, ..ns }, "e1", NOW + 10).await.unwrap();
     assert_eq!(s.sessions.rotate_refresh("e1", "e2", NOW + 86_400, NOW + 11).await.unwrap(), RefreshOutcome::Invalid);
-    assert!(s.sessions.revoke_session(sid2, "logout", NOW).await.unwrap());
+    let other = tenant(s).await;
+    assert!(s.sessions.session_auth_state(Some(other.id), sid2, u.id).await.unwrap().is_none(), "not through another tenant");
+    assert!(!s.sessions.revoke_session(Some(other.id), sid2, "logout", NOW).await.unwrap(), "nor revoked from it");
+    assert_eq!(s.sessions.revoke_user_sessions(Some(other.id), u.id, "disabled", NOW).await.unwrap(), 0);
+    assert!(s.sessions.revoke_session(Some(t.id), sid2, "logout", NOW).await.unwrap());
 }
 
 pub async fn api_keys(s: &Stores) {

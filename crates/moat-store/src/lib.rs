@@ -12,8 +12,12 @@
 pub mod audit_log;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod pg_testing;
+pub mod postgres;
 mod records;
 pub mod retention;
+mod shared;
 pub mod sqlite;
 mod sqlite_search;
 
@@ -57,7 +61,7 @@ pub trait MetaStore: Send + Sync {
     /// Replaces the password hash and pushes the old one into the history.
     async fn set_password(&self, tenant: Option<TenantId>, id: UserId, new_hash: &str, now: UnixSeconds) -> Result<bool>;
     /// The current hash followed by up to `n - 1` previous ones, newest first.
-    async fn password_history(&self, id: UserId, n: usize) -> Result<Vec<String>>;
+    async fn password_history(&self, tenant: Option<TenantId>, id: UserId, n: usize) -> Result<Vec<String>>;
 
     // --- lockout, keyed by (tenant slug as presented or "platform", e-mail) ---
     async fn lockout_state(&self, scope_key: &str, email: &str) -> Result<LockoutState>;
@@ -75,7 +79,7 @@ pub trait MetaStore: Send + Sync {
     async fn create_api_key(&self, k: &NewApiKey) -> Result<ApiKeyRecord>;
     /// Looks a presented key up by its hash, with the owner's current role and status.
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<StoredKey>>;
-    async fn touch_api_key(&self, id: ApiKeyId, now: UnixSeconds) -> Result<()>;
+    async fn touch_api_key(&self, tenant: Option<TenantId>, id: ApiKeyId, now: UnixSeconds) -> Result<()>;
     /// Keys of one tenant; of one user when `user` is given.
     async fn list_api_keys(&self, tenant: Option<TenantId>, user: Option<UserId>) -> Result<Vec<ApiKeyRecord>>;
     async fn revoke_api_key(&self, tenant: Option<TenantId>, id: ApiKeyId, user: Option<UserId>, now: UnixSeconds) -> Result<bool>;
@@ -113,7 +117,7 @@ pub trait MetaStore: Send + Sync {
 pub trait SessionStore: Send + Sync {
     async fn create_session(&self, s: &NewSession, refresh_hash: &str, refresh_expires_at: UnixSeconds) -> Result<()>;
     /// Everything needed to accept an access token, in one lookup.
-    async fn session_auth_state(&self, session: SessionId, user: UserId) -> Result<Option<AuthState>>;
+    async fn session_auth_state(&self, tenant: Option<TenantId>, session: SessionId, user: UserId) -> Result<Option<AuthState>>;
     /// Rotates a refresh token: marks the presented one used and stores its successor, or
     /// reports reuse (and revokes the whole family) if it had been used before.
     async fn rotate_refresh(
@@ -123,9 +127,9 @@ pub trait SessionStore: Send + Sync {
         successor_expires_at: UnixSeconds,
         now: UnixSeconds,
     ) -> Result<RefreshOutcome>;
-    async fn revoke_session(&self, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool>;
+    async fn revoke_session(&self, tenant: Option<TenantId>, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool>;
     /// Revokes every live session of a user (disable, password change).
-    async fn revoke_user_sessions(&self, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64>;
+    async fn revoke_user_sessions(&self, tenant: Option<TenantId>, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64>;
 }
 
 /// The audit trail: one transparency log per trail (a tenant, or `platform`). Appends come
@@ -180,20 +184,34 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// One backend serving all three traits.
+    pub fn from_backend<B: MetaStore + SessionStore + AuditStore + 'static>(b: B) -> Self {
+        let b = Arc::new(b);
+        Self { meta: b.clone(), sessions: b.clone(), audit: b }
+    }
+
     pub fn from_sqlite(s: sqlite::SqliteStore) -> Self {
-        let s = Arc::new(s);
-        Self { meta: s.clone(), sessions: s.clone(), audit: s }
+        Self::from_backend(s)
     }
 }
 
-/// Opens the store named by a URL (`sqlite://path`).
+/// Opens the store named by a URL (`sqlite://path`, `postgres://…`).
 pub async fn open(url: &str) -> Result<Stores> {
+    open_with(url, None).await
+}
+
+/// Opens the store named by a URL; on PostgreSQL, `admin_url` names the owner role that
+/// migrates (the runtime role otherwise).
+pub async fn open_with(url: &str, admin_url: Option<&str>) -> Result<Stores> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Stores::from_sqlite(sqlite::SqliteStore::open(std::path::Path::new(path)).await?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Stores::from_backend(postgres::PgStore::open(url, admin_url).await?));
+    }
     Err(moat_core::MoatError::invalid(
         "unsupported_store",
-        format!("store.url: unsupported scheme in {:?} (this build supports sqlite://)", url.split("://").next().unwrap_or("")),
+        format!("store.url: unsupported scheme in {:?} (sqlite:// or postgres://)", url.split("://").next().unwrap_or("")),
     ))
 }
 

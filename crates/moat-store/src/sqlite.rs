@@ -8,18 +8,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moat_core::apikey::{LAST_USED_GRANULARITY_S, StoredKey};
-use moat_core::audit::{Actor, AuditEvent, AuditKeys, EntryFields, TrailMac, encode_entry, trail_name, trail_tenant};
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, TrailMac, trail_name, trail_tenant};
 use moat_core::audit_retention::RETENTION_ACTION;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::{ApiKeyId, Email, SessionId, TenantId, UserId};
 use moat_core::lockout::{FailureOutcome, LockoutPolicy, LockoutState};
 use moat_core::permission::Permission;
 use moat_core::role::Role;
-use moat_core::tlog::{Frontier, Hash, NodeId, leaf_hash};
+use moat_core::tlog::{Frontier, Hash, NodeId};
 use moat_core::{MoatError, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::shared::{
+    checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch, seal_entry,
+    search_words, segment_category, stored_entries,
+};
 use crate::sqlite_search::{SearchIndex, search_rowid};
 use crate::*;
 
@@ -57,11 +61,6 @@ fn conflict_or_db(e: sqlx::Error, code: &'static str, message: impl FnOnce() -> 
 
 fn platform_key(t: Option<TenantId>) -> String {
     t.map_or_else(|| "platform".to_owned(), |t| t.to_string())
-}
-
-fn corrupt(what: &str) -> MoatError {
-    tracing::error!(what, "corrupt row in store");
-    MoatError::internal("store_corrupt")
 }
 
 /// How often the background task copies the WAL back into the database.
@@ -160,16 +159,7 @@ fn opt_tenant(v: Option<String>, what: &str) -> Result<Option<TenantId>> {
 }
 
 fn column_from_row(r: &SqliteRow) -> ColumnRecord {
-    ColumnRecord {
-        name: r.get("name"),
-        data_type: r.get("data_type"),
-        classification: r.get("classification"),
-        pii: r.get("pii"),
-        entity: r.get("entity"),
-        confidence: r.get("confidence"),
-        source: r.get("source"),
-        mask: r.get("mask"),
-    }
+    column_record!(r)
 }
 
 async fn load_columns(conn: &mut sqlx::SqliteConnection, table_id: &str) -> Result<Vec<ColumnRecord>> {
@@ -473,12 +463,17 @@ impl MetaStore for SqliteStore {
         Ok(true)
     }
 
-    async fn password_history(&self, id: UserId, n: usize) -> Result<Vec<String>> {
-        let mut out: Vec<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+    async fn password_history(&self, tenant: Option<TenantId>, id: UserId, n: usize) -> Result<Vec<String>> {
+        let mut out: Vec<String> =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?")
+                .bind(platform_key(tenant))
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        if out.is_empty() {
+            return Ok(out);
+        }
         let older: Vec<String> =
             sqlx::query_scalar("SELECT password_hash FROM password_history WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?")
                 .bind(id.to_string())
@@ -605,11 +600,14 @@ impl MetaStore for SqliteStore {
         }))
     }
 
-    async fn touch_api_key(&self, id: ApiKeyId, now: UnixSeconds) -> Result<()> {
+    async fn touch_api_key(&self, tenant: Option<TenantId>, id: ApiKeyId, now: UnixSeconds) -> Result<()> {
         // At most one write a minute per key: last-used is coarse, requests stay read-only.
-        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
-            .bind(now)
-            .bind(id.to_string())
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = ? WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        )
+        .bind(now)
+        .bind(platform_key(tenant))
+        .bind(id.to_string())
             .bind(now - LAST_USED_GRANULARITY_S)
             .execute(&self.pool)
             .await
@@ -936,12 +934,13 @@ impl SessionStore for SqliteStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn session_auth_state(&self, session: SessionId, user: UserId) -> Result<Option<AuthState>> {
+    async fn session_auth_state(&self, tenant: Option<TenantId>, session: SessionId, user: UserId) -> Result<Option<AuthState>> {
         let row = sqlx::query(
             "SELECT s.revoked_at, s.expires_at, u.status AS user_status, u.role, u.email, t.status AS tenant_status
              FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN tenants t ON t.id = s.tenant_id
-             WHERE s.id = ? AND s.user_id = ?",
+             WHERE COALESCE(s.tenant_id, 'platform') = ? AND s.id = ? AND s.user_id = ?",
         )
+        .bind(platform_key(tenant))
         .bind(session.to_string())
         .bind(user.to_string())
         .fetch_optional(&self.pool)
@@ -1025,10 +1024,13 @@ impl SessionStore for SqliteStore {
         Ok(RefreshOutcome::Rotated { session, tenant_id, user_id })
     }
 
-    async fn revoke_session(&self, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool> {
-        let r = sqlx::query("UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(reason)
+    async fn revoke_session(&self, tenant: Option<TenantId>, session: SessionId, reason: &str, now: UnixSeconds) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(platform_key(tenant))
             .bind(session.to_string())
             .execute(&self.pool)
             .await
@@ -1036,10 +1038,13 @@ impl SessionStore for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn revoke_user_sessions(&self, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64> {
-        let r = sqlx::query("UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE user_id = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(reason)
+    async fn revoke_user_sessions(&self, tenant: Option<TenantId>, user: UserId, reason: &str, now: UnixSeconds) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE COALESCE(tenant_id, 'platform') = ? AND user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(platform_key(tenant))
             .bind(user.to_string())
             .execute(&self.pool)
             .await
@@ -1053,35 +1058,16 @@ fn audit_unavailable(e: sqlx::Error) -> MoatError {
     MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
 }
 
-fn hash_of(b: &[u8]) -> Result<Hash> {
-    b.try_into().map_err(|_| corrupt("audit hash"))
-}
-
-fn frontier_of(size: i64, bytes: &[u8]) -> Result<Frontier> {
-    let hashes = bytes.chunks(32).map(hash_of).collect::<Result<Vec<_>>>()?;
-    Frontier::from_parts(size as u64, hashes).ok_or_else(|| corrupt("audit frontier"))
-}
-
 /// Rows per multi-row INSERT (12 parameters each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 200;
-
-fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
-}
 
 /// A search text as an FTS5 query that cannot be anything else: each word a quoted phrase
 /// (tokenised like the index), all required; a trailing `*` keeps its prefix meaning. `None`
 /// when nothing searchable is left.
 fn fts_query(text: &str) -> Option<String> {
-    let terms: Vec<String> = text
-        .split_whitespace()
-        .filter_map(|w| {
-            let (word, prefix) = match w.strip_suffix('*') {
-                Some(w) => (w, "*"),
-                None => (w, ""),
-            };
-            word.chars().any(char::is_alphanumeric).then(|| format!("\"{}\"{prefix}", word.replace('"', "\"\"")))
-        })
+    let terms: Vec<String> = search_words(text)
+        .into_iter()
+        .map(|(word, prefix)| format!("\"{}\"{}", word.replace('"', "\"\""), if prefix { "*" } else { "" }))
         .collect();
     (!terms.is_empty()).then(|| terms.join(" AND "))
 }
@@ -1134,47 +1120,27 @@ impl AuditStore for SqliteStore {
                 trails.insert(trail.clone(), (f, TrailMac::new(&keys.trail_key(&trail))));
             }
             let Some((f, mac_key)) = trails.get_mut(&trail) else { continue };
-            let e = &n.event;
-            let actor = serde_json::to_value(&e.actor).map_err(|_| MoatError::internal("encode_actor"))?;
-            let seq = f.size() as i64 + 1;
-            let entry = encode_entry(&EntryFields {
-                trail: &trail,
-                seq,
-                ts_ms: n.ts_ms,
-                event_id: &n.event_id,
-                category: e.category.as_str(),
-                action: &e.action,
-                outcome: e.outcome.as_str(),
-                actor: &actor,
-                resource: e.resource.as_deref(),
-                source_ip: e.source_ip.as_deref(),
-                user_agent: e.user_agent.as_deref(),
-                request_id: e.request_id.as_deref(),
-                details: &e.details,
-            });
-            let leaf = leaf_hash(&entry);
-            let mac = mac_key.tag(&entry);
-            f.append(leaf, |id, h| nodes.push((trail.clone(), id, h)));
-            out.push(Appended { trail: trail.clone(), seq, leaf_hash: leaf });
-            rows.push((trail, seq, n, actor.to_string(), entry, leaf, mac));
+            let sealed = seal_entry(&trail, n, f, mac_key, |id, h| nodes.push((trail.clone(), id, h)))?;
+            out.push(Appended { trail: trail.clone(), seq: sealed.seq, leaf_hash: sealed.leaf });
+            rows.push((trail, n, sealed));
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (trail, seq, ts_ms, event_id, category, action, outcome, actor, resource, entry, leaf_hash, hmac) ",
             );
-            q.push_values(chunk, |mut b, (trail, seq, n, actor, entry, leaf, mac)| {
+            q.push_values(chunk, |mut b, (trail, n, s)| {
                 b.push_bind(trail)
-                    .push_bind(*seq)
+                    .push_bind(s.seq)
                     .push_bind(n.ts_ms)
                     .push_bind(&n.event_id)
                     .push_bind(n.event.category.as_str())
                     .push_bind(&n.event.action)
                     .push_bind(n.event.outcome.as_str())
-                    .push_bind(actor)
+                    .push_bind(&s.actor)
                     .push_bind(&n.event.resource)
-                    .push_bind(entry)
-                    .push_bind(leaf.as_slice())
-                    .push_bind(mac.as_slice());
+                    .push_bind(&s.entry)
+                    .push_bind(s.leaf.as_slice())
+                    .push_bind(s.mac.as_slice());
             });
             q.build().execute(&mut *tx).await.map_err(audit_unavailable)?;
         }
@@ -1331,43 +1297,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let mut out: Vec<StoredEntry> = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let seq: i64 = r.get("seq");
-            let leaf_hash = hex::encode(r.get::<Vec<u8>, _>("leaf_hash"));
-            let Some(entry) = r.get::<Option<Vec<u8>>, _>("entry") else {
-                // A pruned leaf whose row is still there (a prune interrupted between its
-                // statements cannot happen: one transaction) is shown once, as the row.
-                if out.last().is_some_and(|e| e.seq == seq) {
-                    continue;
-                }
-                out.push(StoredEntry { seq, entry: String::new(), leaf_hash, hmac: String::new(), index: None, pruned: true });
-                continue;
-            };
-            if let Some(last) = out.last_mut()
-                && last.seq == seq
-            {
-                out.pop();
-            }
-            out.push(StoredEntry {
-                seq,
-                // Not UTF-8 is a finding for the verifier, not a read error.
-                entry: String::from_utf8_lossy(&entry).into_owned(),
-                leaf_hash,
-                hmac: hex::encode(r.get::<Vec<u8>, _>("hmac")),
-                index: Some(IndexColumns {
-                    ts_ms: r.get("ts_ms"),
-                    event_id: r.get("event_id"),
-                    category: r.get("category"),
-                    action: r.get("action"),
-                    outcome: r.get("outcome"),
-                    actor: r.get("actor"),
-                    resource: r.get("resource"),
-                }),
-                pruned: false,
-            });
-        }
-        Ok(out)
+        Ok(stored_entries!(rows))
     }
 
     async fn segment_categories(&self, trail: &str, through_seq: i64, segment_records: u64) -> Result<Vec<SegmentCategory>> {
@@ -1384,15 +1314,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| SegmentCategory {
-                segment: r.get::<i64, _>("segment") as u64,
-                category: r.get("category"),
-                records: r.get::<i64, _>("records") as u64,
-                newest_ts_ms: r.get("newest"),
-            })
-            .collect())
+        Ok(rows.iter().map(|r| segment_category!(r)).collect())
     }
 
     async fn category_seqs(&self, trail: &str, first: i64, last: i64, category: &str) -> Result<Vec<i64>> {
@@ -1435,14 +1357,7 @@ impl AuditStore for SqliteStore {
         let present: i64 =
             bind(format!("SELECT count(*) AS n FROM audit_log WHERE {COVERED}")).fetch_one(&mut *tx).await.map_err(db_err)?.get("n");
         if present != 0 && present as u64 != p.count {
-            tracing::error!(trail = %p.trail, retention_seq = p.retention_seq, present, named = p.count, "retention mismatch");
-            return Err(MoatError::conflict(
-                "retention_mismatch",
-                format!(
-                    "the retention record at seq {} names {} records but {present} are present; nothing was removed",
-                    p.retention_seq, p.count
-                ),
-            ));
+            return Err(retention_mismatch(p, present));
         }
         sqlx::query(
             "INSERT INTO audit_prunes (trail, retention_seq, segment, first_seq, last_seq, category, count, ts_ms)
@@ -1482,19 +1397,7 @@ impl AuditStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| Prune {
-                trail: r.get("trail"),
-                retention_seq: r.get("retention_seq"),
-                segment: r.get::<i64, _>("segment") as u64,
-                first_seq: r.get("first_seq"),
-                last_seq: r.get("last_seq"),
-                category: r.get("category"),
-                count: r.get::<i64, _>("count") as u64,
-                ts_ms: r.get("ts_ms"),
-            })
-            .collect())
+        Ok(rows.iter().map(|r| prune_record!(r)).collect())
     }
 
     async fn put_checkpoint(&self, cp: &CheckpointRecord) -> Result<()> {
@@ -1579,5 +1482,5 @@ impl SqliteStore {
 }
 
 fn checkpoint_from_row(r: &SqliteRow) -> CheckpointRecord {
-    CheckpointRecord { trail: r.get("trail"), size: r.get::<i64, _>("size") as u64, ts_ms: r.get("ts_ms"), note: r.get("note") }
+    checkpoint_record!(r)
 }

@@ -55,6 +55,8 @@ pub struct TestServer {
     /// The PostgreSQL wire protocol listener.
     pub pg: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's own PostgreSQL database (`MOAT_TEST_STORE=postgres`), dropped with it.
+    pg_db: Option<moat_store::pg_testing::TestDb>,
 }
 
 /// A response: status, JSON body (`Null` when empty), headers.
@@ -82,7 +84,29 @@ impl Resp {
     }
 }
 
+/// With `MOAT_TEST_STORE=postgres` (and `MOAT_TEST_PG`), points the data dir's configuration at
+/// a fresh PostgreSQL database — runtime role in `store.url`, owner in `store.admin_url` — so
+/// that the whole suite runs on the production store too.
+async fn postgres_store(data: &DataDir) -> Option<moat_store::pg_testing::TestDb> {
+    if std::env::var("MOAT_TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    let base = moat_store::pg_testing::TestDb::base_from_env().expect("MOAT_TEST_STORE=postgres needs MOAT_TEST_PG");
+    let db = moat_store::pg_testing::TestDb::create(&base).await;
+    let path = data.config_file();
+    let toml = std::fs::read_to_string(&path).unwrap();
+    let toml = toml.replacen("[store]\n", &format!("[store]\nadmin_url = {:?}\n", db.admin_url), 1);
+    let toml = toml.replacen("url = \"sqlite://moat.db\"", &format!("url = {:?}", db.app_url), 1);
+    std::fs::write(&path, toml).unwrap();
+    Some(db)
+}
+
 impl TestServer {
+    /// The server's PostgreSQL database, when the suite runs on PostgreSQL.
+    pub fn postgres(&self) -> Option<&moat_store::pg_testing::TestDb> {
+        self.pg_db.as_ref()
+    }
+
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
@@ -99,6 +123,7 @@ impl TestServer {
         let data = DataDir::new(dir.path().join("data"));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         moat_server::bootstrap::init(&data, now).await.unwrap();
+        let pg_db = postgres_store(&data).await;
         moat_server::bootstrap::create_super_admin(&data, SUPER_ADMIN, PASSWORD, now).await.unwrap();
         let mut cfg = Config::load(Some(&data.config_file()), Vec::new(), &Overrides::default()).unwrap();
         tweak(&mut cfg);
@@ -110,7 +135,7 @@ impl TestServer {
             reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap()
         });
         let clock = ManualClock::new(now);
-        let stores = wrap(moat_store::open(&cfg.store_url(&data.root)).await.unwrap());
+        let stores = wrap(moat_store::open_with(&cfg.store_url(&data.root), cfg.store.admin_url.as_deref()).await.unwrap());
         let state = Arc::new(AppState::open_with_stores(&data, cfg, Arc::new(clock.clone()), stores).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheme = if tls_root.is_some() { "https" } else { "http" };
@@ -132,7 +157,7 @@ impl TestServer {
             http = http.tls_certs_only([root]);
         }
         let http = http.build().unwrap();
-        Self { base, clock, state, http, dir, pg, shutdown: Some(tx) }
+        Self { base, clock, state, http, dir, pg, shutdown: Some(tx), pg_db }
     }
 
     /// Any request. `auth` is a bearer credential; `cookie` a raw Cookie header.
@@ -312,6 +337,15 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(db) = self.pg_db.take() {
+            // Off the test's runtime (this may run inside it): a thread with its own.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(db.drop_db());
+                }
+            })
+            .join();
         }
     }
 }

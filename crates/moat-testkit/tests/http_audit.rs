@@ -98,8 +98,10 @@ async fn checkpoints_and_proofs_verify_with_the_public_key_alone() {
     assert!(text.lines().any(|l| l.contains("records_verified")), "{text}");
 }
 
-/// The trail after an attacker with database access ran `sql` (triggers dropped first).
-async fn verify_after(tamper: impl FnOnce(&str, &str) -> Vec<String>) -> Value {
+/// The trail after an attacker with database access ran `sql` (triggers dropped first; on
+/// PostgreSQL as the superuser with triggers off). `tamper` gets the two tenants' trails and
+/// whether the store is PostgreSQL (for the few statements whose dialect differs).
+async fn verify_after(tamper: impl FnOnce(&str, &str, bool) -> Vec<String>) -> Value {
     let s = TestServer::start().await;
     let admin = history(&s).await;
     let other = s.tenant_with_admin("globex").await;
@@ -111,16 +113,20 @@ async fn verify_after(tamper: impl FnOnce(&str, &str) -> Vec<String>) -> Value {
         async move { st.stores.meta.tenant_by_slug(&slug).await.unwrap().unwrap().id.to_string() }
     };
     let (a, b) = (tenant("acme").await, tenant("globex").await);
-    let db = s.dir.path().join("data/moat.db");
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    for t in ["audit_log_no_update", "audit_log_delete_only_by_retention", "audit_checkpoints_no_delete", "audit_trails_grow_only"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}"))).execute(&pool).await.unwrap();
+    if let Some(pg) = s.postgres() {
+        pg.attack(&tamper(&a, &b, true)).await;
+    } else {
+        let db = s.dir.path().join("data/moat.db");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        for t in ["audit_log_no_update", "audit_log_delete_only_by_retention", "audit_checkpoints_no_delete", "audit_trails_grow_only"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}"))).execute(&pool).await.unwrap();
+        }
+        for sql in tamper(&a, &b, false) {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        pool.close().await;
     }
-    for sql in tamper(&a, &b) {
-        sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-    pool.close().await;
     let v = s.get("/v1/audit/verify", &admin).await;
     if v.status == 503 {
         // A forged row sits where the next record goes: the writer cannot append, so the server
@@ -136,6 +142,15 @@ async fn verify_after(tamper: impl FnOnce(&str, &str) -> Vec<String>) -> Value {
     v.body
 }
 
+/// SQL for the entry bytes with `from` replaced by `to`.
+fn replace_in_entry(pg: bool, from: &str, to: &str) -> String {
+    if pg {
+        format!("convert_to(replace(convert_from(entry, 'UTF8'), '{from}', '{to}'), 'UTF8')")
+    } else {
+        format!("CAST(replace(CAST(entry AS TEXT), '{from}', '{to}') AS BLOB)")
+    }
+}
+
 fn assert_broken(v: &Value, seq: Option<i64>, words: &str) {
     assert_eq!(v["ok"], false, "{v:?}");
     if let Some(seq) = seq {
@@ -146,9 +161,10 @@ fn assert_broken(v: &Value, seq: Option<i64>, words: &str) {
 
 #[tokio::test]
 async fn an_edited_record_is_named() {
-    let v = verify_after(|a, _| {
+    let v = verify_after(|a, _, pg| {
         vec![format!(
-            "UPDATE audit_log SET entry = CAST(replace(CAST(entry AS TEXT), '\"category\":\"', '\"category\":\"x') AS BLOB) WHERE trail = '{a}' AND seq = 3"
+            "UPDATE audit_log SET entry = {} WHERE trail = '{a}' AND seq = 3",
+            replace_in_entry(pg, "\"category\":\"", "\"category\":\"x")
         )]
     })
     .await;
@@ -157,10 +173,8 @@ async fn an_edited_record_is_named() {
 
 #[tokio::test]
 async fn a_flipped_bit_is_named() {
-    let v = verify_after(|a, _| {
-        vec![format!(
-            "UPDATE audit_log SET entry = CAST(replace(CAST(entry AS TEXT), '\"seq\"', '\"sEq\"') AS BLOB) WHERE trail = '{a}' AND seq = 2"
-        )]
+    let v = verify_after(|a, _, pg| {
+        vec![format!("UPDATE audit_log SET entry = {} WHERE trail = '{a}' AND seq = 2", replace_in_entry(pg, "\"seq\"", "\"sEq\""))]
     })
     .await;
     assert_broken(&v, Some(2), "edited");
@@ -168,19 +182,19 @@ async fn a_flipped_bit_is_named() {
 
 #[tokio::test]
 async fn an_edited_search_column_is_named() {
-    let v = verify_after(|a, _| vec![format!("UPDATE audit_log SET action = 'auth.logout' WHERE trail = '{a}' AND seq = 3")]).await;
+    let v = verify_after(|a, _, _| vec![format!("UPDATE audit_log SET action = 'auth.logout' WHERE trail = '{a}' AND seq = 3")]).await;
     assert_broken(&v, Some(3), "search columns");
 }
 
 #[tokio::test]
 async fn a_deleted_record_is_named() {
-    let v = verify_after(|a, _| vec![format!("DELETE FROM audit_log WHERE trail = '{a}' AND seq = 4")]).await;
+    let v = verify_after(|a, _, _| vec![format!("DELETE FROM audit_log WHERE trail = '{a}' AND seq = 4")]).await;
     assert_broken(&v, Some(4), "missing");
 }
 
 #[tokio::test]
 async fn reordered_records_are_named() {
-    let v = verify_after(|a, _| {
+    let v = verify_after(|a, _, _| {
         vec![
             format!("UPDATE audit_log SET seq = -1 WHERE trail = '{a}' AND seq = 2"),
             format!("UPDATE audit_log SET seq = 2 WHERE trail = '{a}' AND seq = 3"),
@@ -193,12 +207,13 @@ async fn reordered_records_are_named() {
 
 #[tokio::test]
 async fn an_inserted_record_is_named() {
-    let v = verify_after(|a, _| {
+    let v = verify_after(|a, _, pg| {
         vec![
             format!("UPDATE audit_log SET seq = -(seq + 1) WHERE trail = '{a}' AND seq >= 3"),
             format!("UPDATE audit_log SET seq = -seq WHERE trail = '{a}' AND seq < 0"),
             format!(
-                "INSERT INTO audit_log SELECT trail, 3, ts_ms, event_id || 'x', category, action, outcome, actor, resource, entry, leaf_hash, hmac FROM audit_log WHERE trail = '{a}' AND seq = 2"
+                "INSERT INTO audit_log SELECT trail, 3, ts_ms, event_id || 'x', category, action, outcome, actor, resource, entry, leaf_hash, hmac{} FROM audit_log WHERE trail = '{a}' AND seq = 2",
+                if pg { ", search" } else { "" }
             ),
         ]
     })
@@ -210,7 +225,7 @@ async fn an_inserted_record_is_named() {
 async fn a_truncated_tail_is_named_even_with_the_stored_checkpoints_gone() {
     // The attacker removes the newest records and every stored checkpoint; the published
     // checkpoint, off the database, still covers them.
-    let v = verify_after(|a, _| {
+    let v = verify_after(|a, _, _| {
         vec![format!("DELETE FROM audit_log WHERE trail = '{a}' AND seq > 5"), format!("DELETE FROM audit_checkpoints WHERE trail = '{a}'")]
     })
     .await;
@@ -219,7 +234,7 @@ async fn a_truncated_tail_is_named_even_with_the_stored_checkpoints_gone() {
 
 #[tokio::test]
 async fn records_swapped_between_tenants_are_named() {
-    let v = verify_after(|a, b| {
+    let v = verify_after(|a, b, _| {
         vec![
             format!("UPDATE audit_log SET trail = 'swap' WHERE trail = '{a}' AND seq = 1"),
             format!("UPDATE audit_log SET trail = '{a}' WHERE trail = '{b}' AND seq = 1"),
@@ -323,12 +338,23 @@ async fn an_export_verifies_offline_and_independently() {
 async fn an_unwritable_audit_store_refuses_requests_and_readyz_says_so() {
     let s = TestServer::start().await;
     let admin = s.tenant_with_admin("acme").await;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(s.dir.path().join("data/moat.db"));
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    sqlx::query("CREATE TRIGGER audit_fault BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // The fault: every insert into the audit log fails (a full disk, a lost privilege).
+    let (fault, repair) = if s.postgres().is_some() {
+        (
+            vec![
+                "CREATE FUNCTION moat.audit_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
+                    .to_owned(),
+                "CREATE TRIGGER audit_fault BEFORE INSERT ON moat.audit_log FOR EACH ROW EXECUTE FUNCTION moat.audit_fault()".to_owned(),
+            ],
+            vec!["DROP TRIGGER audit_fault ON moat.audit_log".to_owned()],
+        )
+    } else {
+        (
+            vec!["CREATE TRIGGER audit_fault BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'injected fault'); END".to_owned()],
+            vec!["DROP TRIGGER audit_fault".to_owned()],
+        )
+    };
+    attack(&s, &fault).await;
 
     let q = s.query(&admin, "SELECT 4242 AS answer").await;
     assert_eq!((q.status.as_u16(), q.code()), (503, "audit_unavailable"), "{:?}", q.body);
@@ -339,14 +365,26 @@ async fn an_unwritable_audit_store_refuses_requests_and_readyz_says_so() {
     assert_eq!(ready.status.as_u16(), 503);
     assert_eq!(ready.body["checks"]["audit"], "unavailable", "{:?}", ready.body);
 
-    sqlx::query("DROP TRIGGER audit_fault").execute(&pool).await.unwrap();
-    pool.close().await;
+    attack(&s, &repair).await;
     let q = s.query(&admin, "SELECT 4242 AS answer").await;
     assert_eq!(q.status.as_u16(), 200, "{:?}", q.body);
     let ready = s.send(reqwest::Method::GET, "/readyz", None, None, None).await;
     assert_eq!(ready.status.as_u16(), 200, "{:?}", ready.body);
     let v = s.get("/v1/audit/verify", &admin).await;
     assert_eq!(v.body["ok"], true, "{:?}", v.body);
+}
+
+/// Runs `statements` on the server's store directly, as someone with access to the database.
+async fn attack(s: &TestServer, statements: &[String]) {
+    if let Some(pg) = s.postgres() {
+        return pg.attack(statements).await;
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(s.dir.path().join("data/moat.db"));
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    pool.close().await;
 }
 
 /// A GET with a stated justification; the raw response.
@@ -546,6 +584,12 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn a_restored_old_backup_is_named_by_the_published_checkpoint() {
     use moat_store::audit_log::{CheckpointSink, DirSink, verify_trail};
     let s = TestServer::start().await;
+    if s.postgres().is_some() {
+        // The attack is the same on PostgreSQL (pg_dump, later pg_restore); the verifier's side
+        // is store-independent and runs here on SQLite's file copy.
+        eprintln!("skipped on PostgreSQL: the restore is exercised on the embedded store");
+        return;
+    }
     let admin = history(&s).await;
     s.checkpointed(&admin).await;
     let data = s.dir.path().join("data");
@@ -567,7 +611,7 @@ async fn a_restored_old_backup_is_named_by_the_published_checkpoint() {
     }
     std::fs::copy(&backup, dir.root.join("moat.db")).unwrap();
     let cfg = moat_server::bootstrap::load_config(&dir).unwrap();
-    let stores = moat_store::open(&cfg.store_url(&dir.root)).await.unwrap();
+    let stores = moat_store::open_with(&cfg.store_url(&dir.root), cfg.store.admin_url.as_deref()).await.unwrap();
     let keys = moat_server::bootstrap::audit_keys(&dir).unwrap();
     let checkpoint_key = moat_server::bootstrap::checkpoint_key(&dir, &cfg).unwrap();
     let trail = published["trail"].as_str().unwrap();

@@ -223,7 +223,7 @@ async fn set_user_status(st: &AppState, auth: &Authorized<act::UserUpdate>, id: 
     let now = st.clock.now_s();
     st.stores.meta.set_user_status(auth.tenant, u.id, status, now).await?;
     if status == UserStatus::Disabled {
-        st.stores.sessions.revoke_user_sessions(u.id, "account_disabled", now).await?;
+        st.stores.sessions.revoke_user_sessions(auth.tenant, u.id, "account_disabled", now).await?;
     }
     let action = if status == UserStatus::Disabled { "user.disable" } else { "user.enable" };
     st.record(&auth.client, admin_event(auth.tenant, &auth.principal, action, format!("user:{}", u.id))).await?;

@@ -278,7 +278,7 @@ pub async fn refresh(State(st): State<Arc<AppState>>, client: ClientInfo, header
                 None => true,
             };
             let Some(user) = user.filter(|u| u.status == UserStatus::Active && tenant_ok) else {
-                st.stores.sessions.revoke_session(session, "account_inactive", now).await?;
+                st.stores.sessions.revoke_session(tenant_id, session, "account_inactive", now).await?;
                 return Err(MoatError::unauthenticated("invalid_refresh_token", "the refresh token is invalid or expired").into());
             };
             let scope = tenant_id.map_or(Scope::Platform, Scope::Tenant);
@@ -320,7 +320,7 @@ pub async fn logout(State(st): State<Arc<AppState>>, client: ClientInfo, Authent
     let Credential::Session(sid) = p.credential() else {
         return Err(MoatError::bad_request("not_a_session", "API keys are not sessions; revoke a key with DELETE /v1/api-keys/{id}").into());
     };
-    st.stores.sessions.revoke_session(sid, "logout", st.clock.now_s()).await?;
+    st.stores.sessions.revoke_session(p.tenant_id(), sid, "logout", st.clock.now_s()).await?;
     let e =
         AuditEvent::new(p.tenant_id(), Category::Auth, "auth.logout", Actor::of(&p), Outcome::Success).resource(format!("session:{sid}"));
     st.record(&client, e).await?;
@@ -395,7 +395,7 @@ pub async fn change_password(
         return Err(MoatError::invalid("invalid_current_password", "current_password is wrong").into());
     }
     set_new_password(&st, &p, &req.new_password).await?;
-    st.stores.sessions.revoke_user_sessions(p.user_id(), "password_changed", st.clock.now_s()).await?;
+    st.stores.sessions.revoke_user_sessions(p.tenant_id(), p.user_id(), "password_changed", st.clock.now_s()).await?;
     let e = AuditEvent::new(p.tenant_id(), Category::Admin, "user.password_change", Actor::of(&p), Outcome::Success)
         .resource(format!("user:{}", p.user_id()));
     st.record(&client, e).await?;
@@ -407,7 +407,7 @@ async fn set_new_password(st: &AppState, p: &Principal, new_password: &str) -> R
     let policy = st.password_policy(p.tenant_id()).await?;
     policy.check(new_password, local)?;
     // The current password always counts, whatever the history setting.
-    let history = st.stores.meta.password_history(p.user_id(), policy.history.max(1)).await?;
+    let history = st.stores.meta.password_history(p.tenant_id(), p.user_id(), policy.history.max(1)).await?;
     let pw = new_password.to_owned();
     let reused = tokio::task::spawn_blocking(move || history.iter().any(|h| verify_password(&pw, h))).await.unwrap_or(true);
     if reused {

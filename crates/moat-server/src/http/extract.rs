@@ -157,7 +157,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, 
         return api_key_principal(state, cred).await;
     }
     let verified = state.keys.verify(cred, state.clock.now_s())?;
-    let role = live_session_role(state, verified.session_id(), verified.user_id()).await?;
+    let role = live_session_role(state, verified.scope().tenant_id(), verified.session_id(), verified.user_id()).await?;
     verified.into_principal(role)
 }
 
@@ -169,10 +169,10 @@ pub async fn api_key_principal(state: &AppState, cred: &str) -> Result<Principal
     }
     let now = state.clock.now_s();
     let stored = state.stores.meta.api_key_by_hash(&apikey::hash(cred)).await?.ok_or_else(apikey::invalid_api_key)?;
-    let (id, touch) = (stored.id, stored.needs_touch(now));
+    let (id, tenant, touch) = (stored.id, stored.tenant_id, stored.needs_touch(now));
     let p = apikey::principal_for_key(stored, now)?;
     if touch {
-        state.stores.meta.touch_api_key(id, now).await?;
+        state.stores.meta.touch_api_key(tenant, id, now).await?;
     }
     Ok(p)
 }
@@ -180,11 +180,11 @@ pub async fn api_key_principal(state: &AppState, cred: &str) -> Result<Principal
 /// The user's current role, if the session is live, the user active and the tenant not
 /// suspended (checked at every request and every PostgreSQL statement: a revoked session, a
 /// disabled user or a suspended tenant ends access at once).
-pub async fn live_session_role(state: &AppState, session: SessionId, user: UserId) -> Result<Role, MoatError> {
+pub async fn live_session_role(state: &AppState, tenant: Option<TenantId>, session: SessionId, user: UserId) -> Result<Role, MoatError> {
     let st = state
         .stores
         .sessions
-        .session_auth_state(session, user)
+        .session_auth_state(tenant, session, user)
         .await?
         .ok_or_else(|| MoatError::unauthenticated("invalid_token", "the access token is invalid"))?;
     if !st.session_live {

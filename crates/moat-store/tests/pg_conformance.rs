@@ -1,0 +1,230 @@
+//! The conformance suite on PostgreSQL, and the guarantees that are PostgreSQL's own: roles
+//! (moat refuses a superuser or BYPASSRLS role), row-level security that holds when moat's own
+//! filters are bypassed on purpose, append-only audit tables, one sequencer per trail across
+//! replicas. Runs when `MOAT_TEST_PG` names a superuser URL (CI sets it); each test makes its
+//! own database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
+use moat_core::ids::{Email, Slug, TenantId, UserId};
+use moat_core::role::Role;
+use moat_store::pg_testing::TestDb;
+use moat_store::postgres::{PgStore, tenant_schema};
+use moat_store::{NewAuditEntry, NewTenant, NewUser, Stores, conformance};
+use sqlx::{Connection, Row};
+
+const NOW: i64 = 1_800_000_000;
+
+macro_rules! pg_or_skip {
+    () => {
+        match TestDb::base_from_env() {
+            Some(base) => TestDb::create(&base).await,
+            None => {
+                eprintln!("MOAT_TEST_PG not set: skipped");
+                return;
+            }
+        }
+    };
+}
+
+async fn store(db: &TestDb) -> PgStore {
+    PgStore::open(&db.app_url, Some(&db.admin_url)).await.expect("open the PostgreSQL store")
+}
+
+fn entry(t: TenantId, i: i64) -> NewAuditEntry {
+    let e = AuditEvent::new(Some(t), Category::DataAccess, "query.execute", Actor::system("test"), Outcome::Success)
+        .resource(format!("table:canary_{i}"));
+    NewAuditEntry { event: e, ts_ms: NOW * 1000 + i, event_id: uuid::Uuid::now_v7().to_string() }
+}
+
+async fn two_tenants(s: &PgStore) -> (TenantId, TenantId) {
+    let mut ids = Vec::new();
+    for slug in ["acme", "globex"] {
+        let id = TenantId::new();
+        let admin = NewUser {
+            id: UserId::new(),
+            tenant_id: Some(id),
+            email: Email::parse(&format!("admin@{slug}.example")).unwrap(),
+            role: Role::Admin,
+            password_hash: "$argon2id$fake".into(),
+            now: NOW,
+        };
+        use moat_store::MetaStore;
+        s.create_tenant(&NewTenant { id, slug: Slug::parse(slug).unwrap(), name: slug.into(), now: NOW }, Some(&admin)).await.unwrap();
+        ids.push(id);
+    }
+    (ids[0], ids[1])
+}
+
+#[tokio::test]
+async fn conformance_on_postgres() {
+    let db = pg_or_skip!();
+    let s = Stores::from_backend(store(&db).await);
+    conformance::run_all(&s).await;
+    // A second replica on the same database migrates nothing and serves the same rows.
+    let again = Stores::from_backend(store(&db).await);
+    assert!(!again.meta.list_tenants().await.unwrap().is_empty());
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_superuser_or_bypassrls_role_is_refused() {
+    let db = pg_or_skip!();
+    let err = PgStore::open(&db.superuser_url(), None).await.err().expect("a superuser is refused");
+    assert_eq!(err.code, "unsafe_store_role");
+    assert!(err.message.contains("BYPASSRLS"), "{}", err.message);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn row_level_security_holds_when_moats_filters_are_bypassed() {
+    let db = pg_or_skip!();
+    let s = store(&db).await;
+    let (a, b) = two_tenants(&s).await;
+    use moat_store::AuditStore;
+    s.append_batch(&[entry(a, 1), entry(b, 2)], &AuditKeys::new([7; 32])).await.unwrap();
+
+    // Raw SQL as the runtime role, without any WHERE tenant_id: what each scope sees.
+    let mut conn = sqlx::PgConnection::connect(&db.app_url).await.unwrap();
+    let count = async |conn: &mut sqlx::PgConnection, scope: Option<&str>, table: &str| -> i64 {
+        let mut tx = conn.begin().await.unwrap();
+        if let Some(scope) = scope {
+            sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(scope).execute(&mut *tx).await.unwrap();
+        }
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM moat.{table}"))).fetch_one(&mut *tx).await.unwrap();
+        tx.rollback().await.unwrap();
+        n
+    };
+    for table in ["tenants", "users", "audit_log", "audit_trails", "audit_nodes"] {
+        assert_eq!(count(&mut conn, None, table).await, 0, "{table}: no setting, no rows");
+        for garbage in ["", "acme", "' OR true --", "00000000-0000-0000-0000-00000000000g", &a.to_string().to_uppercase()] {
+            assert_eq!(count(&mut conn, Some(garbage), table).await, 0, "{table}: setting {garbage:?} sees nothing");
+        }
+        assert_eq!(count(&mut conn, Some(&TenantId::new().to_string()), table).await, 0, "{table}: an unknown tenant sees nothing");
+    }
+    // Each tenant sees exactly its own.
+    for t in [a, b] {
+        let t = t.to_string();
+        assert_eq!(count(&mut conn, Some(&t), "users").await, 1);
+        assert_eq!(count(&mut conn, Some(&t), "tenants").await, 1);
+        assert_eq!(count(&mut conn, Some(&t), "audit_log").await, 1);
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(&t).execute(&mut *tx).await.unwrap();
+        let resources: Vec<String> = sqlx::query_scalar("SELECT resource FROM moat.audit_log").fetch_all(&mut *tx).await.unwrap();
+        let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM moat.users").fetch_all(&mut *tx).await.unwrap();
+        tx.rollback().await.unwrap();
+        let mine = if t == a.to_string() { ("table:canary_1", "admin@acme.example") } else { ("table:canary_2", "admin@globex.example") };
+        assert_eq!((resources, emails), (vec![mine.0.to_owned()], vec![mine.1.to_owned()]));
+    }
+    // A tenant scope cannot write another tenant's rows, nor move its own.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(a.to_string()).execute(&mut *tx).await.unwrap();
+    let err = sqlx::query("INSERT INTO moat.users (id, tenant_id, email, role, status, password_hash, created_at, updated_at) VALUES ($1, $2, 'x@y.example', 'admin', 'active', 'h', 0, 0)")
+        .bind(uuid::Uuid::now_v7())
+        .bind(b.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    tx.rollback().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(a.to_string()).execute(&mut *tx).await.unwrap();
+    let moved = sqlx::query("UPDATE moat.users SET tenant_id = $1").bind(b.0).execute(&mut *tx).await;
+    assert!(moved.unwrap_err().to_string().contains("row-level security"));
+    tx.rollback().await.unwrap();
+    // The setting ends with its transaction: the pooled connection's next user starts clean.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(a.to_string()).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count(&mut conn, None, "users").await, 0);
+
+    // The runtime role cannot lift the policies, rewrite the audit trail, or read another
+    // tenant's schema.
+    for sql in [
+        "ALTER TABLE moat.users DISABLE ROW LEVEL SECURITY".to_owned(),
+        "ALTER TABLE moat.users NO FORCE ROW LEVEL SECURITY".to_owned(),
+        "DROP POLICY tenant_scope ON moat.users".to_owned(),
+        "UPDATE moat.audit_log SET outcome = 'success'".to_owned(),
+        "DELETE FROM moat.audit_nodes".to_owned(),
+        "TRUNCATE moat.audit_log".to_owned(),
+        "UPDATE moat.audit_trails SET size = 0".to_owned(),
+        "SET ROLE moat_test_owner".to_owned(),
+        format!("CREATE TABLE {}.stolen (x int)", tenant_schema(b)),
+    ] {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.tenant_id', 'platform', true)").execute(&mut *tx).await.unwrap();
+        let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).execute(&mut *tx).await;
+        assert!(r.is_err(), "{sql} must fail for the runtime role");
+        tx.rollback().await.unwrap();
+    }
+    // Audit rows survive even the owner: the triggers hold whatever the role.
+    let mut owner = sqlx::PgConnection::connect(&db.admin_url).await.unwrap();
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', 'platform', true)").execute(&mut *tx).await.unwrap();
+    let r = sqlx::query("DELETE FROM moat.audit_log").execute(&mut *tx).await;
+    assert!(r.unwrap_err().to_string().contains("only by retention"));
+    tx.rollback().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn provisioning_makes_a_schema_per_tenant_and_a_failure_leaves_nothing() {
+    let db = pg_or_skip!();
+    let s = store(&db).await;
+    let (a, _) = two_tenants(&s).await;
+    let mut conn = sqlx::PgConnection::connect(&db.app_url).await.unwrap();
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schemas.len(), 2);
+    assert!(schemas.contains(&tenant_schema(a)));
+    // A duplicate slug fails as a whole: no second schema, no user.
+    use moat_store::MetaStore;
+    let id = TenantId::new();
+    let err = s.create_tenant(&NewTenant { id, slug: Slug::parse("acme").unwrap(), name: "dup".into(), now: NOW }, None).await.unwrap_err();
+    assert_eq!(err.code, "tenant_exists");
+    let row = sqlx::query("SELECT count(*) AS n FROM pg_namespace WHERE nspname = $1")
+        .bind(tenant_schema(id))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64, _>("n"), 0);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn replicas_append_to_one_trail_in_one_order() {
+    let db = pg_or_skip!();
+    let (r1, r2) = (store(&db).await, store(&db).await);
+    let (a, _) = two_tenants(&r1).await;
+    let keys = AuditKeys::new([3; 32]);
+    let stores = [Stores::from_backend(r1), Stores::from_backend(r2)];
+    let mut tasks = Vec::new();
+    for (n, s) in stores.iter().enumerate() {
+        for k in 0..4 {
+            let (s, keys) = (s.clone(), keys.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    s.audit.append_batch(&[entry(a, (n * 1000 + k * 100 + i) as i64)], &keys).await.unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 80 appends from two replicas: seq 1..=80 without gaps, and the tree verifies.
+    let trail = a.to_string();
+    let entries = stores[0].audit.entries(&trail, 0, 1000).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=80).collect::<Vec<_>>());
+    let mut v = moat_core::audit_verify::TrailVerifier::new(&trail, Some(keys.trail_key(&trail)));
+    for e in &entries {
+        let (leaf, mac) = (hex::decode(&e.leaf_hash).unwrap(), hex::decode(&e.hmac).unwrap());
+        v.entry(&moat_core::audit_verify::EntryView { seq: e.seq, entry: e.entry.as_bytes(), leaf_hash: Some(&leaf), hmac: Some(&mac) })
+            .unwrap();
+    }
+    assert_eq!(v.finish().unwrap().root, stores[1].audit.trail_head(&trail).await.unwrap().root);
+    db.drop_db().await;
+}
