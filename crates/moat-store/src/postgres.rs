@@ -1198,13 +1198,6 @@ async fn set_scope(tx: &mut Tx, scope: &str) -> std::result::Result<(), sqlx::Er
     sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(scope).execute(&mut **tx).await.map(|_| ())
 }
 
-impl PgStore {
-    /// A read in a trail's scope.
-    async fn trail_tx(&self, trail: &str) -> Result<Tx> {
-        self.tx(trail).await
-    }
-}
-
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_batch(&self, batch: &[NewAuditEntry], keys: &AuditKeys) -> Result<Vec<Appended>> {
@@ -1314,14 +1307,14 @@ impl AuditStore for PgStore {
             q.push(" AND ts_ms < ").push_bind(to);
         }
         q.push(" ORDER BY seq LIMIT ").push_bind(limit);
-        let mut tx = self.trail_tx(&trail).await?;
+        let mut tx = self.tx(&trail).await?;
         let rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         rows.iter().map(record_from_row).collect()
     }
 
     async fn trail_head(&self, trail: &str) -> Result<TrailHead> {
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         let row = sqlx::query("SELECT size, frontier FROM audit_trails WHERE trail = $1")
             .bind(trail)
             .fetch_optional(&mut *tx)
@@ -1351,7 +1344,7 @@ impl AuditStore for PgStore {
     async fn nodes(&self, trail: &str, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>> {
         let (leaves, mut inner): (Vec<&NodeId>, Vec<&NodeId>) = ids.iter().partition(|id| id.level == 0);
         let mut out = HashMap::with_capacity(ids.len());
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         if !leaves.is_empty() {
             let seqs: Vec<i64> = leaves.iter().map(|id| id.index as i64 + 1).collect();
             let rows = sqlx::query("SELECT seq, leaf_hash FROM audit_log WHERE trail = $1 AND seq = ANY($2)")
@@ -1391,7 +1384,7 @@ impl AuditStore for PgStore {
 
     async fn entries(&self, trail: &str, after: i64, limit: u32) -> Result<Vec<StoredEntry>> {
         let limit = i64::from(limit.clamp(1, 100_000));
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         // Present records and the leaf hashes of pruned ones, merged in seq order (a present row
         // sorts before a kept leaf of the same seq, which cannot both exist: one transaction).
         let rows = sqlx::query(
@@ -1414,7 +1407,7 @@ impl AuditStore for PgStore {
     }
 
     async fn put_checkpoint(&self, cp: &CheckpointRecord) -> Result<()> {
-        let mut tx = self.trail_tx(&cp.trail).await?;
+        let mut tx = self.tx(&cp.trail).await?;
         sqlx::query("INSERT INTO audit_checkpoints (trail, size, ts_ms, note) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(&cp.trail)
             .bind(cp.size as i64)
@@ -1427,7 +1420,7 @@ impl AuditStore for PgStore {
     }
 
     async fn latest_checkpoint(&self, trail: &str) -> Result<Option<CheckpointRecord>> {
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         let row = sqlx::query("SELECT * FROM audit_checkpoints WHERE trail = $1 ORDER BY size DESC LIMIT 1")
             .bind(trail)
             .fetch_optional(&mut *tx)
@@ -1438,7 +1431,7 @@ impl AuditStore for PgStore {
     }
 
     async fn checkpoints(&self, trail: &str, after_size: u64, limit: u32) -> Result<Vec<CheckpointRecord>> {
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         let rows = sqlx::query("SELECT * FROM audit_checkpoints WHERE trail = $1 AND size > $2 ORDER BY size LIMIT $3")
             .bind(trail)
             .bind(after_size as i64)
@@ -1452,7 +1445,7 @@ impl AuditStore for PgStore {
 
     async fn segment_categories(&self, trail: &str, through_seq: i64, segment_records: u64) -> Result<Vec<SegmentCategory>> {
         let s = i64::try_from(segment_records.max(1)).map_err(|_| MoatError::internal("segment_size"))?;
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         let rows = sqlx::query(
             "SELECT (seq - 1) / $3 AS segment, category, count(*) AS records, max(ts_ms) AS newest
              FROM audit_log WHERE trail = $1 AND seq <= $2 AND action <> $4
@@ -1470,7 +1463,7 @@ impl AuditStore for PgStore {
     }
 
     async fn category_seqs(&self, trail: &str, first: i64, last: i64, category: &str) -> Result<Vec<i64>> {
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         let seqs = sqlx::query_scalar(
             "SELECT seq FROM audit_log WHERE trail = $1 AND seq BETWEEN $2 AND $3 AND category = $4 AND action <> $5 ORDER BY seq",
         )
@@ -1487,7 +1480,7 @@ impl AuditStore for PgStore {
     }
 
     async fn prune(&self, p: &Prune) -> Result<u64> {
-        let mut tx = self.trail_tx(&p.trail).await?;
+        let mut tx = self.tx(&p.trail).await?;
         // One prune of a trail at a time: the trail's head row is the lock.
         sqlx::query("SELECT 1 FROM audit_trails WHERE trail = $1 FOR UPDATE").bind(&p.trail).execute(&mut *tx).await.map_err(db_err)?;
         let done: Option<i64> = sqlx::query_scalar("SELECT count FROM audit_prunes WHERE trail = $1 AND retention_seq = $2")
@@ -1541,7 +1534,7 @@ impl AuditStore for PgStore {
     }
 
     async fn prunes(&self, trail: &str) -> Result<Vec<Prune>> {
-        let mut tx = self.trail_tx(trail).await?;
+        let mut tx = self.tx(trail).await?;
         let rows = sqlx::query("SELECT * FROM audit_prunes WHERE trail = $1 ORDER BY retention_seq")
             .bind(trail)
             .fetch_all(&mut *tx)
