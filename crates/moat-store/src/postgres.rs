@@ -38,8 +38,8 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::shared::{
-    checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch, seal_entry,
-    search_words, segment_category, stored_entries,
+    audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch,
+    seal_entry, search_words, segment_category, stored_entries,
 };
 use crate::sqlite_search::search_text;
 use crate::*;
@@ -89,11 +89,6 @@ fn db_err(e: sqlx::Error) -> MoatError {
 
 fn unreachable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed)
-}
-
-fn audit_unavailable(e: sqlx::Error) -> MoatError {
-    tracing::error!(error = %e, "audit append failed");
-    MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
 }
 
 fn conflict_or_db(e: sqlx::Error, code: &'static str, message: impl FnOnce() -> String) -> MoatError {

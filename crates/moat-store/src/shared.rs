@@ -12,6 +12,12 @@ pub(crate) fn corrupt(what: &str) -> MoatError {
     MoatError::internal("store_corrupt")
 }
 
+/// An audit append that failed: the request is refused (fail closed), the cause logged.
+pub(crate) fn audit_unavailable(e: sqlx::Error) -> MoatError {
+    tracing::error!(error = %e, "audit append failed");
+    MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
+}
+
 pub(crate) fn hash_of(b: &[u8]) -> Result<Hash> {
     b.try_into().map_err(|_| corrupt("audit hash"))
 }

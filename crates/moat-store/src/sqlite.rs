@@ -21,8 +21,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::shared::{
-    checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch, seal_entry,
-    search_words, segment_category, stored_entries,
+    audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch,
+    seal_entry, search_words, segment_category, stored_entries,
 };
 use crate::sqlite_search::{SearchIndex, search_rowid};
 use crate::*;
@@ -1051,11 +1051,6 @@ impl SessionStore for SqliteStore {
             .map_err(db_err)?;
         Ok(r.rows_affected())
     }
-}
-
-fn audit_unavailable(e: sqlx::Error) -> MoatError {
-    tracing::error!(error = %e, "audit append failed");
-    MoatError::unavailable("audit_unavailable", "the audit trail cannot be written; the request was refused")
 }
 
 /// Rows per multi-row INSERT (12 parameters each, far below SQLite's limit).
