@@ -203,6 +203,10 @@ pub enum TenantCmd {
     Resume {
         slug: String,
     },
+    /// Prove the tenant's isolation in the store (audited); exits non-zero when a check fails.
+    Validate {
+        slug: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -284,7 +284,9 @@ async fn tenant(mut c: Client, cmd: TenantCmd, json_out: bool) -> CliResult {
                 output::table(v["tenants"].as_array().map_or(&[], Vec::as_slice), &["slug", "name", "status", "id", "created_at"])
             });
         }
-        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } if slug.contains('/') || slug.contains('?') => {
+        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } | TenantCmd::Validate { slug }
+            if slug.contains('/') || slug.contains('?') =>
+        {
             return Err(CliError::usage("invalid_slug", format!("slug {slug:?} is not valid")));
         }
         TenantCmd::Suspend { slug } => {
@@ -294,6 +296,31 @@ async fn tenant(mut c: Client, cmd: TenantCmd, json_out: bool) -> CliResult {
         TenantCmd::Resume { slug } => {
             let v = c.call(Method::POST, &format!("/v1/tenants/{slug}/resume"), None).await?;
             emit(json_out, &v, |v| println!("tenant {} resumed", v["slug"].as_str().unwrap_or("")));
+        }
+        TenantCmd::Validate { slug } => {
+            let v = c.call(Method::POST, &format!("/v1/tenants/{slug}/validate"), None).await?;
+            emit(json_out, &v, |v| {
+                println!(
+                    "tenant {} on {}: isolation enforced by {}",
+                    slug,
+                    v["backend"].as_str().unwrap_or(""),
+                    v["enforced_by"].as_str().unwrap_or("")
+                );
+                output::table(v["checks"].as_array().map_or(&[], Vec::as_slice), &["name", "passed", "detail"]);
+            });
+            if v["passed"] != Value::Bool(true) {
+                let failed: Vec<&str> = v["checks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["passed"] != Value::Bool(true))
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                return Err(CliError::runtime(
+                    "isolation_failed",
+                    format!("tenant {slug}: isolation validation failed: {}", failed.join(", ")),
+                ));
+            }
         }
     }
     Ok(())

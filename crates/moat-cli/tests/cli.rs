@@ -209,6 +209,12 @@ fn admin_flow_through_the_cli() {
     assert!(text(&o.stdout).contains("SLUG") && text(&o.stdout).contains("acme"), "a table: {}", text(&o.stdout));
     let o = moat(&["tenant", "create", "acme", "--name", "Dup"], &env, None);
     assert_error(&o, 1, "tenant_exists");
+    // Isolation validation: a table of checks, all passed, exit 0.
+    let o = moat(&["tenant", "validate", "acme"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("isolation enforced by") && out.contains("own_tenant_visible") && !out.contains("false"), "{out}");
+    assert_error(&moat(&["tenant", "validate", "nosuch"], &env, None), 1, "tenant_not_found");
     // Retention: nothing is old enough yet.
     let o = moat(&["audit", "prune", "--dry-run"], &env, None);
     assert!(o.status.success() && text(&o.stdout).contains("nothing is due"), "{} {}", text(&o.stdout), text(&o.stderr));

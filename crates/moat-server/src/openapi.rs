@@ -126,8 +126,16 @@ pub fn routes() -> Vec<RouteDoc> {
         RouteDoc {
             method: "post",
             path: "/v1/tenants/{slug}/resume",
-            summary: "Resume a suspended tenant",
+            summary: "Resume a suspended tenant (after its isolation validates)",
             permission: perm::<act::TenantUpdate>(),
+            request: None,
+            success: 200,
+        },
+        RouteDoc {
+            method: "post",
+            path: "/v1/tenants/{slug}/validate",
+            summary: "Prove the tenant's isolation in the store (audited): {passed, backend, enforced_by, checks[]}",
+            permission: perm::<act::TenantRead>(),
             request: None,
             success: 200,
         },

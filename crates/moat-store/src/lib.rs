@@ -12,6 +12,7 @@
 pub mod audit_log;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod isolation;
 #[cfg(any(test, feature = "conformance"))]
 pub mod pg_testing;
 pub mod postgres;
@@ -111,6 +112,12 @@ pub trait MetaStore: Send + Sync {
 
     /// Liveness of the store, for `/readyz`.
     async fn ping(&self) -> Result<()>;
+
+    /// Tries, from `tenant`'s scope, to read what belongs to every other tenant (rows, audit
+    /// trails and, on PostgreSQL, schemas, as the runtime role with raw SQL, bypassing moat's
+    /// own filters) and reports each attempt. Provisioning runs it; so does
+    /// `moat tenant validate`. Store errors are errors; a failed check is a report.
+    async fn validate_isolation(&self, tenant: TenantId) -> Result<IsolationReport>;
 }
 
 #[async_trait]

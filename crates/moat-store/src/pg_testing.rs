@@ -25,6 +25,12 @@ pub struct TestDb {
     pub admin_url: String,
 }
 
+/// The user of a `postgres://user@…` URL.
+fn superuser_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split_once('@').map_or("postgres", |(u, _)| u.split(':').next().unwrap_or(u))
+}
+
 /// `url` with its user and database replaced.
 pub fn with_user_db(url: &str, user: &str, db: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
@@ -51,14 +57,21 @@ impl TestDb {
     /// A fresh database (`moat_t_{unix time}_{random}`) owned by [`OWNER_ROLE`].
     pub async fn create(base: &str) -> Self {
         let mut conn = PgConnection::connect(base).await.expect("connect to MOAT_TEST_PG");
-        for (role, attrs) in
-            [(OWNER_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS"), (APP_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE")]
-        {
+        // Production's shape: the owner may create the tenant roles; the runtime role inherits
+        // none of them (PostgreSQL 15 knows that only per role). ALTER too: a role made by an
+        // older run keeps its old attributes otherwise.
+        for (role, attrs) in [
+            (OWNER_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS CREATEROLE"),
+            (APP_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT"),
+        ] {
             exec(
                 &mut conn,
                 format!("DO $$ BEGIN CREATE ROLE {role} {attrs}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"),
             )
             .await;
+            // Tests starting together may race on it ("tuple concurrently updated"): one wins,
+            // and the store's own checks refuse a role that still lacks an attribute.
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE {role} {attrs}"))).execute(&mut conn).await;
         }
         let stale: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'moat\\_t\\_%'")
             .fetch_all(&mut conn)
@@ -67,7 +80,7 @@ impl TestDb {
         for db in stale {
             let made = db.split('_').nth(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(u64::MAX);
             if made.saturating_add(STALE_AFTER_S) < now_s() {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut conn).await;
+                drop_with_roles(&mut conn, base, &db).await;
             }
         }
         let name = format!("moat_t_{}_{}", now_s(), &uuid::Uuid::now_v7().simple().to_string()[20..]);
@@ -78,9 +91,7 @@ impl TestDb {
 
     /// The superuser URL pointed at this database.
     pub fn superuser_url(&self) -> String {
-        let (_, rest) = self.base.split_once("://").expect("url");
-        let user = rest.split_once('@').map_or("postgres", |(u, _)| u);
-        with_user_db(&self.base, user, &self.name)
+        with_user_db(&self.base, superuser_of(&self.base), &self.name)
     }
 
     /// Runs `statements` as someone with direct access to the database would: the superuser
@@ -96,12 +107,28 @@ impl TestDb {
         conn.close().await.ok();
     }
 
-    /// Drops the database (call at the end of a test; a crashed run's is dropped later).
+    /// Drops the database and its tenants' roles (call at the end of a test; a crashed run's
+    /// are dropped later).
     pub async fn drop_db(self) {
         if let Ok(mut conn) = PgConnection::connect(&self.base).await {
-            let _ =
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut conn).await;
+            drop_with_roles(&mut conn, &self.base, &self.name).await;
         }
+    }
+}
+
+/// Drops database `db` and then the roles of the tenants it held (roles are cluster-wide).
+async fn drop_with_roles(conn: &mut PgConnection, base: &str, db: &str) {
+    let mut roles: Vec<String> = Vec::new();
+    if let Ok(mut inner) = PgConnection::connect(&with_user_db(base, superuser_of(base), db)).await {
+        roles = sqlx::query_scalar("SELECT 'moat_tenant_' || replace(id::text, '-', '') FROM moat.tenants")
+            .fetch_all(&mut inner)
+            .await
+            .unwrap_or_default();
+        inner.close().await.ok();
+    }
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut *conn).await;
+    for role in roles {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}"))).execute(&mut *conn).await;
     }
 }
 

@@ -3,11 +3,18 @@
 //! tenant-scoped table as defence in depth.
 //!
 //! Roles. `store.url` is the runtime role: moat refuses to serve as a superuser or a role with
-//! BYPASSRLS (`unsafe_store_role`), since either ignores every policy. `store.admin_url` is the
-//! owner role: it runs the migrations and tenant provisioning and grants the runtime role what
-//! it needs — on the audit tables only SELECT and INSERT (plus the guarded retention DELETE and
-//! the grow-only head UPDATE). Without `admin_url` the runtime role migrates and owns the
-//! schema: FORCEd policies still bind it, but it could lift them; production names both.
+//! BYPASSRLS (`unsafe_store_role`), since either ignores every policy. `store.admin_url`
+//! (required, another role, with CREATEROLE) is the owner role: it runs the migrations and
+//! tenant provisioning and grants the runtime role what it needs — on the audit tables only
+//! SELECT and INSERT (plus the guarded retention DELETE and the grow-only head UPDATE). The
+//! runtime role owns nothing it queries.
+//!
+//! Tenant schemas. Each tenant gets schema `tenant_{uuid}` and a role `moat_tenant_{uuid}`
+//! (no login, inherits nothing) that alone may use it. The runtime role holds no privilege on
+//! any tenant schema; it is a member of every tenant role without inheriting
+//! (`WITH INHERIT FALSE` on PostgreSQL 16+, a NOINHERIT runtime role on 15), so a tenant's
+//! schema opens only inside a transaction that did `SET LOCAL ROLE` to that tenant's role —
+//! and then no other tenant's schema and no platform table does.
 //!
 //! Scope. Every statement runs in a transaction that begins with
 //! `set_config('app.tenant_id', …, true)` and `set_config('search_path', 'pg_catalog, moat', true)`
@@ -44,6 +51,9 @@ use crate::shared::{
 use crate::sqlite_search::search_text;
 use crate::*;
 
+#[path = "pg_isolation.rs"]
+mod isolation;
+
 /// Migrations, applied in order, each once, by the owner role.
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql"))];
 
@@ -70,11 +80,16 @@ const PLATFORM: &str = "platform";
 pub struct PgStore {
     /// The runtime role's pool.
     pool: PgPool,
-    /// The owner role's pool (the same pool when no `admin_url` is given): provisioning.
+    /// The owner role's pool: migrations and provisioning.
     admin: PgPool,
     /// The runtime role's name, for grants on new tenant schemas.
     app_role: String,
+    /// PostgreSQL 16 or later: a membership grant can say it does not inherit.
+    per_grant_inherit: bool,
 }
+
+/// `server_version_num` from which `GRANT … WITH INHERIT FALSE` exists.
+const PER_GRANT_INHERIT: i32 = 160_000;
 
 /// Maps a database error to a product error, logging the cause (never sent to the caller): a
 /// database that cannot be reached is a 503, anything else ours (500).
@@ -115,6 +130,11 @@ fn quote_ident(name: &str) -> String {
 /// The schema holding a tenant's own data.
 pub fn tenant_schema(t: TenantId) -> String {
     format!("tenant_{}", t.0.simple())
+}
+
+/// The role that alone may use a tenant's schema (no login; the runtime role `SET ROLE`s to it).
+pub fn tenant_role(t: TenantId) -> String {
+    format!("moat_tenant_{}", t.0.simple())
 }
 
 /// Begins a transaction in `scope` (a tenant id, a trail name, or `platform`).
@@ -194,13 +214,24 @@ fn connect_reason(e: &sqlx::Error) -> String {
 
 impl PgStore {
     /// Connects as the runtime role (`url`), refuses an unsafe one, migrates and grants as the
-    /// owner (`admin_url`, else `url`).
+    /// owner (`admin_url`, required and another role), and brings every tenant's role and
+    /// schema to the current shape.
     pub async fn open(url: &str, admin_url: Option<&str>) -> Result<Self> {
+        let Some(admin_url) = admin_url else {
+            return Err(MoatError::invalid(
+                "store_owner_role",
+                "store.admin_url is not set: a PostgreSQL store needs an owner role for migrations and provisioning, \
+                 apart from the runtime role in store.url (which must own nothing it queries)",
+            ));
+        };
         let pool = connect(url, 16).await?;
-        let row = sqlx::query("SELECT current_user::text AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-            .fetch_one(&pool)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(
+            "SELECT current_user::text AS name, rolsuper, rolbypassrls, rolinherit, current_setting('server_version_num')::int AS version \
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(db_err)?;
         let app_role: String = row.get("name");
         if row.get::<bool, _>("rolsuper") || row.get::<bool, _>("rolbypassrls") {
             return Err(MoatError::invalid(
@@ -211,16 +242,95 @@ impl PgStore {
                 ),
             ));
         }
-        let admin = match admin_url {
-            Some(a) if a != url => connect(a, 2).await?,
-            _ => {
-                tracing::warn!("store.admin_url is not set: the runtime role owns the moat schema (set an owner role in production)");
-                pool.clone()
-            }
-        };
+        let version: i32 = row.get("version");
+        // Tenant schemas open only under SET ROLE to the tenant's role: the runtime role must
+        // not inherit its memberships (PostgreSQL 16 says so per grant; 15 only per role).
+        if version < PER_GRANT_INHERIT && row.get::<bool, _>("rolinherit") {
+            return Err(MoatError::invalid(
+                "unsafe_store_role",
+                format!(
+                    "store.url connects as {app_role:?}, which inherits the privileges of the roles granted to it; \
+                     on PostgreSQL {} moat needs it NOINHERIT, so that a tenant's schema opens only under that tenant's role \
+                     (ALTER ROLE {} NOINHERIT)",
+                    version / 10_000,
+                    quote_ident(&app_role)
+                ),
+            ));
+        }
+        let admin = connect(admin_url, 2).await?;
+        let owner =
+            sqlx::query("SELECT current_user::text AS name, rolsuper OR rolcreaterole AS can FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(&admin)
+                .await
+                .map_err(db_err)?;
+        let owner_role: String = owner.get("name");
+        if owner_role == app_role {
+            return Err(MoatError::invalid(
+                "store_owner_role",
+                format!("store.admin_url and store.url both connect as {app_role:?}: the runtime role must own nothing it queries"),
+            ));
+        }
+        if !owner.get::<bool, _>("can") {
+            return Err(MoatError::invalid(
+                "store_owner_role",
+                format!(
+                    "store.admin_url connects as {owner_role:?}, which lacks CREATEROLE: moat makes one role per tenant schema \
+                     (ALTER ROLE {} CREATEROLE)",
+                    quote_ident(&owner_role)
+                ),
+            ));
+        }
         migrate(&admin).await?;
         grant(&admin, &app_role).await?;
-        Ok(Self { pool, admin, app_role })
+        let store = Self { pool, admin, app_role, per_grant_inherit: version >= PER_GRANT_INHERIT };
+        store.reconcile_tenant_roles().await?;
+        Ok(store)
+    }
+
+    /// Gives every tenant that lacks it its role, schema and grants, and takes back any
+    /// privilege of the runtime role on a tenant schema (stores made before tenant roles
+    /// existed granted it USAGE on all of them). Idempotent; touches only what is off.
+    async fn reconcile_tenant_roles(&self) -> Result<()> {
+        let mut tx = begin_in(&self.admin, PLATFORM).await.map_err(db_err)?;
+        let off: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT t.id FROM tenants t \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'moat_tenant_' || replace(t.id::text, '-', '') \
+                                 AND pg_has_role($1, r.oid, 'MEMBER')) \
+                OR NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = 'tenant_' || replace(t.id::text, '-', '') \
+                                 AND NOT has_schema_privilege($1, n.oid, 'USAGE') AND NOT has_schema_privilege($1, n.oid, 'CREATE'))",
+        )
+        .bind(&self.app_role)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for id in &off {
+            tracing::info!(tenant = %id, "bringing the tenant's database role and schema up to date");
+            for sql in self.tenant_ddl(TenantId(*id), true) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(db_err)?;
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// The statements that give a tenant its schema and role: the role (no login, inherits
+    /// nothing) may use the schema; the runtime role is a member that must `SET ROLE` to use
+    /// it and holds nothing on the schema itself. `existing`: idempotent forms.
+    fn tenant_ddl(&self, t: TenantId, existing: bool) -> Vec<String> {
+        let schema = quote_ident(&tenant_schema(t));
+        let role = quote_ident(&tenant_role(t));
+        let app = quote_ident(&self.app_role);
+        let no_inherit = if self.per_grant_inherit { " WITH INHERIT FALSE, SET TRUE" } else { "" };
+        vec![
+            if existing {
+                format!("DO $$ BEGIN CREATE ROLE {role} NOLOGIN NOINHERIT; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            } else {
+                format!("CREATE ROLE {role} NOLOGIN NOINHERIT")
+            },
+            format!("CREATE SCHEMA {}{schema}", if existing { "IF NOT EXISTS " } else { "" }),
+            format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC, {app}"),
+            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+            format!("GRANT {role} TO {app}{no_inherit}"),
+        ]
     }
 
     /// The runtime role's pool (tests use it to try to break the policies).
@@ -386,8 +496,9 @@ async fn insert_user(tx: &mut Tx, u: &NewUser) -> Result<UserRecord> {
 #[async_trait]
 impl MetaStore for PgStore {
     async fn create_tenant(&self, t: &NewTenant, first_admin: Option<&NewUser>) -> Result<TenantRecord> {
-        // Provisioning is the owner's: the tenant row, its schema, the grant on it and the first
-        // Admin in one transaction (DDL is transactional here), so a failure leaves nothing.
+        // Provisioning is the owner's: the tenant row, its role and schema, the grants and the
+        // first Admin in one transaction (DDL, roles included, is transactional here), so a
+        // failure leaves nothing.
         let mut tx = begin_in(&self.admin, PLATFORM).await.map_err(db_err)?;
         let res = sqlx::query("INSERT INTO tenants (id, slug, name, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)")
             .bind(t.id.0)
@@ -397,8 +508,7 @@ impl MetaStore for PgStore {
             .execute(&mut *tx)
             .await;
         res.map_err(|e| conflict_or_db(e, "tenant_exists", || format!("tenant {} already exists", t.slug)))?;
-        let schema = quote_ident(&tenant_schema(t.id));
-        for sql in [format!("CREATE SCHEMA {schema}"), format!("GRANT USAGE ON SCHEMA {schema} TO {}", quote_ident(&self.app_role))] {
+        for sql in self.tenant_ddl(t.id, false) {
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(db_err)?;
         }
         if let Some(admin) = first_admin {
@@ -1003,6 +1113,10 @@ impl MetaStore for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
         Ok(())
+    }
+
+    async fn validate_isolation(&self, tenant: TenantId) -> Result<IsolationReport> {
+        self.isolation_report(tenant).await
     }
 }
 

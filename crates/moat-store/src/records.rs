@@ -446,3 +446,34 @@ mod tests {
         assert_eq!(carry_label(None, &unscanned), unscanned);
     }
 }
+
+/// One check of [`crate::MetaStore::validate_isolation`]: what was tried and what was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationCheck {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// What a tenant's isolation validation found. `enforced_by` says which layer the checks
+/// exercised: the database's own roles and policies, or moat's scoped queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationReport {
+    pub backend: String,
+    pub enforced_by: String,
+    pub checks: Vec<IsolationCheck>,
+}
+
+impl IsolationReport {
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    pub fn failed(&self) -> impl Iterator<Item = &IsolationCheck> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+
+    pub(crate) fn check(&mut self, name: &str, passed: bool, detail: impl Into<String>) {
+        self.checks.push(IsolationCheck { name: name.to_owned(), passed, detail: detail.into() });
+    }
+}

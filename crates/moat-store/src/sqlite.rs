@@ -904,6 +904,10 @@ impl MetaStore for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
         Ok(())
     }
+
+    async fn validate_isolation(&self, tenant: TenantId) -> Result<IsolationReport> {
+        crate::isolation::application_checks(self, tenant).await
+    }
 }
 
 #[async_trait]

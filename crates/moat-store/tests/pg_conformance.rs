@@ -9,7 +9,7 @@ use moat_core::audit::{Actor, AuditEvent, AuditKeys, Category, Outcome};
 use moat_core::ids::{Email, Slug, TenantId, UserId};
 use moat_core::role::Role;
 use moat_store::pg_testing::TestDb;
-use moat_store::postgres::{PgStore, tenant_schema};
+use moat_store::postgres::{PgStore, tenant_role, tenant_schema};
 use moat_store::{NewAuditEntry, NewTenant, NewUser, Stores, conformance};
 use sqlx::{Connection, Row};
 
@@ -70,9 +70,31 @@ async fn conformance_on_postgres() {
 #[tokio::test]
 async fn a_superuser_or_bypassrls_role_is_refused() {
     let db = pg_or_skip!();
-    let err = PgStore::open(&db.superuser_url(), None).await.err().expect("a superuser is refused");
+    let err = PgStore::open(&db.superuser_url(), Some(&db.admin_url)).await.err().expect("a superuser is refused");
     assert_eq!(err.code, "unsafe_store_role");
     assert!(err.message.contains("BYPASSRLS"), "{}", err.message);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_owner_must_be_another_role_and_the_runtime_role_must_not_inherit() {
+    let db = pg_or_skip!();
+    // No owner, or the runtime role as its own owner: it would own what it queries.
+    for admin in [None, Some(db.app_url.as_str())] {
+        let err = PgStore::open(&db.app_url, admin).await.err().expect("refused");
+        assert_eq!(err.code, "store_owner_role", "{admin:?}: {}", err.message);
+    }
+    // On PostgreSQL 15 a runtime role that inherits would hold every tenant role's schema.
+    let mut su = sqlx::PgConnection::connect(&db.superuser_url()).await.unwrap();
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&mut su).await.unwrap();
+    let _ = sqlx::raw_sql("CREATE ROLE moat_test_inheriting LOGIN INHERIT").execute(&mut su).await;
+    let url = moat_store::pg_testing::with_user_db(&db.base, "moat_test_inheriting", &db.name);
+    let opened = PgStore::open(&url, Some(&db.admin_url)).await;
+    if version < 160_000 {
+        let err = opened.err().expect("an inheriting runtime role is refused on PostgreSQL 15");
+        assert_eq!(err.code, "unsafe_store_role");
+        assert!(err.message.contains("NOINHERIT"), "{}", err.message);
+    }
     db.drop_db().await;
 }
 
@@ -191,6 +213,76 @@ async fn provisioning_makes_a_schema_per_tenant_and_a_failure_leaves_nothing() {
         .await
         .unwrap();
     assert_eq!(row.get::<i64, _>("n"), 0);
+    let roles: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1").bind(tenant_role(id)).fetch_one(&mut conn).await.unwrap();
+    assert_eq!(roles, 0, "the tenant's role went with the failed transaction");
+    db.drop_db().await;
+}
+
+/// Runs `sql` as the superuser on the test database (the misconfigurations validation must catch).
+async fn as_superuser(db: &TestDb, sql: &str) {
+    let mut su = sqlx::PgConnection::connect(&db.superuser_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut su).await.unwrap();
+}
+
+fn failed(r: &moat_store::IsolationReport) -> Vec<String> {
+    r.failed().map(|c| c.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn validation_proves_isolation_and_names_each_break() {
+    use moat_store::{AuditStore, MetaStore};
+    let db = pg_or_skip!();
+    let s = store(&db).await;
+    let (a, b) = two_tenants(&s).await;
+    s.append_batch(&[entry(a, 1), entry(b, 2), entry(b, 3)], &AuditKeys::new([7; 32])).await.unwrap();
+    for t in [a, b] {
+        let r = s.validate_isolation(t).await.unwrap();
+        assert!(r.passed(), "{r:#?}");
+        let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+        for want in [
+            "own_tenant_visible",
+            "rows:users",
+            "rows:audit_log",
+            "rows:no_scope",
+            "runtime_role",
+            "tenant_role:own_schema",
+            "attempt:other_schema",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+    }
+    let users = s.validate_isolation(a).await.unwrap().checks.into_iter().find(|c| c.name == "rows:users").unwrap();
+    assert!(users.detail.contains("0 of 1 rows"), "the foreign row exists and is not visible: {}", users.detail);
+
+    // Each misconfiguration is caught by name.
+    let (sa, sb) = (tenant_schema(a), tenant_schema(b));
+    let ra = tenant_role(a);
+    as_superuser(&db, &format!("GRANT USAGE ON SCHEMA {sb} TO {ra}")).await;
+    let r = s.validate_isolation(a).await.unwrap();
+    assert_eq!(failed(&r), ["tenant_role:other_schemas", "attempt:other_schema"], "{r:#?}");
+    as_superuser(&db, &format!("REVOKE USAGE ON SCHEMA {sb} FROM {ra}")).await;
+
+    as_superuser(&db, &format!("GRANT USAGE ON SCHEMA {sa} TO moat_test_app")).await;
+    assert_eq!(failed(&s.validate_isolation(b).await.unwrap()), ["runtime_role:tenant_schemas"]);
+    // A restart takes the stray privilege back.
+    let s = store(&db).await;
+    assert!(s.validate_isolation(b).await.unwrap().passed());
+
+    as_superuser(&db, "ALTER POLICY tenant_scope ON moat.users USING (true)").await;
+    let r = s.validate_isolation(a).await.unwrap();
+    assert_eq!(failed(&r), ["rows:users", "rows:no_scope"], "{r:#?}");
+    as_superuser(&db, "ALTER POLICY tenant_scope ON moat.users USING (moat.platform_scope() OR tenant_id = moat.current_tenant())").await;
+
+    as_superuser(&db, "ALTER TABLE moat.api_keys NO FORCE ROW LEVEL SECURITY").await;
+    assert_eq!(failed(&s.validate_isolation(a).await.unwrap()), ["rows:api_keys"]);
+    as_superuser(&db, "ALTER TABLE moat.api_keys FORCE ROW LEVEL SECURITY").await;
+
+    // A table privilege alone: the catalog says so, the real read still fails on the schema.
+    as_superuser(&db, &format!("GRANT SELECT ON moat.users TO {ra}")).await;
+    assert_eq!(failed(&s.validate_isolation(a).await.unwrap()), ["tenant_role:platform_tables"]);
+    as_superuser(&db, &format!("GRANT USAGE ON SCHEMA moat TO {ra}")).await;
+    assert_eq!(failed(&s.validate_isolation(a).await.unwrap()), ["tenant_role:platform_tables", "attempt:platform_table"]);
     db.drop_db().await;
 }
 

@@ -127,6 +127,50 @@ async fn suspended_tenants_are_refused_everywhere() {
 }
 
 #[tokio::test]
+async fn tenant_isolation_is_validated_at_provisioning_and_on_demand() {
+    let s = TestServer::start().await;
+    let sa = s.super_admin().await;
+    let a = s.tenant_with_admin("acme").await;
+    let b = s.tenant_with_admin("globex").await;
+    for (admin, slug) in [(&a, "acme"), (&b, "globex")] {
+        s.user(admin, slug, &format!("canary@{slug}.example"), "viewer").await;
+        assert!(s.put_csv("/v1/tables/customers", admin, moat_testkit::customers_csv(5)).await.status.is_success());
+    }
+    let r = s.post("/v1/tenants/acme/validate", &sa, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!((r.body["slug"].as_str(), r.body["passed"].as_bool()), (Some("acme"), Some(true)), "{:#}", r.body);
+    let want = if s.postgres().is_some() { "postgres" } else { "sqlite" };
+    assert_eq!(r.body["backend"], want);
+    let checks = r.body["checks"].as_array().unwrap();
+    assert!(checks.len() >= 5 && checks.iter().all(|c| c["passed"] == true), "{checks:#?}");
+    // Provisioning validated each tenant; each run is audited in both trails.
+    for trail in [None, Some("acme")] {
+        let runs = s.audit_of(trail).await.into_iter().filter(|e| e.action == "tenant.validate" && e.outcome == "success").count();
+        assert!(runs >= 2, "{trail:?}: {runs} validations recorded");
+    }
+    // Only the Super Admin validates; an unknown tenant is 404.
+    assert_eq!(s.post("/v1/tenants/acme/validate", &a, json!({})).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(s.post("/v1/tenants/nosuch/validate", &sa, json!({})).await.code(), "tenant_not_found");
+
+    // On PostgreSQL, a database that lost a policy is caught: a new tenant is created
+    // suspended, validation names the break, and nobody resumes it until it is fixed.
+    let Some(db) = s.postgres() else { return };
+    db.attack(&["ALTER POLICY tenant_scope ON moat.users USING (true)".to_owned()]).await;
+    let r = s.post("/v1/tenants", &sa, json!({"slug": "initech", "name": "Initech"})).await;
+    assert_eq!((r.status, r.code()), (StatusCode::INTERNAL_SERVER_ERROR, "isolation_failed"), "{:?}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("suspended") && msg.contains("rows:users"), "{msg}");
+    assert_eq!(s.get("/v1/tenants/initech", &sa).await.body["status"], "suspended");
+    let r = s.post("/v1/tenants/acme/validate", &sa, json!({})).await;
+    assert_eq!(r.body["passed"], false);
+    assert!(s.audit_of(Some("acme")).await.iter().any(|e| e.action == "tenant.validate" && e.outcome == "failure"));
+    assert_eq!(s.post("/v1/tenants/initech/resume", &sa, json!({})).await.code(), "isolation_failed");
+    db.attack(&["ALTER POLICY tenant_scope ON moat.users USING (moat.platform_scope() OR tenant_id = moat.current_tenant())".to_owned()])
+        .await;
+    assert_eq!(s.post("/v1/tenants/initech/resume", &sa, json!({})).await.body["status"], "active");
+}
+
+#[tokio::test]
 async fn super_admin_acts_inside_a_tenant_and_is_audited_there() {
     let s = TestServer::start().await;
     let sa = s.super_admin().await;

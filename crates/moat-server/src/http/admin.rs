@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use moat_core::MoatError;
 use moat_core::apikey;
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::ids::{ApiKeyId, Email, Slug, TenantId, UserId};
@@ -14,13 +13,14 @@ use moat_core::password::PasswordPolicy;
 use moat_core::permission::Permission;
 use moat_core::principal::Principal;
 use moat_core::role::Role;
+use moat_core::{ErrorKind, MoatError};
 use moat_query::policy::MaskingPolicy;
-use moat_store::{ApiKeyRecord, NewApiKey, NewTenant, NewUser, TenantRecord, TenantStatus, UserRecord, UserStatus};
+use moat_store::{ApiKeyRecord, IsolationReport, NewApiKey, NewTenant, NewUser, TenantRecord, TenantStatus, UserRecord, UserStatus};
 use serde::{Deserialize, Serialize};
 
 use super::auth::hash_blocking;
 use super::error::ApiResult;
-use super::extract::{Authorized, JsonBody, QueryParams, act};
+use super::extract::{Authorized, ClientInfo, JsonBody, QueryParams, act};
 use crate::retention::AuditRetentionPolicy;
 use crate::scan::ClassificationPolicy;
 use crate::state::AppState;
@@ -90,7 +90,70 @@ pub async fn create_tenant(
             .details(serde_json::json!({"email": a.email, "role": "admin"}));
         st.record(&auth.client, e).await?;
     }
+    // Provisioning proves the new tenant is isolated before anyone uses it; a tenant that
+    // fails is suspended (fail closed) until the database is fixed and it validates.
+    let v = validate(&st, &auth.client, p, &t).await?;
+    if !v.passed {
+        st.stores.meta.set_tenant_status(t.id, TenantStatus::Suspended, st.clock.now_s()).await?;
+        let resource = format!("tenant:{}", t.slug);
+        let details = serde_json::json!({"reason": "isolation validation failed"});
+        st.record(&auth.client, admin_event(None, p, "tenant.suspend", resource.clone()).details(details.clone())).await?;
+        st.record(&auth.client, admin_event(Some(t.id), p, "tenant.suspend", resource).details(details)).await?;
+        return Err(isolation_failed(&t.slug, &v.report, "was created but is suspended").into());
+    }
     Ok((StatusCode::CREATED, Json(Created { id: t.id.to_string(), slug: Some(t.slug) })))
+}
+
+/// The outcome of a tenant's isolation validation (`POST /v1/tenants/{slug}/validate`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Validation {
+    pub tenant: String,
+    pub slug: String,
+    pub passed: bool,
+    #[serde(flatten)]
+    pub report: IsolationReport,
+}
+
+/// Runs the store's isolation checks for `t` and audits the result (platform and tenant trail).
+async fn validate(st: &AppState, client: &ClientInfo, p: &Principal, t: &TenantRecord) -> ApiResult<Validation> {
+    let report = st.stores.meta.validate_isolation(t.id).await?;
+    let passed = report.passed();
+    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    let outcome = if passed { Outcome::Success } else { Outcome::Failure };
+    let details = serde_json::json!({"backend": report.backend, "checks": report.checks.len(), "failed": failed});
+    for trail in [None, Some(t.id)] {
+        let e = AuditEvent::new(trail, Category::Admin, "tenant.validate", Actor::of(p), outcome)
+            .resource(format!("tenant:{}", t.slug))
+            .details(details.clone());
+        st.record(client, e).await?;
+    }
+    if !passed {
+        tracing::error!(tenant = %t.slug, failed = ?failed, "tenant isolation validation failed");
+    }
+    Ok(Validation { tenant: t.id.to_string(), slug: t.slug.clone(), passed, report })
+}
+
+/// The error of a tenant that did not validate: names the failed checks (never data).
+fn isolation_failed(slug: &str, r: &IsolationReport, state: &str) -> MoatError {
+    let failed: Vec<String> = r.failed().map(|c| format!("{} ({})", c.name, c.detail)).collect();
+    MoatError::new(
+        ErrorKind::Internal,
+        "isolation_failed",
+        format!(
+            "tenant {slug} {state}: isolation validation failed: {}; fix the database roles and policies, \
+             then `moat tenant validate {slug}` and `moat tenant resume {slug}`",
+            failed.join("; ")
+        ),
+    )
+}
+
+pub async fn validate_tenant(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::TenantRead>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<Validation>> {
+    let t = st.stores.meta.tenant_by_slug(&slug).await?.ok_or_else(tenant_not_found)?;
+    Ok(Json(validate(&st, &auth.client, &auth.principal, &t).await?))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -121,6 +184,13 @@ async fn set_tenant_status(
     status: TenantStatus,
 ) -> ApiResult<Json<TenantRecord>> {
     let t = st.stores.meta.tenant_by_slug(slug).await?.ok_or_else(tenant_not_found)?;
+    if status == TenantStatus::Active {
+        // A tenant comes back only if it is isolated (provisioning suspends one that is not).
+        let v = validate(st, &auth.client, &auth.principal, &t).await?;
+        if !v.passed {
+            return Err(isolation_failed(&t.slug, &v.report, "stays suspended").into());
+        }
+    }
     st.stores.meta.set_tenant_status(t.id, status, st.clock.now_s()).await?;
     let action = if status == TenantStatus::Suspended { "tenant.suspend" } else { "tenant.resume" };
     let resource = format!("tenant:{}", t.slug);

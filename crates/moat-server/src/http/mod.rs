@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tenants/{slug}", get(admin::get_tenant))
         .route("/tenants/{slug}/suspend", post(admin::suspend_tenant))
         .route("/tenants/{slug}/resume", post(admin::resume_tenant))
+        .route("/tenants/{slug}/validate", post(admin::validate_tenant))
         .route("/users", post(admin::create_user).get(admin::list_users))
         .route("/users/{id}", get(admin::get_user))
         .route("/users/{id}/disable", post(admin::disable_user))
