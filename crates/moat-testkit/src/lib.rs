@@ -12,6 +12,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+pub mod fault;
+
 /// Benchmark helpers (percentiles, rows beside a baseline), shared with the store benches.
 pub use moat_core::bench;
 
@@ -84,11 +86,26 @@ impl Resp {
     }
 }
 
+/// Which metadata and audit store a [`TestServer`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// PostgreSQL when `MOAT_TEST_STORE=postgres`, else embedded SQLite (the suite's two passes).
+    FromEnv,
+    Embedded,
+    /// A fresh PostgreSQL database (needs `MOAT_TEST_PG`).
+    Postgres,
+}
+
 /// With `MOAT_TEST_STORE=postgres` (and `MOAT_TEST_PG`), points the data dir's configuration at
 /// a fresh PostgreSQL database — runtime role in `store.url`, owner in `store.admin_url` — so
 /// that the whole suite runs on the production store too.
-async fn postgres_store(data: &DataDir) -> Option<moat_store::pg_testing::TestDb> {
-    if std::env::var("MOAT_TEST_STORE").ok()?.as_str() != "postgres" {
+async fn postgres_store(data: &DataDir, store: Store) -> Option<moat_store::pg_testing::TestDb> {
+    let postgres = match store {
+        Store::FromEnv => std::env::var("MOAT_TEST_STORE").is_ok_and(|v| v == "postgres"),
+        Store::Embedded => false,
+        Store::Postgres => true,
+    };
+    if !postgres {
         return None;
     }
     let base = moat_store::pg_testing::TestDb::base_from_env().expect("MOAT_TEST_STORE=postgres needs MOAT_TEST_PG");
@@ -119,11 +136,20 @@ impl TestServer {
     /// Starts with a tweaked configuration over the data dir's stores as `wrap` returns them
     /// (a benchmark's baseline wraps the audit store).
     pub async fn start_with_stores(tweak: impl FnOnce(&mut Config), wrap: impl FnOnce(moat_store::Stores) -> moat_store::Stores) -> Self {
+        Self::start_on(Store::FromEnv, tweak, wrap).await
+    }
+
+    /// Starts on the given store (benchmarks compare both in one run).
+    pub async fn start_on(
+        store: Store,
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(moat_store::Stores) -> moat_store::Stores,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path().join("data"));
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         moat_server::bootstrap::init(&data, now).await.unwrap();
-        let pg_db = postgres_store(&data).await;
+        let pg_db = postgres_store(&data, store).await;
         moat_server::bootstrap::create_super_admin(&data, SUPER_ADMIN, PASSWORD, now).await.unwrap();
         let mut cfg = Config::load(Some(&data.config_file()), Vec::new(), &Overrides::default()).unwrap();
         tweak(&mut cfg);
