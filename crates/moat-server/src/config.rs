@@ -15,6 +15,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Shared security state for many replicas (Redis); in-process when `url` is empty.
     pub cache: CacheConfig,
+    /// Audit and domain events to NATS JetStream; the in-process bus alone when `url` is empty.
+    pub events: EventsConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     /// Query limits (the engine's own type: one definition, one set of defaults).
@@ -190,6 +192,72 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self { url: String::new(), namespace: "moat".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `nats://host:port` (or `tls://`): every audit record, once durable in the store, is
+    /// published to JetStream on `tenant.{id}.audit` (`platform.audit` for the platform trail)
+    /// and, by domain, `tenant.{id}.{admin|ingest|classification}`, with its event id as
+    /// `Nats-Msg-Id`. The store is the spool: while NATS is down requests are served and
+    /// recorded as ever, and forwarding resumes where it stopped. Empty: in-process bus only.
+    pub url: String,
+    /// Prefix of every subject (`{namespace}.tenant.{id}.audit`) when several deployments share
+    /// one NATS; empty: none.
+    pub namespace: String,
+    /// The JetStream stream (created with the limits below if missing).
+    pub stream: String,
+    /// Stream limits: oldest message kept, bytes kept, and the window in which a repeated
+    /// `Nats-Msg-Id` is dropped as a duplicate.
+    pub max_age_days: u64,
+    pub max_bytes: i64,
+    pub duplicate_window_s: u64,
+}
+
+/// A NATS name part: letters, digits, '_' or '-' (no dots or wildcards), 1 to 64.
+fn nats_token(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl EventsConfig {
+    fn validate(&self) -> Result<(), MoatError> {
+        if !self.url.is_empty() && !self.url.starts_with("nats://") && !self.url.starts_with("tls://") {
+            return Err(config_error(format!(
+                "events.url: unsupported scheme in {:?}; use nats:// or tls:// (or empty for the in-process bus)",
+                self.url.split("://").next().unwrap_or_default()
+            )));
+        }
+        if !self.namespace.is_empty() && !nats_token(&self.namespace) {
+            return Err(config_error("events.namespace: empty, or 1 to 64 letters, digits, '_' or '-'"));
+        }
+        if !nats_token(&self.stream) {
+            return Err(config_error("events.stream: 1 to 64 letters, digits, '_' or '-'"));
+        }
+        if self.max_age_days == 0 || self.max_age_days > 36_500 {
+            return Err(config_error("events.max_age_days: 1 to 36500"));
+        }
+        if self.max_bytes < 1 << 20 {
+            return Err(config_error("events.max_bytes: at least 1048576 (1 MiB)"));
+        }
+        if self.duplicate_window_s == 0 || self.duplicate_window_s > self.max_age_days * 86_400 {
+            return Err(config_error("events.duplicate_window_s: at least 1, and no longer than events.max_age_days"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            namespace: String::new(),
+            stream: "MOAT_EVENTS".into(),
+            max_age_days: 30,
+            max_bytes: 1 << 30,
+            duplicate_window_s: 120,
+        }
     }
 }
 
@@ -448,6 +516,7 @@ impl Config {
         if ns.is_empty() || ns.len() > 64 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(config_error("cache.namespace: 1 to 64 letters, digits, '_' or '-'"));
         }
+        self.events.validate()?;
         let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
         if !self.store.url.starts_with("sqlite://") && !postgres(&self.store.url) {
             return Err(config_error(format!(
@@ -507,6 +576,10 @@ pg_idle_timeout_s = {pg_idle}   # close a pgwire connection idle this long (0: n
 url = "{store}"   # relative paths are inside the data dir
 # PostgreSQL: url = "postgres://moat_app@db/moat" (a plain role: no superuser, no BYPASSRLS)
 # admin_url = "postgres://moat_owner@db/moat"     # the owner role: migrations, tenant provisioning
+
+# [events]   # audit and domain events to NATS JetStream (default: the in-process bus only)
+# url = "nats://nats.internal:4222"
+# stream = "MOAT_EVENTS"     # created if missing, with max_age_days = 30, max_bytes = 1 GiB
 
 [auth]
 issuer = "{iss}"
@@ -694,6 +767,20 @@ mod tests {
         assert!(e.message.starts_with("cache.url:"), "{}", e.message);
         let e = Config::load(None, env(&[("MOAT_CACHE__NAMESPACE", "a:b")]), &Overrides::default()).expect_err("bad");
         assert!(e.message.starts_with("cache.namespace:"), "{}", e.message);
+        for (key, bad) in [
+            ("MOAT_EVENTS__URL", "http://nats:4222"),
+            ("MOAT_EVENTS__NAMESPACE", "a.b"),
+            ("MOAT_EVENTS__STREAM", "EVENTS.>"),
+            ("MOAT_EVENTS__MAX_AGE_DAYS", "0"),
+            ("MOAT_EVENTS__MAX_BYTES", "100"),
+            ("MOAT_EVENTS__DUPLICATE_WINDOW_S", "0"),
+        ] {
+            let e = Config::load(None, env(&[(key, bad)]), &Overrides::default()).expect_err(key);
+            let want = key.trim_start_matches("MOAT_EVENTS__").to_lowercase();
+            assert!(e.message.starts_with(&format!("events.{want}:")), "{key}={bad}: {}", e.message);
+        }
+        let ok = Config::load(None, env(&[("MOAT_EVENTS__URL", "nats://127.0.0.1:4222")]), &Overrides::default()).expect("nats://");
+        assert_eq!(ok.events.stream, "MOAT_EVENTS");
         Config::load(None, env(&[("MOAT_CACHE__URL", "redis://127.0.0.1:6379/0")]), &Overrides::default()).expect("a Redis URL");
         let pg = [("MOAT_STORE__URL", "postgres://app@db/moat"), ("MOAT_STORE__ADMIN_URL", "postgres://owner@db/moat")];
         Config::load(None, env(&pg), &Overrides::default()).expect("a PostgreSQL store with its owner");

@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod governed;
 pub mod http;
 pub mod limiter;

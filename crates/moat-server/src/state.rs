@@ -50,6 +50,8 @@ pub struct AppState {
     pub streams: StreamSlots,
     /// TLS acceptors for HTTP and pgwire (`[tls]`), when TLS is on.
     pub tls: Option<crate::tls::Tls>,
+    /// Forwarding of audit records to NATS JetStream (`events.url`), when configured.
+    pub events: Option<Arc<crate::events::ForwardStatus>>,
 }
 
 /// Counts live streams per tenant; a slot is given back when its guard drops.
@@ -137,6 +139,11 @@ impl AppState {
                 crate::witness::WitnessSink::new(&a.witness_url, witness, stores.audit.clone(), checkpoint_key.clone(), checkpoint_sink)?;
             checkpoint_sink = Some(Arc::new(sink));
         }
+        let events = if config.events.url.is_empty() {
+            None
+        } else {
+            Some(crate::events::Forwarder::start(&config.events, stores.audit.clone(), audit.clone()).await?)
+        };
         let checkpointer = Checkpointer::new(stores.audit.clone(), checkpoint_key.clone(), checkpoint_sink.clone());
         let cp_clock = clock.clone();
         tokio::spawn(
@@ -160,6 +167,7 @@ impl AppState {
             closing: tokio_util::sync::CancellationToken::new(),
             streams: StreamSlots::default(),
             tls,
+            events,
         })
     }
 

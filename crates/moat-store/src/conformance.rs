@@ -42,6 +42,25 @@ pub async fn run_all(s: &Stores) {
     audit_retention(s).await;
     catalog(s).await;
     views(s).await;
+    event_cursors(s).await;
+}
+
+/// One replica at a time forwards a trail: a lease is taken, renewed by its holder, refused to
+/// another until it expires; a cursor only moves forward, and only for the lease's holder.
+pub async fn event_cursors(s: &Stores) {
+    let t = tenant(s).await.id.to_string();
+    let a = &s.audit;
+    assert_eq!(a.lease_cursor("nats", &t, "r1", 1_000, 11_000, 7).await.unwrap(), Some(7), "a new cursor starts where told");
+    assert_eq!(a.lease_cursor("nats", &t, "r2", 5_000, 15_000, 0).await.unwrap(), None, "held by r1");
+    assert!(a.advance_cursor("nats", &t, "r1", 12).await.unwrap());
+    assert!(a.advance_cursor("nats", &t, "r1", 9).await.unwrap(), "the holder may report an older seq");
+    assert_eq!(a.lease_cursor("nats", &t, "r1", 6_000, 16_000, 0).await.unwrap(), Some(12), "renewed; never moved back");
+    assert!(!a.advance_cursor("nats", &t, "r2", 99).await.unwrap(), "not the holder");
+    assert_eq!(a.lease_cursor("nats", &t, "r2", 16_001, 26_001, 0).await.unwrap(), Some(12), "taken over after expiry");
+    assert!(!a.advance_cursor("nats", &t, "r1", 50).await.unwrap(), "the old holder lost it");
+    assert_eq!(a.lease_cursor("other", &t, "r1", 16_001, 26_001, 3).await.unwrap(), Some(3), "sinks are apart");
+    let cursors = a.cursors("nats").await.unwrap();
+    assert!(cursors.contains(&(t.clone(), 12)), "{cursors:?}");
 }
 
 pub async fn views(s: &Stores) {

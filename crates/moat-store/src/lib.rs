@@ -176,6 +176,17 @@ pub trait AuditStore: Send + Sync {
     async fn prune(&self, p: &Prune) -> Result<u64>;
     /// Prunes carried out on a trail, oldest first.
     async fn prunes(&self, trail: &str) -> Result<Vec<Prune>>;
+
+    // --- event forwarding (bookkeeping beside the log, not part of it) ---
+    /// Leases `trail`'s cursor in event sink `sink` to `owner` until `until_ms` when the lease
+    /// is `owner`'s already, expired (before `now_ms`) or the cursor is new (it then starts at
+    /// `start`); the last seq published, or `None` while another owner holds the lease.
+    async fn lease_cursor(&self, sink: &str, trail: &str, owner: &str, now_ms: i64, until_ms: i64, start: i64) -> Result<Option<i64>>;
+    /// Moves `owner`'s cursor forward to `seq` (never back); false when `owner` no longer
+    /// holds the lease (nothing changes then).
+    async fn advance_cursor(&self, sink: &str, trail: &str, owner: &str, seq: i64) -> Result<bool>;
+    /// Every cursor of `sink`: (trail, last seq published).
+    async fn cursors(&self, sink: &str) -> Result<Vec<(String, i64)>>;
     /// Carries records of an older trail format into the log (once, at start-up); how many.
     async fn import_legacy(&self, _keys: &AuditKeys) -> Result<u64> {
         Ok(0)

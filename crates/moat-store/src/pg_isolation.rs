@@ -28,6 +28,7 @@ const SCOPED_TABLES: &[(&str, &str)] = &[
     ("audit_trails", "trail"),
     ("audit_checkpoints", "trail"),
     ("audit_prunes", "trail"),
+    ("event_cursors", "trail"),
 ];
 
 /// Tables only the platform scope reads.

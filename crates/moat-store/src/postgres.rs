@@ -45,8 +45,8 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::shared::{
-    audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch,
-    seal_entry, search_words, segment_category, stored_entries,
+    LEASE_CURSOR, audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record,
+    retention_mismatch, seal_entry, search_words, segment_category, stored_entries,
 };
 use crate::sqlite_search::search_text;
 use crate::*;
@@ -55,7 +55,10 @@ use crate::*;
 mod isolation;
 
 /// Migrations, applied in order, each once, by the owner role.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql")),
+    (2, "event_cursors", include_str!("../migrations/postgres/0002_event_cursors.sql")),
+];
 
 /// Serialises migrations of replicas that start together (a constant key: "moat").
 const MIGRATION_LOCK: i64 = 0x6d6f_6174;
@@ -72,6 +75,7 @@ const GRANTS: &[&str] = &[
      moat.audit_trails TO {role}",
     "GRANT UPDATE (size, frontier) ON moat.audit_trails TO {role}",
     "GRANT DELETE ON moat.audit_log TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON moat.event_cursors TO {role}",
 ];
 
 /// The scope setting of the platform (every row).
@@ -1651,5 +1655,48 @@ impl AuditStore for PgStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(rows.iter().map(|r| prune_record!(r)).collect())
+    }
+
+    async fn lease_cursor(&self, sink: &str, trail: &str, owner: &str, now_ms: i64, until_ms: i64, start: i64) -> Result<Option<i64>> {
+        let mut tx = self.tx(trail).await?;
+        let seq = sqlx::query_scalar(LEASE_CURSOR)
+            .bind(sink)
+            .bind(trail)
+            .bind(start)
+            .bind(owner)
+            .bind(until_ms)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(seq)
+    }
+
+    async fn advance_cursor(&self, sink: &str, trail: &str, owner: &str, seq: i64) -> Result<bool> {
+        let mut tx = self.tx(trail).await?;
+        let r = sqlx::query(
+            "UPDATE event_cursors SET published_seq = greatest(published_seq, $1) WHERE sink = $2 AND trail = $3 AND lease_owner = $4",
+        )
+        .bind(seq)
+        .bind(sink)
+        .bind(trail)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn cursors(&self, sink: &str) -> Result<Vec<(String, i64)>> {
+        let mut tx = self.tx(PLATFORM).await?;
+        let rows = sqlx::query_as("SELECT trail, published_seq FROM event_cursors WHERE sink = $1 ORDER BY trail")
+            .bind(sink)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(rows)
     }
 }

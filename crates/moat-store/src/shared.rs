@@ -196,3 +196,12 @@ macro_rules! stored_entries {
 }
 
 pub(crate) use {checkpoint_record, column_record, prune_record, segment_category, stored_entries};
+
+/// Takes or renews a trail's forwarding lease. One text for both dialects: SQLite reads `$n` as
+/// named parameters numbered by first appearance, which here is `$1` … `$6` in order.
+/// Binds: sink, trail, start, owner, until_ms, now_ms. No row when another owner holds it.
+pub(crate) const LEASE_CURSOR: &str = "INSERT INTO event_cursors (sink, trail, published_seq, lease_owner, lease_until_ms) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (sink, trail) DO UPDATE SET lease_owner = excluded.lease_owner, lease_until_ms = excluded.lease_until_ms \
+     WHERE event_cursors.lease_owner = excluded.lease_owner OR event_cursors.lease_until_ms < $6 \
+     RETURNING published_seq";

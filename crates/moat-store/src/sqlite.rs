@@ -21,8 +21,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::shared::{
-    audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record, retention_mismatch,
-    seal_entry, search_words, segment_category, stored_entries,
+    LEASE_CURSOR, audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record,
+    retention_mismatch, seal_entry, search_words, segment_category, stored_entries,
 };
 use crate::sqlite_search::{SearchIndex, search_rowid};
 use crate::*;
@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "audit_tlog", include_str!("../migrations/sqlite/0006_audit_tlog.sql")),
     (7, "audit_retention", include_str!("../migrations/sqlite/0007_audit_retention.sql")),
     (8, "audit_search_apart", include_str!("../migrations/sqlite/0008_audit_search_apart.sql")),
+    (9, "event_cursors", include_str!("../migrations/sqlite/0009_event_cursors.sql")),
 ];
 
 pub struct SqliteStore {
@@ -1397,6 +1398,40 @@ impl AuditStore for SqliteStore {
             .await
             .map_err(db_err)?;
         Ok(rows.iter().map(|r| prune_record!(r)).collect())
+    }
+
+    async fn lease_cursor(&self, sink: &str, trail: &str, owner: &str, now_ms: i64, until_ms: i64, start: i64) -> Result<Option<i64>> {
+        sqlx::query_scalar(LEASE_CURSOR)
+            .bind(sink)
+            .bind(trail)
+            .bind(start)
+            .bind(owner)
+            .bind(until_ms)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn advance_cursor(&self, sink: &str, trail: &str, owner: &str, seq: i64) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE event_cursors SET published_seq = max(published_seq, ?) WHERE sink = ? AND trail = ? AND lease_owner = ?")
+                .bind(seq)
+                .bind(sink)
+                .bind(trail)
+                .bind(owner)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn cursors(&self, sink: &str) -> Result<Vec<(String, i64)>> {
+        sqlx::query_as("SELECT trail, published_seq FROM event_cursors WHERE sink = ? ORDER BY trail")
+            .bind(sink)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
     }
 
     async fn put_checkpoint(&self, cp: &CheckpointRecord) -> Result<()> {

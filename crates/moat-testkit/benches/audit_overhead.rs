@@ -79,6 +79,15 @@ impl AuditStore for NoCostAudit {
     async fn prunes(&self, trail: &str) -> Result<Vec<Prune>> {
         self.inner.prunes(trail).await
     }
+    async fn lease_cursor(&self, sink: &str, trail: &str, owner: &str, now_ms: i64, until_ms: i64, start: i64) -> Result<Option<i64>> {
+        self.inner.lease_cursor(sink, trail, owner, now_ms, until_ms, start).await
+    }
+    async fn advance_cursor(&self, sink: &str, trail: &str, owner: &str, seq: i64) -> Result<bool> {
+        self.inner.advance_cursor(sink, trail, owner, seq).await
+    }
+    async fn cursors(&self, sink: &str) -> Result<Vec<(String, i64)>> {
+        self.inner.cursors(sink).await
+    }
 }
 
 /// A server with the customers-like table and a Viewer's token.

@@ -21,9 +21,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let store = st.stores.meta.ping().await.is_ok();
     let audit = st.audit.is_healthy();
+    // Forwarding never makes the server unready: events wait in the audit store.
+    let events = st.events.as_ref().map_or_else(|| "in-process".to_owned(), |e| e.describe());
     let checks = serde_json::json!({
         "store": if store { "ok" } else { "unreachable" },
         "audit": if audit { "ok" } else { "unavailable" },
+        "events": events,
     });
     if store && audit {
         Json(serde_json::json!({"status": "ready", "checks": checks})).into_response()
