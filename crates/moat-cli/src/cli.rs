@@ -275,11 +275,24 @@ pub enum TableCmd {
         #[arg(long = "type")]
         types: Vec<String>,
     },
+    /// Register a table or view of the tenant's own PostgreSQL schema (`tenant_<uuid>`) as a
+    /// table, read in place through the governed path (PostgreSQL store only).
+    Link {
+        table: String,
+        /// The relation's name in the tenant's schema.
+        #[arg(long)]
+        postgres: String,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        product: Option<String>,
+    },
     List,
     /// Columns and their classification.
     Show {
         table: String,
     },
+    /// Delete a table (a linked relation itself stays in PostgreSQL).
     Delete {
         table: String,
     },

@@ -798,17 +798,8 @@ async fn query(mut c: Client, sql: &str, format: &str) -> CliResult {
 async fn table(mut c: Client, cmd: TableCmd, json_out: bool) -> CliResult {
     match cmd {
         TableCmd::Import { file, table, domain, product, types } => {
-            let mut params = Vec::new();
-            if let Some(d) = domain {
-                params.push(format!("domain={}", urlencode(&d)));
-            }
-            if let Some(p) = product {
-                params.push(format!("product={}", urlencode(&p)));
-            }
-            if !types.is_empty() {
-                params.push(format!("types={}", urlencode(&types.join(","))));
-            }
-            let path = format!("/v1/tables/{}{}{}", urlencode(&table), if params.is_empty() { "" } else { "?" }, params.join("&"));
+            let types = (!types.is_empty()).then(|| types.join(","));
+            let path = table_path(&table, domain, product, types);
             let v = c.upload_table(&path, &file, !json_out).await?;
             emit(json_out, &v, |v| {
                 println!(
@@ -821,6 +812,19 @@ async fn table(mut c: Client, cmd: TableCmd, json_out: bool) -> CliResult {
                 for r in v["renamed"].as_array().map_or(&[][..], Vec::as_slice) {
                     println!("  column {:?} stored as {}", r["from"].as_str().unwrap_or(""), r["to"].as_str().unwrap_or(""));
                 }
+            });
+        }
+        TableCmd::Link { table, postgres, domain, product } => {
+            let path = table_path(&table, domain, product, None);
+            let v = c.call(Method::PUT, &path, Some(json!({"postgres": {"relation": postgres}}))).await?;
+            emit(json_out, &v, |v| {
+                println!(
+                    "table {} version {}: relation {postgres:?} of the tenant's schema, {} columns (about {} rows)",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version"],
+                    v["columns"].as_array().map_or(0, Vec::len),
+                    v["row_count"]
+                );
             });
         }
         TableCmd::List => {
@@ -847,6 +851,15 @@ async fn table(mut c: Client, cmd: TableCmd, json_out: bool) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// `/v1/tables/{table}` with the optional domain, product and type overrides.
+fn table_path(table: &str, domain: Option<String>, product: Option<String>, types: Option<String>) -> String {
+    let params: Vec<String> = [("domain", domain), ("product", product), ("types", types)]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(&v))))
+        .collect();
+    format!("/v1/tables/{}{}{}", urlencode(table), if params.is_empty() { "" } else { "?" }, params.join("&"))
 }
 
 /// Scans one table or every table, one progress bar per table on a terminal.

@@ -226,6 +226,7 @@ async fn main() {
             meta("region", Classification::Internal, PiiCategory::None, None),
             meta("amount", Classification::Internal, PiiCategory::None, None),
         ],
+        provider: None,
     };
     let tables = [source];
     let policy = MaskingPolicy::default();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
 use datafusion::common::ParamValues;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
@@ -90,6 +91,9 @@ pub struct TableSource {
     /// The raw schema; `columns` is aligned with its fields.
     pub schema: SchemaRef,
     pub columns: Vec<ColumnMeta>,
+    /// The raw table when it is not Parquet under `location` (a tenant's PostgreSQL relation):
+    /// it is governed exactly like a Parquet table (wrapped in `GovernedTable`).
+    pub provider: Option<Arc<dyn TableProvider>>,
 }
 
 /// A view of the caller's tenant: a saved read-only query. It is planned inside the caller's
@@ -223,16 +227,24 @@ fn df_error(e: DataFusionError) -> MoatError {
             Ok(e) => df_error(e),
             Err(shared) => match shared.as_ref() {
                 DataFusionError::ResourcesExhausted(m) => df_error(DataFusionError::ResourcesExhausted(m.clone())),
+                DataFusionError::External(e) if e.downcast_ref::<MoatError>().is_some() => {
+                    e.downcast_ref::<MoatError>().cloned().unwrap_or_else(|| MoatError::internal("query_engine_error"))
+                }
                 other => df_error(DataFusionError::Execution(other.to_string())),
             },
         },
         // Errors raised inside table providers and functions come wrapped.
         DataFusionError::External(e) => match e.downcast::<DataFusionError>() {
             Ok(inner) => df_error(*inner),
-            Err(e) => {
-                tracing::error!(error = %e, "query engine failure");
-                MoatError::internal("query_engine_error")
-            }
+            // A source's own error (a tenant's PostgreSQL relation): already in product terms,
+            // and its message carries no values.
+            Err(e) => match e.downcast::<MoatError>() {
+                Ok(m) => *m,
+                Err(e) => {
+                    tracing::error!(error = %e, "query engine failure");
+                    MoatError::internal("query_engine_error")
+                }
+            },
         },
         other => {
             tracing::error!(error = %other, "query engine failure");
@@ -499,12 +511,16 @@ impl Engine {
             for (c, d) in t.columns.iter().zip(&per_column) {
                 decisions.insert((t.name.clone(), c.name.clone()), (c.label(), *d));
             }
-            let url = self.storage.listing_url(&t.location).map_err(df_error)?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-            let listing = ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(t.schema.clone()))
-                .map_err(df_error)?
-                .with_cache(slot.caches.file_statistics_cache.clone());
-            ctx.register_table(t.name.as_str(), Arc::new(GovernedTable::new(Arc::new(listing), &per_column))).map_err(df_error)?;
+            let raw: Arc<dyn TableProvider> = match &t.provider {
+                Some(p) => p.clone(),
+                None => {
+                    let url = self.storage.listing_url(&t.location).map_err(df_error)?;
+                    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+                    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(t.schema.clone());
+                    Arc::new(ListingTable::try_new(config).map_err(df_error)?.with_cache(slot.caches.file_statistics_cache.clone()))
+                }
+            };
+            ctx.register_table(t.name.as_str(), Arc::new(GovernedTable::new(raw, &per_column))).map_err(df_error)?;
         }
 
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);

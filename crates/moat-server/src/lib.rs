@@ -10,6 +10,7 @@ pub mod http;
 pub mod limiter;
 pub mod openapi;
 pub mod pg;
+pub mod pg_source;
 pub mod report;
 pub mod retention;
 pub mod scan;

@@ -316,7 +316,7 @@ pub fn routes() -> Vec<RouteDoc> {
         RouteDoc {
             method: "put",
             path: "/v1/tables/{table}",
-            summary: "Create or replace a table from a text/csv or application/vnd.apache.parquet body (?domain, product, types); scanned for PII",
+            summary: "Create or replace a table from a text/csv or application/vnd.apache.parquet body (?domain, product, types), or link a relation of the tenant's PostgreSQL schema with application/json {\"postgres\": {\"relation\": …}}; scanned for PII",
             permission: perm::<act::TableWrite>(),
             request: None,
             success: 201,
@@ -324,7 +324,7 @@ pub fn routes() -> Vec<RouteDoc> {
         RouteDoc {
             method: "delete",
             path: "/v1/tables/{table}",
-            summary: "Drop a table",
+            summary: "Drop a table (a linked relation stays in PostgreSQL)",
             permission: perm::<act::TableDelete>(),
             request: None,
             success: 204,

@@ -5,6 +5,7 @@
 //! (`source: scanner`, with a confidence). A manual label always wins and is never overwritten.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -18,7 +19,7 @@ use moat_pii::scan::Reservoir;
 use moat_pii::{Category, Entity, Proposal, ScanOptions, k_anonymity, scan_column};
 use moat_query::TableStorage;
 use moat_query::mask::MaskRule;
-use moat_store::{ColumnRecord, TableRecord};
+use moat_store::{ColumnRecord, TableRecord, TenantRelations};
 use serde::{Deserialize, Serialize};
 
 /// The `[scan]` config section.
@@ -180,6 +181,7 @@ impl TableSample {
 /// far after each batch. The sample holds the catalog's columns in catalog order.
 pub async fn sample_table(
     storage: &TableStorage,
+    relations: Option<&Arc<dyn TenantRelations>>,
     table: &TableRecord,
     capacity: usize,
     seed: u64,
@@ -187,6 +189,16 @@ pub async fn sample_table(
 ) -> moat_core::Result<TableSample> {
     let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
     let mut sample = TableSample::with_names(names.clone(), capacity, seed);
+    if let Some(pg) = crate::pg_source::table_of(table, relations, std::time::Duration::from_secs(60)) {
+        // A linked PostgreSQL relation: its first rows (a scan never reads a whole warehouse).
+        let mut read = 0u64;
+        for batch in pg?.sample_rows(crate::pg_source::SAMPLE_ROWS).await? {
+            sample.observe(&batch);
+            read += batch.num_rows() as u64;
+            progress(read);
+        }
+        return Ok(sample);
+    }
     let mut rows = storage.read_rows(&table.location, 8_192).await?;
     let mut read = 0u64;
     while let Some(batch) = rows.next().await {

@@ -193,7 +193,9 @@ impl AppState {
     ) -> Result<(Vec<moat_query::TableSource>, Vec<moat_store::ViewRecord>, moat_query::policy::MaskingPolicy)> {
         let (tables, views, policy) =
             tokio::join!(self.stores.meta.list_tables(tenant), self.stores.meta.list_views(tenant), self.masking_policy(tenant));
-        Ok((tables?.iter().map(crate::tables::source_of).collect(), views?, policy?))
+        let timeout = std::time::Duration::from_millis(self.config.query.timeout_ms);
+        let relations = self.stores.relations.as_ref();
+        Ok((tables?.iter().filter_map(|t| crate::tables::source_of(t, relations, timeout)).collect(), views?, policy?))
     }
 
     /// The PII scanner as configured, with the tenant's classification policy; `sample_rows`

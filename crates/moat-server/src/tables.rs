@@ -6,7 +6,7 @@ use std::io::Read;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use moat_core::classification::Classification;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::TenantId;
@@ -14,7 +14,7 @@ use moat_core::{MoatError, Result};
 use moat_query::ingest::{IngestLimits, IngestReport, read_csv, read_parquet, write_parquet};
 use moat_query::mask::MaskRule;
 use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage, ViewSource};
-use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord, ViewRecord};
+use moat_store::{ColumnRecord, NewTableVersion, Stores, TableRecord, TenantRelations, ViewRecord};
 
 use crate::scan::{ScanReport, Scanner, TableSample};
 
@@ -140,10 +140,73 @@ pub async fn commit_version(stores: &Stores, storage: &TableStorage, req: &Impor
             return Err(e);
         }
     };
-    if let Some(old) = previous.filter(|p| p.as_str() != v.location) {
+    if let Some(old) = previous.filter(|p| p.as_str() != v.location && crate::pg_source::relation_of(p).is_none()) {
         retire_later(storage.clone(), old);
     }
     Ok(rec)
+}
+
+/// Registers relation `relation` of the tenant's PostgreSQL schema as table `name` (a new
+/// version when it exists): its columns as the tenant's role sees them, the scanner's proposals
+/// for unlabelled ones when `scan.on_ingest` is on. A superseded Parquet version is retired.
+pub async fn link_postgres(
+    st: &crate::state::AppState,
+    tenant: TenantId,
+    name: &str,
+    domain: &str,
+    product: &str,
+    relation: &str,
+) -> Result<(TableRecord, Option<ScanReport>)> {
+    let relations = st.stores.relations.clone().ok_or_else(crate::pg_source::unsupported)?;
+    if relation.is_empty() || relation.len() > 63 || relation.chars().any(char::is_control) {
+        return Err(MoatError::invalid("invalid_relation", "postgres.relation: 1 to 63 bytes, no control characters"));
+    }
+    let info = relations.describe(tenant, relation).await?.ok_or_else(|| {
+        MoatError::not_found("relation_not_found", format!("no relation {relation:?} in the tenant's schema that its role can read"))
+    })?;
+    let now = st.clock.now_s();
+    let types: Vec<String> = info.columns.iter().map(|c| crate::pg_source::arrow_type(c).to_string()).collect();
+    let mut columns: Vec<ColumnRecord> = info.columns.iter().zip(&types).map(|(c, t)| ColumnRecord::unclassified(&c.name, t)).collect();
+    let location = format!("{}{relation}", crate::pg_source::LOCATION_PREFIX);
+    let mut scan = None;
+    if st.config.scan.on_ingest {
+        let scanner = st.scanner(tenant, None).await?;
+        let probe = TableRecord {
+            id: String::new(),
+            tenant_id: tenant,
+            name: name.to_owned(),
+            domain: domain.to_owned(),
+            product: product.to_owned(),
+            version: 0,
+            location: location.clone(),
+            row_count: info.estimated_rows,
+            bytes: 0,
+            created_at: now,
+            updated_at: now,
+            columns: columns.clone(),
+        };
+        let seed = now.unsigned_abs();
+        let sample = crate::scan::sample_table(&st.tables, Some(&relations), &probe, scanner.options.sample_rows, seed, |_| {}).await?;
+        let report = tokio::task::spawn_blocking(move || sample.scan(&scanner)).await.map_err(|_| MoatError::internal("scan_failed"))?;
+        columns = info.columns.iter().zip(&types).map(|(c, t)| report.column_record(&c.name, t)).collect();
+        scan = Some(report);
+    }
+    let v = NewTableVersion {
+        tenant_id: tenant,
+        name: name.to_owned(),
+        domain: domain.to_owned(),
+        product: product.to_owned(),
+        location,
+        row_count: info.estimated_rows,
+        bytes: 0,
+        columns,
+        now,
+    };
+    let (rec, previous) = st.stores.meta.put_table(&v).await?;
+    if let Some(old) = previous.filter(|p| crate::pg_source::relation_of(p).is_none()) {
+        retire_later(st.tables.clone(), old);
+    }
+    Ok((rec, scan))
 }
 
 /// Deletes a superseded version's files after 60 s.
@@ -161,11 +224,17 @@ pub fn view_source(v: &ViewRecord) -> ViewSource {
     ViewSource { name: v.name.clone(), sql: v.sql.clone() }
 }
 
-/// A catalog record as the engine sees it. Unknown labels, categories or masks fail closed:
-/// RESTRICTED, direct PII, full mask.
-pub fn source_of(t: &TableRecord) -> TableSource {
+/// The raw schema of a catalog record (types it cannot read as their text, nullable).
+pub fn raw_schema(t: &TableRecord) -> SchemaRef {
     let fields: Vec<Field> =
         t.columns.iter().map(|c| Field::new(&c.name, DataType::from_str(&c.data_type).unwrap_or(DataType::Utf8), true)).collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// A catalog record as the engine sees it. Unknown labels, categories or masks fail closed:
+/// RESTRICTED, direct PII, full mask. A linked PostgreSQL relation reads through `relations`
+/// within `timeout`; without them (a store that has none) it is left out of the catalog.
+pub fn source_of(t: &TableRecord, relations: Option<&Arc<dyn TenantRelations>>, timeout: std::time::Duration) -> Option<TableSource> {
     let columns = t
         .columns
         .iter()
@@ -177,5 +246,10 @@ pub fn source_of(t: &TableRecord) -> TableSource {
             mask_override: c.mask.as_deref().map(|m| MaskRule::parse(m).unwrap_or(MaskRule::Full)),
         })
         .collect();
-    TableSource { name: t.name.clone(), location: t.location.clone(), schema: Arc::new(Schema::new(fields)), columns }
+    let provider = match crate::pg_source::table_of(t, relations, timeout) {
+        None => None,
+        Some(Ok(pg)) => Some(Arc::new(crate::pg_source::PgTableProvider(Arc::new(pg))) as Arc<dyn datafusion::catalog::TableProvider>),
+        Some(Err(_)) => return None,
+    };
+    Some(TableSource { name: t.name.clone(), location: t.location.clone(), schema: raw_schema(t), columns, provider })
 }

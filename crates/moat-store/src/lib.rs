@@ -141,6 +141,25 @@ pub trait SessionStore: Send + Sync {
 
 /// The audit trail: one transparency log per trail (a tenant, or `platform`). Appends come
 /// from the group-commit writer ([`audit_log::AuditLog`]); everything else reads.
+/// A tenant's own relations in the store's database (PostgreSQL: schema `tenant_{uuid}`), read
+/// as the tenant's role in read-only transactions. Only the PostgreSQL store has them.
+#[async_trait]
+pub trait TenantRelations: Send + Sync {
+    /// The relation's columns as the tenant's role sees them; `None` when it sees no such
+    /// relation in the tenant's schema.
+    async fn describe(&self, t: TenantId, relation: &str) -> Result<Option<RelationInfo>>;
+    /// Streams the rows of `select` — one SELECT over the tenant's schema, built from quoted
+    /// identifiers with `$n` placeholders for `params` — as the tenant's role, read-only, within
+    /// `timeout`. A failure arrives in place of a row; dropping the receiver stops the read.
+    async fn read(
+        &self,
+        t: TenantId,
+        select: String,
+        params: Vec<SqlValue>,
+        timeout: std::time::Duration,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<sqlx::postgres::PgRow>>>;
+}
+
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Appends a batch in one transaction: each entry gets the next sequence number of its
@@ -199,13 +218,15 @@ pub struct Stores {
     pub meta: Arc<dyn MetaStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub audit: Arc<dyn AuditStore>,
+    /// Tenants' own relations as query sources (PostgreSQL only).
+    pub relations: Option<Arc<dyn TenantRelations>>,
 }
 
 impl Stores {
     /// One backend serving all three traits.
     pub fn from_backend<B: MetaStore + SessionStore + AuditStore + 'static>(b: B) -> Self {
         let b = Arc::new(b);
-        Self { meta: b.clone(), sessions: b.clone(), audit: b }
+        Self { meta: b.clone(), sessions: b.clone(), audit: b, relations: None }
     }
 
     pub fn from_sqlite(s: sqlite::SqliteStore) -> Self {
@@ -225,7 +246,8 @@ pub async fn open_with(url: &str, admin_url: Option<&str>) -> Result<Stores> {
         return Ok(Stores::from_sqlite(sqlite::SqliteStore::open(std::path::Path::new(path)).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Stores::from_backend(postgres::PgStore::open(url, admin_url).await?));
+        let pg = Arc::new(postgres::PgStore::open(url, admin_url).await?);
+        return Ok(Stores { meta: pg.clone(), sessions: pg.clone(), audit: pg.clone(), relations: Some(pg) });
     }
     Err(moat_core::MoatError::invalid(
         "unsupported_store",

@@ -53,6 +53,8 @@ use crate::*;
 
 #[path = "pg_isolation.rs"]
 mod isolation;
+#[path = "pg_relations.rs"]
+mod relations;
 
 /// Migrations, applied in order, each once, by the owner role.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -334,6 +336,8 @@ impl PgStore {
             format!("REVOKE ALL ON SCHEMA {schema} FROM PUBLIC, {app}"),
             format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
             format!("GRANT {role} TO {app}{no_inherit}"),
+            // Tables the owner loads into the schema are readable by the tenant's role.
+            format!("ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {role}"),
         ]
     }
 

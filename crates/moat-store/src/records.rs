@@ -477,3 +477,29 @@ impl IsolationReport {
         self.checks.push(IsolationCheck { name: name.to_owned(), passed, detail: detail.into() });
     }
 }
+
+/// A relation of a tenant's own schema, as its role sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationInfo {
+    pub columns: Vec<RelationColumn>,
+    /// The database's estimate (`pg_class.reltuples`; 0 before the first ANALYZE).
+    pub estimated_rows: i64,
+}
+
+/// A column of a tenant relation: its type as the database names it (`int4`, `text`,
+/// `numeric`, …) with a numeric column's declared precision and scale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationColumn {
+    pub name: String,
+    pub type_name: String,
+    pub precision: Option<i32>,
+    pub scale: Option<i32>,
+}
+
+/// A value bound to a `$n` placeholder of a read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Int(i64),
+    Bool(bool),
+    Text(String),
+}

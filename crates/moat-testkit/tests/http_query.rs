@@ -67,7 +67,11 @@ async fn ingest_catalog_and_atomic_replace() {
         let r = s.put_csv(path, &admin, body).await;
         assert_eq!(r.code(), code, "{path} {body:?}: {:?}", r.body);
     }
+    // JSON is a link to a PostgreSQL relation: anything else in it is named.
     let r = s.send(Method::PUT, "/v1/tables/t", Some(&admin), Some(json!({"a": 1})), None).await;
+    assert_eq!(r.code(), "malformed_json");
+    assert!(r.body["error"]["message"].as_str().unwrap_or_default().contains("`a`"), "{:?}", r.body);
+    let r = s.put_body("/v1/tables/t", &admin, "text/plain", "a\n1\n").await;
     assert_eq!(r.code(), "unsupported_media_type");
     assert_eq!(s.get("/v1/tables/t", &admin).await.status, StatusCode::NOT_FOUND, "failed uploads leave nothing");
     assert_eq!(s.send(Method::DELETE, "/v1/tables/customers", Some(&admin), None, None).await.status, StatusCode::NO_CONTENT);

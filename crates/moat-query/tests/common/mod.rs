@@ -42,7 +42,7 @@ pub async fn table(
             }
         })
         .collect();
-    TableSource { name: name.into(), location: loc, schema: r.schema, columns }
+    TableSource { name: name.into(), location: loc, schema: r.schema, columns, provider: None }
 }
 
 pub const CUSTOMER_META: &[(&str, Option<Classification>, PiiCategory, &str)] = &[

@@ -135,16 +135,20 @@ fn parse_overrides(s: Option<&str>) -> Result<BTreeMap<String, String>, MoatErro
 
 const PARQUET: &str = "application/vnd.apache.parquet";
 
+/// The request's media type, lowercase, without parameters.
+fn content_type(headers: &HeaderMap) -> String {
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
 /// The upload's format from its Content-Type.
 fn upload_format(headers: &HeaderMap) -> Result<bool, MoatError> {
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match mime.as_str() {
+    match content_type(headers).as_str() {
         "text/csv" => Ok(false),
         PARQUET | "application/x-parquet" => Ok(true),
         _ => Err(MoatError::bad_request(
             "unsupported_media_type",
-            format!("send the table as Content-Type: text/csv (with a header row) or {PARQUET}"),
+            format!("send the table as Content-Type: text/csv (with a header row) or {PARQUET}, or link a relation with application/json"),
         )),
     }
 }
@@ -159,6 +163,9 @@ pub async fn put_table(
     body: Body,
 ) -> ApiResult<Response> {
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
+    if content_type(&headers) == "application/json" {
+        return link_table(&st, &auth, tenant, name, q, body).await;
+    }
     let parquet = upload_format(&headers)?;
     let req = ImportRequest {
         tenant,
@@ -233,6 +240,66 @@ pub async fn put_table(
     Ok((status, Json(body)).into_response())
 }
 
+/// `PUT /v1/tables/{t}` with a JSON body: the table is a relation of the tenant's own
+/// PostgreSQL schema, read in place.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    pub postgres: LinkPostgres,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkPostgres {
+    /// A table or view of schema `tenant_{uuid}` (unqualified: only that schema is searched).
+    pub relation: String,
+}
+
+/// Registers (or refreshes) a table that reads a relation of the tenant's own PostgreSQL
+/// schema: its columns as the tenant's role sees them, scanned for PII like an upload.
+async fn link_table(
+    st: &AppState,
+    auth: &Authorized<act::TableWrite>,
+    tenant: moat_core::ids::TenantId,
+    name: String,
+    q: PutTableQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let limit = st.config.limits.json_body_limit_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| MoatError::new(ErrorKind::PayloadTooLarge, "body_too_large", "request body is over its limit"))?;
+    let link: LinkRequest = serde_json::from_slice(&bytes).map_err(|e| MoatError::bad_request("malformed_json", e.to_string()))?;
+    let domain = q.domain.unwrap_or_else(|| "default".into());
+    let product = q.product.unwrap_or_else(|| "default".into());
+    tables::check_identifier("table", &name)?;
+    tables::check_identifier("domain", &domain)?;
+    tables::check_identifier("product", &product)?;
+    let relation = link.postgres.relation;
+    let outcome = tables::link_postgres(st, tenant, &name, &domain, &product, &relation).await;
+    let (rec, scan) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            let ev = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::of(&auth.principal), Outcome::Failure)
+                .resource(format!("table:{name}"))
+                .details(json!({"error": e.code, "source": "postgres", "relation": relation}));
+            st.record(&auth.client, ev).await?;
+            return Err(e.into());
+        }
+    };
+    let scan = scan.as_ref().map(crate::scan::ScanReport::to_json);
+    let ev = AuditEvent::new(Some(tenant), Category::DataAccess, "table.write", Actor::of(&auth.principal), Outcome::Success)
+        .resource(format!("table:{name}"))
+        .details(json!({"version": rec.version, "source": "postgres", "relation": relation, "columns": rec.columns.len(), "scan": scan}));
+    st.record(&auth.client, ev).await?;
+    let status = if rec.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
+    let mut body = serde_json::to_value(view(&rec)).map_err(|_| MoatError::internal("encode"))?;
+    if let Some(scan) = scan {
+        body["scan"] = scan;
+    }
+    Ok((status, Json(body)).into_response())
+}
+
 /// Writes the body to an anonymous temporary file (gone when closed) and rewinds it.
 async fn spool(
     dir: &std::path::Path,
@@ -261,7 +328,10 @@ pub async fn delete_table(
 ) -> ApiResult<StatusCode> {
     let tenant = auth.tenant.ok_or_else(table_not_found)?;
     let t = st.stores.meta.delete_table(tenant, &name).await?.ok_or_else(table_not_found)?;
-    tables::retire_later(st.tables.clone(), t.location.clone());
+    // A linked relation stays where it is: only moat's registration of it goes.
+    if crate::pg_source::relation_of(&t.location).is_none() {
+        tables::retire_later(st.tables.clone(), t.location.clone());
+    }
     let ev = AuditEvent::new(Some(tenant), Category::Admin, "table.delete", Actor::of(&auth.principal), Outcome::Success)
         .resource(format!("table:{name}"))
         .details(json!({"version": t.version, "rows": t.row_count}));
@@ -384,7 +454,9 @@ async fn run_scan<A: super::extract::Action>(
     let resource = format!("table:{}", table.name);
     let seed = st.clock.now_s().unsigned_abs() ^ table.version.unsigned_abs();
     let scanned = async {
-        let sample = crate::scan::sample_table(&st.tables, &table, scanner.options.sample_rows, seed, progress).await?;
+        let sample =
+            crate::scan::sample_table(&st.tables, st.stores.relations.as_ref(), &table, scanner.options.sample_rows, seed, progress)
+                .await?;
         let report = tokio::task::spawn_blocking(move || sample.scan(&scanner)).await.map_err(|_| MoatError::internal("scan_failed"))?;
         let after = if dry_run {
             table.clone()
