@@ -81,14 +81,28 @@ impl TenantRelations for PgStore {
                 scale: r.get("scale"),
             })
             .collect();
-        let estimated_rows: Option<f32> = sqlx::query_scalar("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass($1)")
-            .bind(format!("{}.{}", quote_ident(&schema), quote_ident(relation)))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(read_err)?
-            .flatten();
+        let class = sqlx::query(
+            "SELECT reltuples, relkind::text AS kind, coalesce(array_to_string(reloptions, ','), '') AS options \
+             FROM pg_catalog.pg_class WHERE oid = to_regclass($1)",
+        )
+        .bind(format!("{}.{}", quote_ident(&schema), quote_ident(relation)))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(read_err)?;
         tx.rollback().await.map_err(read_err)?;
-        Ok(Some(RelationInfo { columns, estimated_rows: estimated_rows.map_or(0, |n| n.max(0.0) as i64) }))
+        let Some(class) = class else { return Ok(None) };
+        // A view reads with its owner's rights unless it is security_invoker: the tenant's role
+        // would no longer decide what it reads.
+        let options: String = class.get("options");
+        if class.get::<String, _>("kind") == "v" && !options.split(',').any(|o| o == "security_invoker=true" || o == "security_invoker=on")
+        {
+            return Err(MoatError::invalid(
+                "view_not_security_invoker",
+                format!("view {relation:?} reads with its owner's rights; recreate it WITH (security_invoker = true)"),
+            ));
+        }
+        let estimated_rows: f32 = class.get("reltuples");
+        Ok(Some(RelationInfo { columns, estimated_rows: estimated_rows.max(0.0) as i64 }))
     }
 
     async fn read(&self, t: TenantId, select: String, params: Vec<SqlValue>, timeout: Duration) -> Result<mpsc::Receiver<Result<PgRow>>> {

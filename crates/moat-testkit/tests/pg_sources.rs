@@ -94,6 +94,20 @@ async fn a_tenants_own_relation_is_governed_like_its_parquet_tables() {
     assert_eq!(sum[0][0].to_string().trim_matches('"'), "1012.43", "{sum:?}");
     assert_eq!((sum[0][1].clone(), sum[0][2].clone()), (json!(3), json!(1)));
 
+    // A view counts only when the tenant's role decides what it reads.
+    db.batch_execute(&format!(
+        "CREATE VIEW {acme_schema}.peek AS SELECT * FROM {globex_schema}.orders;
+         CREATE VIEW {acme_schema}.big_orders WITH (security_invoker = true) AS SELECT id, amount FROM {acme_schema}.orders WHERE amount > 100;
+         GRANT SELECT ON {acme_schema}.peek, {acme_schema}.big_orders TO moat_tenant_{}",
+        &acme_schema["tenant_".len()..]
+    ))
+    .await
+    .unwrap();
+    let r = link(&s, &acme, "peek", "peek").await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "view_not_security_invoker"), "{:?}", r.body);
+    assert_eq!(link(&s, &acme, "big_orders", "big_orders").await.status, StatusCode::CREATED);
+    assert_eq!(rows(&s.query(&acme, "SELECT count(*) FROM big_orders").await)[0][0], json!(1));
+
     // A viewer sees masks, and a predicate on the raw value finds nothing.
     let (_, viewer) = s.user(&acme, "acme", "vera@acme.example", "viewer").await;
     let masked = rows(&s.query(&viewer, "SELECT * FROM orders ORDER BY id").await);
