@@ -448,6 +448,7 @@ impl Engine {
             columns_masked: p.columns_masked,
             columns_read: p.columns_read,
             params: p.params,
+            repeatable: p.repeatable,
             kind,
             inner: stream,
             pool: p.pool,
@@ -549,6 +550,7 @@ impl Engine {
         }
         let logical = started.elapsed() - session;
         let sources = lineage(df.logical_plan());
+        let repeatable = crate::lineage::repeatable(df.logical_plan());
         let mut tables_read = std::collections::BTreeSet::new();
         let mut columns_read = std::collections::BTreeSet::new();
         let mut columns_masked = std::collections::BTreeSet::new();
@@ -593,6 +595,7 @@ impl Engine {
             columns_masked: columns_masked.into_iter().collect(),
             columns_read: columns_read.into_iter().collect(),
             params,
+            repeatable,
             pool,
             session,
             logical,
@@ -622,6 +625,7 @@ struct Prepared {
     columns_masked: Vec<String>,
     columns_read: Vec<String>,
     params: Vec<String>,
+    repeatable: bool,
     pool: Arc<QueryPool>,
     session: Duration,
     logical: Duration,
@@ -740,6 +744,9 @@ pub struct QueryStream {
     pub columns_read: Vec<String>,
     /// The bound parameter values, as text (for the audit record).
     pub params: Vec<String>,
+    /// The same data gives the same answer (no `random()`, no `now()`: see
+    /// [`crate::lineage::repeatable`]).
+    pub repeatable: bool,
     pub kind: QueryKind,
     pub planning: PlanTimings,
     inner: SendableRecordBatchStream,

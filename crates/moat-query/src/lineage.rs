@@ -5,13 +5,39 @@
 use std::collections::BTreeSet;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, Volatility};
 
 /// Source columns as (table name, column name).
 pub type Sources = BTreeSet<(String, String)>;
 
 fn union_all(v: &[Sources]) -> Sources {
     v.iter().flat_map(|s| s.iter().cloned()).collect()
+}
+
+/// Whether running `plan` again over the same data gives the same answer: no function in it
+/// (nor in the views it reads) is volatile (`random()`, `uuid()`) or reads the clock or the
+/// session (`now()`, `current_date`). Only such answers may be kept by a result cache.
+pub fn repeatable(plan: &LogicalPlan) -> bool {
+    let mut repeatable = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(inner) = scan.source.get_logical_plan()
+        {
+            repeatable &= self::repeatable(&inner);
+        }
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    repeatable = false;
+                }
+                Ok(if repeatable { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+            })
+        })?;
+        Ok(if repeatable { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    repeatable
 }
 
 /// Sources of every output field of `plan`, in schema order.

@@ -187,11 +187,19 @@ pub struct CacheConfig {
     pub url: String,
     /// Prefix of every key (several deployments may share one Redis).
     pub namespace: String,
+    /// How long a governed JSON answer is kept and served again to callers who would get the
+    /// same masks from the same table versions (in Redis when `url` is set, else in-process;
+    /// Redis down: queries run uncached). 0: no result cache.
+    pub result_ttl_s: u64,
+    /// The largest answer kept (bytes of JSON).
+    pub result_max_bytes: usize,
+    /// The in-process cache's bound (bytes of JSON; oldest answers go first).
+    pub result_local_max_bytes: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { url: String::new(), namespace: "moat".into() }
+        Self { url: String::new(), namespace: "moat".into(), result_ttl_s: 60, result_max_bytes: 1 << 20, result_local_max_bytes: 64 << 20 }
     }
 }
 
@@ -516,6 +524,14 @@ impl Config {
         if ns.is_empty() || ns.len() > 64 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(config_error("cache.namespace: 1 to 64 letters, digits, '_' or '-'"));
         }
+        if self.cache.result_ttl_s > 86_400 {
+            return Err(config_error("cache.result_ttl_s: 0 (off) to 86400"));
+        }
+        if self.cache.result_ttl_s > 0
+            && (self.cache.result_max_bytes == 0 || self.cache.result_local_max_bytes < self.cache.result_max_bytes)
+        {
+            return Err(config_error("cache.result_max_bytes: at least 1, and no more than cache.result_local_max_bytes"));
+        }
         self.events.validate()?;
         let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
         if !self.store.url.starts_with("sqlite://") && !postgres(&self.store.url) {
@@ -767,6 +783,10 @@ mod tests {
         assert!(e.message.starts_with("cache.url:"), "{}", e.message);
         let e = Config::load(None, env(&[("MOAT_CACHE__NAMESPACE", "a:b")]), &Overrides::default()).expect_err("bad");
         assert!(e.message.starts_with("cache.namespace:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_CACHE__RESULT_TTL_S", "100000")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("cache.result_ttl_s:"), "{}", e.message);
+        let e = Config::load(None, env(&[("MOAT_CACHE__RESULT_MAX_BYTES", "999999999")]), &Overrides::default()).expect_err("bad");
+        assert!(e.message.starts_with("cache.result_max_bytes:"), "{}", e.message);
         for (key, bad) in [
             ("MOAT_EVENTS__URL", "http://nats:4222"),
             ("MOAT_EVENTS__NAMESPACE", "a.b"),

@@ -92,6 +92,8 @@ pub struct Planned {
     pub plan_time: Duration,
     /// Writes this query's records.
     pub audit: QueryAudit,
+    /// The result cache's key of this answer, when it may be cached (see `result_cache`).
+    pub cache_key: Option<String>,
 }
 
 impl QueryAudit {
@@ -136,8 +138,10 @@ pub async fn plan(
     let ctx = QueryAudit::new(st, client, principal, tenant, &details, query_id);
     let mut catalog_time = Duration::ZERO;
     let started = ctx.started;
+    let mut cache_key = None;
     let planned = with_catalog(st, tenant, async |catalog, policy| {
         catalog_time = started.elapsed();
+        cache_key = result_key(st, principal, tenant, &catalog, policy, &request);
         st.engine.start_request(principal, tenant, catalog, policy, request).await
     })
     .await;
@@ -156,7 +160,40 @@ pub async fn plan(
     details["columns"] = json!(stream.columns_read);
     details["columns_masked"] = json!(stream.columns_masked);
     let plan_time = ctx.started.elapsed().saturating_sub(catalog_time);
-    Ok(Planned { query_id: ctx.query_id.clone(), stream, details, catalog_time, plan_time, audit: ctx })
+    // `random()` or `now()`: the next run is another answer.
+    let cache_key = cache_key.filter(|_| stream.repeatable);
+    Ok(Planned { query_id: ctx.query_id.clone(), stream, details, catalog_time, plan_time, audit: ctx, cache_key })
+}
+
+/// The result cache's key: a digest of everything the answer depends on (tenant, the caller's
+/// role and clearance, the SQL, the row limit, and the whole catalog as planned: tables with
+/// their version locations, columns and labels, views, masking policy). `None` when the answer
+/// may not be cached: no cache, a PostgreSQL client (bound parameters, its own dialect), or a
+/// catalog with a linked PostgreSQL relation (its rows change without a new version). A plan
+/// that is not repeatable (`random()`, `now()`) is not cached either (see `plan`).
+fn result_key(
+    st: &AppState,
+    principal: &Principal,
+    tenant: TenantId,
+    catalog: &Catalog<'_>,
+    policy: &moat_query::policy::MaskingPolicy,
+    request: &Request<'_>,
+) -> Option<String> {
+    if !st.results.enabled() || request.postgres.is_some() || request.bind.is_some() || catalog.tables.iter().any(|t| t.provider.is_some())
+    {
+        return None;
+    }
+    let material = format!(
+        "v1\n{tenant}\n{:?}\n{:?}\n{}\n{:?}\n{:?}\n{:?}\n{}",
+        principal.role(),
+        principal.clearance(),
+        st.engine.limits().max_rows,
+        catalog.tables,
+        catalog.views,
+        policy,
+        request.sql
+    );
+    Some(moat_core::secret::sha256_hex(material.as_bytes()))
 }
 
 /// How much of one parameter value an audit record keeps.

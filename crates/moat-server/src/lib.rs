@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod pg;
 pub mod pg_source;
 pub mod report;
+pub mod result_cache;
 pub mod retention;
 pub mod scan;
 pub mod state;

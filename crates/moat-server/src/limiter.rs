@@ -105,15 +105,24 @@ impl RedisLimiter {
     }
 
     async fn conn(&self) -> Result<redis::aio::ConnectionManager, MoatError> {
-        let connect = || {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(REDIS_TIMEOUT))
-                .set_response_timeout(Some(REDIS_TIMEOUT))
-                .set_number_of_retries(1);
-            self.client.get_connection_manager_with_config(config)
-        };
-        self.conn.get_or_try_init(connect).await.cloned().map_err(unavailable)
+        redis_connection(&self.client, &self.conn).await.map_err(unavailable)
     }
+}
+
+/// The connection in `cell`, made on first use (and again after a failed attempt) with short
+/// timeouts: a server starts while Redis is down, and a call never waits long on it.
+pub(crate) async fn redis_connection(
+    client: &redis::Client,
+    cell: &tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    let connect = || {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        client.get_connection_manager_with_config(config)
+    };
+    cell.get_or_try_init(connect).await.cloned()
 }
 
 /// Redis could not answer: sign-ins are refused (503) until it can. The log names the cause

@@ -52,6 +52,8 @@ pub struct AppState {
     pub tls: Option<crate::tls::Tls>,
     /// Forwarding of audit records to NATS JetStream (`events.url`), when configured.
     pub events: Option<Arc<crate::events::ForwardStatus>>,
+    /// Governed JSON answers kept for callers who would get the same masks (`cache.result_*`).
+    pub results: crate::result_cache::ResultCache,
 }
 
 /// Counts live streams per tenant; a slot is given back when its guard drops.
@@ -139,6 +141,7 @@ impl AppState {
                 crate::witness::WitnessSink::new(&a.witness_url, witness, stores.audit.clone(), checkpoint_key.clone(), checkpoint_sink)?;
             checkpoint_sink = Some(Arc::new(sink));
         }
+        let results = crate::result_cache::ResultCache::from_config(&config.cache)?;
         let events = if config.events.url.is_empty() {
             None
         } else {
@@ -168,6 +171,7 @@ impl AppState {
             streams: StreamSlots::default(),
             tls,
             events,
+            results,
         })
     }
 

@@ -730,7 +730,32 @@ pub async fn query(
     let query_id = planned.query_id.clone();
 
     if format == ResultFormat::Json {
-        let governed::Planned { stream, mut details, audit, catalog_time, plan_time, .. } = planned;
+        let governed::Planned { stream, mut details, audit, catalog_time, plan_time, cache_key, .. } = planned;
+        let lookup = match &cache_key {
+            Some(key) => st.results.get(tenant, key).await,
+            None => crate::result_cache::Lookup::Miss,
+        };
+        if let crate::result_cache::Lookup::Hit(cached) = &lookup
+            && let Ok(mut body) = serde_json::from_slice::<Value>(cached)
+        {
+            // Planned (the tables exist, the caller may read them) and recorded like any query.
+            drop(stream);
+            details["rows"] = body["row_count"].clone();
+            details["truncated"] = body["truncated"].clone();
+            details["cache"] = json!("hit");
+            audit.record_success(details).await?;
+            body["query_id"] = json!(query_id);
+            let headers = [
+                ("x-moat-query-id", query_id.clone()),
+                ("x-moat-classification", body["classification"].as_str().unwrap_or_default().to_owned()),
+                ("x-moat-row-count", body["row_count"].to_string()),
+                ("x-moat-truncated", body["truncated"].to_string()),
+                ("x-moat-cache", "hit".into()),
+            ];
+            let mut resp = Json(body).into_response();
+            set_headers(&mut resp, &headers);
+            return Ok(resp);
+        }
         let planning = stream.planning;
         let out = match stream.collect().await {
             Ok(o) => o,
@@ -756,6 +781,16 @@ pub async fn query(
             query_id: query_id.clone(),
             classification,
         };
+        let cache = match (&cache_key, &lookup) {
+            (None, _) => "off",
+            (Some(_), crate::result_cache::Lookup::Unavailable) => "unavailable",
+            (Some(key), _) => {
+                if let Ok(bytes) = serde_json::to_vec(&body) {
+                    st.results.put(tenant, key, bytes).await;
+                }
+                "miss"
+            }
+        };
         let mut resp = Json(body).into_response();
         set_headers(
             &mut resp,
@@ -764,6 +799,7 @@ pub async fn query(
                 ("x-moat-classification", classification.to_string()),
                 ("x-moat-row-count", row_count.to_string()),
                 ("x-moat-truncated", truncated.to_string()),
+                ("x-moat-cache", cache.into()),
                 ("server-timing", timing),
             ],
         );
