@@ -195,6 +195,13 @@ pub enum TenantCmd {
         /// E-mail of the tenant's first Admin (password read from standard input).
         #[arg(long)]
         admin_email: Option<String>,
+        /// A PostgreSQL database of the tenant's own (runtime role; no password in the URL:
+        /// PGPASSFILE or ~/.pgpass on every replica). Needs --database-admin-url.
+        #[arg(long, requires = "database_admin_url")]
+        database_url: Option<String>,
+        /// The owner role of that database, which migrates it and provisions the tenant there.
+        #[arg(long, requires = "database_url")]
+        database_admin_url: Option<String>,
     },
     List,
     Suspend {

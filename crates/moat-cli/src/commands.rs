@@ -270,18 +270,31 @@ async fn demo(dir: DataDir, o: Overrides) -> CliResult {
 
 async fn tenant(mut c: Client, cmd: TenantCmd, json_out: bool) -> CliResult {
     match cmd {
-        TenantCmd::Create { slug, name, admin_email } => {
+        TenantCmd::Create { slug, name, admin_email, database_url, database_admin_url } => {
             let admin = match admin_email {
                 Some(email) => Some(json!({"email": email, "password": read_password(true, "Admin password: ")?})),
                 None => None,
             };
-            let v = c.call(Method::POST, "/v1/tenants", Some(json!({"slug": slug, "name": name, "admin": admin}))).await?;
+            let database = database_url.map(|url| json!({"url": url, "admin_url": database_admin_url}));
+            let body = json!({"slug": slug, "name": name, "admin": admin, "database": database});
+            let v = c.call(Method::POST, "/v1/tenants", Some(body)).await?;
             emit(json_out, &v, |v| println!("tenant {} created ({})", v["slug"].as_str().unwrap_or(""), v["id"].as_str().unwrap_or("")));
         }
         TenantCmd::List => {
             let v = c.call(Method::GET, "/v1/tenants", None).await?;
             emit(json_out, &v, |v| {
-                output::table(v["tenants"].as_array().map_or(&[], Vec::as_slice), &["slug", "name", "status", "id", "created_at"])
+                // Where each tenant lives: the platform's database, or the URL of its own.
+                let rows: Vec<Value> = v["tenants"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .map(|t| {
+                        let mut t = t.clone();
+                        t["database"] = t["database"]["url"].as_str().map_or_else(|| json!("platform"), |u| json!(u));
+                        t
+                    })
+                    .collect();
+                output::table(&rows, &["slug", "name", "status", "database", "id", "created_at"])
             });
         }
         TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } | TenantCmd::Validate { slug }

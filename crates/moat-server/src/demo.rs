@@ -73,7 +73,10 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
             None => {
                 let t = stores
                     .meta
-                    .create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(slug)?, name: name.into(), now }, None)
+                    .create_tenant(
+                        &NewTenant { id: TenantId::new(), slug: Slug::parse(slug)?, name: name.into(), now, database: None },
+                        None,
+                    )
                     .await?;
                 let e = AuditEvent::new(Some(t.id), Category::Admin, "tenant.create", system(), Outcome::Success)
                     .resource(format!("tenant:{slug}"));

@@ -4,7 +4,8 @@
 //! in one transaction (group commit: while one commit waits for its fsync the next batch fills).
 //! A caller's [`AuditLog::append`] returns only once its record is durable; if the store cannot
 //! write, every waiting caller gets `audit_unavailable` and the log reports itself unhealthy
-//! (`/readyz`) until a later commit succeeds. Nothing is acknowledged before it is on disk.
+//! (`/readyz`) until a later commit succeeds (a tenant's dedicated database that cannot write
+//! refuses that tenant's callers only, and leaves the log healthy). Nothing is acknowledged before it is on disk.
 //!
 //! [`Checkpointer`]: signs a C2SP checkpoint of every trail that grew, at most one per trail per
 //! interval, stores it and publishes it to a [`CheckpointSink`] off the database (a directory
@@ -176,32 +177,30 @@ async fn run(store: Arc<dyn AuditStore>, keys: AuditKeys, mut rx: mpsc::Receiver
         if entries.is_empty() {
             continue;
         }
-        match store.append_batch(&entries, &keys).await {
-            Ok(records) if records.len() == replies.len() => {
-                shared.healthy.store(true, Ordering::Relaxed);
-                shared.committed.fetch_add(records.len() as u64, Ordering::Relaxed);
-                shared.batches.fetch_add(1, Ordering::Relaxed);
-                shared.grew.notify_one();
-                if shared.committed_to.receiver_count() > 0 {
-                    let mut last: HashMap<&str, i64> = HashMap::new();
-                    for r in &records {
-                        let s = last.entry(r.trail.as_str()).or_insert(r.seq);
-                        *s = (*s).max(r.seq);
-                    }
-                    let grew: Arc<[TrailGrew]> = last.into_iter().map(|(trail, seq)| TrailGrew { trail: trail.to_owned(), seq }).collect();
-                    let _ = shared.committed_to.send(grew);
+        // All or nothing per database (a tenant's dedicated database fails for its own
+        // records only); each caller hears about its own record.
+        let results = store.append_each(&entries, &keys).await;
+        let records: Vec<&Appended> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        // A tenant's own database refusing is that tenant's outage, not the log's.
+        let healthy = results.iter().all(|r| r.as_ref().map_or_else(|e| e.code == crate::routed::TENANT_STORE_UNAVAILABLE, |_| true));
+        shared.healthy.store(healthy, Ordering::Relaxed);
+        if !records.is_empty() {
+            shared.committed.fetch_add(records.len() as u64, Ordering::Relaxed);
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            shared.grew.notify_one();
+            if shared.committed_to.receiver_count() > 0 {
+                let mut last: HashMap<&str, i64> = HashMap::new();
+                for r in &records {
+                    let s = last.entry(r.trail.as_str()).or_insert(r.seq);
+                    *s = (*s).max(r.seq);
                 }
-                for (reply, rec) in replies.drain(..).zip(records) {
-                    // A caller that gave up waiting still has its record committed.
-                    let _ = reply.send(Ok(rec));
-                }
+                let grew: Arc<[TrailGrew]> = last.into_iter().map(|(trail, seq)| TrailGrew { trail: trail.to_owned(), seq }).collect();
+                let _ = shared.committed_to.send(grew);
             }
-            Ok(_) | Err(_) => {
-                shared.healthy.store(false, Ordering::Relaxed);
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(unavailable()));
-                }
-            }
+        }
+        for (reply, result) in replies.drain(..).zip(results) {
+            // A caller that gave up waiting still has its record committed.
+            let _ = reply.send(result.map_err(|_| unavailable()));
         }
         entries.clear();
         replies.clear();

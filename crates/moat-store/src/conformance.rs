@@ -11,6 +11,22 @@ use crate::*;
 
 const NOW: i64 = 1_800_000_000;
 
+tokio::task_local! {
+    /// Where the suite's tenants live: `None`, the store's own database; `Some`, a database of
+    /// their own (`run_all_dedicated`).
+    static DATABASE: Option<TenantDatabase>;
+}
+
+fn database() -> Option<TenantDatabase> {
+    DATABASE.try_with(Clone::clone).ok().flatten()
+}
+
+/// Runs every check with every tenant the suite makes provisioned in `db` (a PostgreSQL store
+/// routing to dedicated databases).
+pub async fn run_all_dedicated(s: &Stores, db: TenantDatabase) {
+    DATABASE.scope(Some(db), run_all(s)).await;
+}
+
 fn slug() -> Slug {
     Slug::parse(&format!("t{}", &TenantId::new().0.simple().to_string()[20..])).unwrap()
 }
@@ -27,7 +43,10 @@ fn user(tenant: Option<TenantId>, email: &str, role: Role) -> NewUser {
 }
 
 async fn tenant(s: &Stores) -> TenantRecord {
-    s.meta.create_tenant(&NewTenant { id: TenantId::new(), slug: slug(), name: "T".into(), now: NOW }, None).await.unwrap()
+    s.meta
+        .create_tenant(&NewTenant { id: TenantId::new(), slug: slug(), name: "T".into(), now: NOW, database: database() }, None)
+        .await
+        .unwrap()
 }
 
 /// Runs every check against `s`.
@@ -167,13 +186,16 @@ pub async fn tenants_and_atomic_first_admin(s: &Stores) {
     assert_eq!(s.meta.tenant_by_slug(&t.slug).await.unwrap().unwrap().id, t.id);
     let dup = s
         .meta
-        .create_tenant(&NewTenant { id: TenantId::new(), slug: Slug::parse(&t.slug).unwrap(), name: "x".into(), now: NOW }, None)
+        .create_tenant(
+            &NewTenant { id: TenantId::new(), slug: Slug::parse(&t.slug).unwrap(), name: "x".into(), now: NOW, database: database() },
+            None,
+        )
         .await;
     assert_eq!(dup.unwrap_err().code, "tenant_exists");
     // A tenant whose first admin fails leaves no tenant behind.
     let platform_admin = user(None, "dup-admin@platform.example", Role::SuperAdmin);
     s.meta.create_user(&platform_admin).await.unwrap();
-    let t2 = NewTenant { id: TenantId::new(), slug: slug(), name: "T2".into(), now: NOW };
+    let t2 = NewTenant { id: TenantId::new(), slug: slug(), name: "T2".into(), now: NOW, database: database() };
     let mut admin = user(Some(t2.id), "a@t2.example", Role::Admin);
     admin.tenant_id = None; // collides with the platform user below
     admin.email = Email::parse("dup-admin@platform.example").unwrap();

@@ -18,6 +18,7 @@ pub mod pg_testing;
 pub mod postgres;
 mod records;
 pub mod retention;
+pub mod routed;
 mod shared;
 pub mod sqlite;
 mod sqlite_search;
@@ -166,6 +167,16 @@ pub trait AuditStore: Send + Sync {
     /// trail, its canonical bytes, leaf hash and HMAC under `keys`; the trails' Merkle nodes and
     /// frontiers move with them. All or nothing; durable when this returns.
     async fn append_batch(&self, batch: &[NewAuditEntry], keys: &AuditKeys) -> Result<Vec<Appended>>;
+    /// Appends a batch whose entries may live in several databases (a tenant's dedicated one:
+    /// `routed`): one result per entry, all or nothing per database. One database: the
+    /// batch's outcome for every entry.
+    async fn append_each(&self, batch: &[NewAuditEntry], keys: &AuditKeys) -> Vec<Result<Appended>> {
+        match self.append_batch(batch, keys).await {
+            Ok(done) if done.len() == batch.len() => done.into_iter().map(Ok).collect(),
+            Ok(_) => batch.iter().map(|_| Err(moat_core::MoatError::internal("audit_append_mismatch"))).collect(),
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
     /// Search, oldest first.
     async fn list(&self, trail: Option<TenantId>, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
     /// Size and root of a trail as the store keeps them (empty tree if it has no records).
@@ -246,7 +257,8 @@ pub async fn open_with(url: &str, admin_url: Option<&str>) -> Result<Stores> {
         return Ok(Stores::from_sqlite(sqlite::SqliteStore::open(std::path::Path::new(path)).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let pg = Arc::new(postgres::PgStore::open(url, admin_url).await?);
+        // Tenants with a database of their own are routed there (`routed`).
+        let pg = Arc::new(routed::RoutedStore::new(postgres::PgStore::open(url, admin_url).await?));
         return Ok(Stores { meta: pg.clone(), sessions: pg.clone(), audit: pg.clone(), relations: Some(pg) });
     }
     Err(moat_core::MoatError::invalid(

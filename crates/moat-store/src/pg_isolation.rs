@@ -58,6 +58,21 @@ async fn failure(tx: &mut Tx, sql: String) -> Option<String> {
 }
 
 impl PgStore {
+    /// What this database holds of `tenant` besides its `tenants` row: rows of every scoped
+    /// table (platform scope), and whether its schema exists. A tenant routed to a database of
+    /// its own must leave none in the platform's.
+    pub(crate) async fn traces_of(&self, tenant: TenantId) -> Result<(i64, bool)> {
+        let me = tenant.to_string();
+        let mut platform = begin_in(&self.pool, PLATFORM).await.map_err(db_err)?;
+        let mut rows = 0;
+        for (table, col) in SCOPED_TABLES.iter().filter(|(t, _)| *t != "tenants") {
+            rows += count(&mut platform, format!("SELECT count(*) FROM moat.{table} WHERE {col}::text = $1"), &[&me]).await?;
+        }
+        let schema = count(&mut platform, "SELECT count(*) FROM pg_namespace WHERE nspname = $1".into(), &[&tenant_schema(tenant)]).await?;
+        platform.rollback().await.map_err(db_err)?;
+        Ok((rows, schema > 0))
+    }
+
     pub(super) async fn isolation_report(&self, tenant: TenantId) -> Result<IsolationReport> {
         let mut r = IsolationReport {
             backend: "postgres".into(),

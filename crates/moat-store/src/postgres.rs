@@ -60,6 +60,7 @@ mod relations;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql")),
     (2, "event_cursors", include_str!("../migrations/postgres/0002_event_cursors.sql")),
+    (3, "tenant_databases", include_str!("../migrations/postgres/0003_tenant_databases.sql")),
 ];
 
 /// Serialises migrations of replicas that start together (a constant key: "moat").
@@ -70,7 +71,9 @@ const MIGRATION_LOCK: i64 = 0x6d6f_6174;
 /// where a trigger admits retention's removals alone.
 const GRANTS: &[&str] = &[
     "GRANT USAGE ON SCHEMA moat TO {role}",
-    "GRANT SELECT, UPDATE ON moat.tenants TO {role}",
+    // Status only: where a tenant's data lives is the owner's to say, at provisioning.
+    "REVOKE UPDATE ON moat.tenants FROM {role}",
+    "GRANT SELECT, UPDATE (status, updated_at) ON moat.tenants TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON moat.users, moat.login_lockout, moat.sessions, moat.refresh_tokens, moat.api_keys, \
      moat.tenant_settings, moat.catalog_tables, moat.catalog_columns, moat.catalog_views TO {role}",
     "GRANT SELECT, INSERT ON moat.password_history, moat.audit_log, moat.audit_nodes, moat.audit_checkpoints, moat.audit_prunes, \
@@ -223,6 +226,11 @@ impl PgStore {
     /// owner (`admin_url`, required and another role), and brings every tenant's role and
     /// schema to the current shape.
     pub async fn open(url: &str, admin_url: Option<&str>) -> Result<Self> {
+        Self::open_sized(url, admin_url, 16).await
+    }
+
+    /// [`Self::open`] with at most `max_connections` runtime connections.
+    pub async fn open_sized(url: &str, admin_url: Option<&str>, max_connections: u32) -> Result<Self> {
         let Some(admin_url) = admin_url else {
             return Err(MoatError::invalid(
                 "store_owner_role",
@@ -230,7 +238,7 @@ impl PgStore {
                  apart from the runtime role in store.url (which must own nothing it queries)",
             ));
         };
-        let pool = connect(url, 16).await?;
+        let pool = connect(url, max_connections).await?;
         let row = sqlx::query(
             "SELECT current_user::text AS name, rolsuper, rolbypassrls, rolinherit, current_setting('server_version_num')::int AS version \
              FROM pg_roles WHERE rolname = current_user",
@@ -300,10 +308,10 @@ impl PgStore {
         let mut tx = begin_in(&self.admin, PLATFORM).await.map_err(db_err)?;
         let off: Vec<Uuid> = sqlx::query_scalar(
             "SELECT t.id FROM tenants t \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'moat_tenant_' || replace(t.id::text, '-', '') \
+             WHERE t.database_url IS NULL AND (NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'moat_tenant_' || replace(t.id::text, '-', '') \
                                  AND pg_has_role($1, r.oid, 'MEMBER')) \
                 OR NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = 'tenant_' || replace(t.id::text, '-', '') \
-                                 AND NOT has_schema_privilege($1, n.oid, 'USAGE') AND NOT has_schema_privilege($1, n.oid, 'CREATE'))",
+                                 AND NOT has_schema_privilege($1, n.oid, 'USAGE') AND NOT has_schema_privilege($1, n.oid, 'CREATE')))",
         )
         .bind(&self.app_role)
         .fetch_all(&mut *tx)
@@ -372,6 +380,10 @@ fn tenant_from_row(r: &PgRow) -> TenantRecord {
         name: r.get("name"),
         status: if status == "active" { TenantStatus::Active } else { TenantStatus::Suspended },
         created_at: r.get("created_at"),
+        database: r
+            .get::<Option<String>, _>("database_url")
+            .zip(r.get::<Option<String>, _>("database_admin_url"))
+            .map(|(url, admin_url)| TenantDatabase { url, admin_url }),
     }
 }
 
@@ -507,23 +519,33 @@ impl MetaStore for PgStore {
         // Provisioning is the owner's: the tenant row, its role and schema, the grants and the
         // first Admin in one transaction (DDL, roles included, is transactional here), so a
         // failure leaves nothing.
+        //
+        // A tenant with a database of its own gets only its routing row here: the router
+        // (`routed::RoutedStore`) provisions it, and its first Admin, in that database.
         let mut tx = begin_in(&self.admin, PLATFORM).await.map_err(db_err)?;
-        let res = sqlx::query("INSERT INTO tenants (id, slug, name, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)")
-            .bind(t.id.0)
-            .bind(t.slug.as_str())
-            .bind(&t.name)
-            .bind(t.now)
-            .execute(&mut *tx)
-            .await;
+        let res = sqlx::query(
+            "INSERT INTO tenants (id, slug, name, status, created_at, updated_at, database_url, database_admin_url) \
+             VALUES ($1, $2, $3, 'active', $4, $4, $5, $6)",
+        )
+        .bind(t.id.0)
+        .bind(t.slug.as_str())
+        .bind(&t.name)
+        .bind(t.now)
+        .bind(t.database.as_ref().map(|d| &d.url))
+        .bind(t.database.as_ref().map(|d| &d.admin_url))
+        .execute(&mut *tx)
+        .await;
         res.map_err(|e| conflict_or_db(e, "tenant_exists", || format!("tenant {} already exists", t.slug)))?;
-        for sql in self.tenant_ddl(t.id, false) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(db_err)?;
-        }
-        if let Some(admin) = first_admin {
-            insert_user(&mut tx, admin).await?;
+        if t.database.is_none() {
+            for sql in self.tenant_ddl(t.id, false) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(db_err)?;
+            }
+            if let Some(admin) = first_admin {
+                insert_user(&mut tx, admin).await?;
+            }
         }
         tx.commit().await.map_err(db_err)?;
-        Ok(TenantRecord { id: t.id, slug: t.slug.to_string(), name: t.name.clone(), status: TenantStatus::Active, created_at: t.now })
+        Ok(t.record())
     }
 
     async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {

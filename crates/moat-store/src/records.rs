@@ -28,6 +28,22 @@ pub struct NewTenant {
     pub slug: Slug,
     pub name: String,
     pub now: UnixSeconds,
+    /// A database of its own (enterprise tenants); `None`: the platform's.
+    pub database: Option<TenantDatabase>,
+}
+
+impl NewTenant {
+    /// The record of the tenant just created from this: active, placed where it says.
+    pub fn record(&self) -> TenantRecord {
+        TenantRecord {
+            id: self.id,
+            slug: self.slug.to_string(),
+            name: self.name.clone(),
+            status: TenantStatus::Active,
+            created_at: self.now,
+            database: self.database.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +53,58 @@ pub struct TenantRecord {
     pub name: String,
     pub status: TenantStatus,
     pub created_at: UnixSeconds,
+    /// Where its metadata, audit trail and relations live when not in the platform's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<TenantDatabase>,
+}
+
+/// A tenant's dedicated PostgreSQL database: the runtime role's URL and the owner role's (who
+/// migrates it and provisions the tenant there), as `store.url` and `store.admin_url` are for
+/// the platform's. Neither may carry a password: they are kept in the platform's database, so
+/// passwords come from the environment of every replica (`PGPASSFILE` or `~/.pgpass`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantDatabase {
+    pub url: String,
+    pub admin_url: String,
+}
+
+impl TenantDatabase {
+    /// Checks both URLs: `postgres://` or `postgresql://`, a host and a database, no password.
+    pub fn parse(url: &str, admin_url: &str) -> moat_core::Result<Self> {
+        for (field, u) in [("database.url", url), ("database.admin_url", admin_url)] {
+            check_database_url(field, u)?;
+        }
+        if url == admin_url {
+            return Err(moat_core::MoatError::invalid(
+                "store_owner_role",
+                "database.admin_url and database.url are the same: the runtime role must own nothing it queries",
+            ));
+        }
+        Ok(Self { url: url.to_owned(), admin_url: admin_url.to_owned() })
+    }
+}
+
+fn check_database_url(field: &str, u: &str) -> moat_core::Result<()> {
+    let invalid = |why: &str| moat_core::MoatError::invalid("invalid_database_url", format!("{field}: {why}"));
+    let Some(rest) = u.strip_prefix("postgres://").or_else(|| u.strip_prefix("postgresql://")) else {
+        return Err(invalid("not a postgres:// URL"));
+    };
+    if u.len() > 1024 || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid("over 1024 characters, or holds spaces or control characters"));
+    }
+    let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+    if host.is_empty() || path.is_empty() {
+        return Err(invalid("name a host and a database (postgres://ROLE@HOST[:PORT]/DATABASE)"));
+    }
+    if userinfo.contains(':') || query.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("password"))) {
+        return Err(moat_core::MoatError::invalid(
+            "database_url_has_password",
+            format!("{field} holds a password; it would be kept in the platform's database: put it in PGPASSFILE or ~/.pgpass instead"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

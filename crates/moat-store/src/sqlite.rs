@@ -245,6 +245,7 @@ fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord> {
         name: r.get("name"),
         status: if status == "active" { TenantStatus::Active } else { TenantStatus::Suspended },
         created_at: r.get("created_at"),
+        database: None,
     })
 }
 
@@ -310,6 +311,12 @@ async fn insert_user(conn: &mut sqlx::SqliteConnection, u: &NewUser) -> Result<U
 #[async_trait]
 impl MetaStore for SqliteStore {
     async fn create_tenant(&self, t: &NewTenant, first_admin: Option<&NewUser>) -> Result<TenantRecord> {
+        if t.database.is_some() {
+            return Err(MoatError::invalid(
+                "dedicated_database_unsupported",
+                "a tenant database of its own needs the PostgreSQL store (store.url = \"postgres://…\"); the embedded store keeps every tenant in its one file",
+            ));
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
         let res = sqlx::query("INSERT INTO tenants (id, slug, name, status, created_at, updated_at) VALUES (?, ?, ?, 'active', ?, ?)")
             .bind(t.id.to_string())
@@ -324,7 +331,7 @@ impl MetaStore for SqliteStore {
             insert_user(&mut tx, admin).await?;
         }
         tx.commit().await.map_err(db_err)?;
-        Ok(TenantRecord { id: t.id, slug: t.slug.to_string(), name: t.name.clone(), status: TenantStatus::Active, created_at: t.now })
+        Ok(t.record())
     }
 
     async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {

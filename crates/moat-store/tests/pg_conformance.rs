@@ -10,7 +10,7 @@ use moat_core::ids::{Email, Slug, TenantId, UserId};
 use moat_core::role::Role;
 use moat_store::pg_testing::TestDb;
 use moat_store::postgres::{PgStore, tenant_role, tenant_schema};
-use moat_store::{NewAuditEntry, NewTenant, NewUser, Stores, conformance};
+use moat_store::{NewAuditEntry, NewTenant, NewUser, Stores, TenantDatabase, conformance};
 use sqlx::{Connection, Row};
 
 const NOW: i64 = 1_800_000_000;
@@ -50,7 +50,9 @@ async fn two_tenants(s: &PgStore) -> (TenantId, TenantId) {
             now: NOW,
         };
         use moat_store::MetaStore;
-        s.create_tenant(&NewTenant { id, slug: Slug::parse(slug).unwrap(), name: slug.into(), now: NOW }, Some(&admin)).await.unwrap();
+        s.create_tenant(&NewTenant { id, slug: Slug::parse(slug).unwrap(), name: slug.into(), now: NOW, database: None }, Some(&admin))
+            .await
+            .unwrap();
         ids.push(id);
     }
     (ids[0], ids[1])
@@ -65,6 +67,82 @@ async fn conformance_on_postgres() {
     let again = Stores::from_backend(store(&db).await);
     assert!(!again.meta.list_tenants().await.unwrap().is_empty());
     db.drop_db().await;
+}
+
+/// The same suite with every tenant it makes living in a database of its own: the router
+/// sends each call to the tenant's database, finds keys and refresh tokens by hash across
+/// databases, lists trails of both; and the platform's database holds nothing of those tenants
+/// but their routing rows.
+#[tokio::test]
+async fn conformance_with_tenants_in_a_dedicated_database() {
+    let platform = pg_or_skip!();
+    let dedicated = TestDb::create(&platform.base).await;
+    let s = moat_store::open_with(&platform.app_url, Some(&platform.admin_url)).await.unwrap();
+    let db = TenantDatabase::parse(&dedicated.app_url, &dedicated.admin_url).unwrap();
+    conformance::run_all_dedicated(&s, db.clone()).await;
+
+    let tenants = s.meta.list_tenants().await.unwrap();
+    assert!(tenants.len() > 5 && tenants.iter().all(|t| t.database.as_ref() == Some(&db)), "{tenants:?}");
+    let count = |url: String, sql: &'static str| async move {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap();
+        n
+    };
+    for (sql, what) in [
+        ("SELECT count(*) FROM moat.users WHERE tenant_id IS NOT NULL", "tenant users"),
+        ("SELECT count(*) FROM moat.api_keys WHERE tenant_id IS NOT NULL", "tenant API keys"),
+        ("SELECT count(*) FROM moat.sessions WHERE tenant_id IS NOT NULL", "tenant sessions"),
+        ("SELECT count(*) FROM moat.catalog_tables", "catalog tables"),
+        ("SELECT count(*) FROM moat.audit_log WHERE trail <> 'platform'", "tenant audit records"),
+        ("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\\_%'", "tenant schemas"),
+    ] {
+        assert_eq!(count(platform.superuser_url(), sql).await, 0, "the platform's database holds {what}");
+        let there = count(dedicated.superuser_url(), sql).await;
+        assert!(there > 0 || what == "tenant API keys" || what == "tenant sessions", "the dedicated database holds no {what}");
+    }
+    // The routing rows carry no password, and the runtime role may not move a tenant.
+    let mut app = sqlx::PgConnection::connect(&platform.app_url).await.unwrap();
+    let moved =
+        sqlx::raw_sql("SET app.tenant_id = 'platform'; UPDATE moat.tenants SET database_url = 'postgres://evil@attacker.example/x'")
+            .execute(&mut app)
+            .await;
+    assert!(moved.unwrap_err().to_string().contains("permission denied"), "only the owner routes tenants");
+    // A replica that starts later finds the routes and the dedicated trails.
+    let again = moat_store::open_with(&platform.app_url, Some(&platform.admin_url)).await.unwrap();
+    let heads = again.audit.trail_heads().await.unwrap();
+    assert!(heads.iter().any(|(t, _)| tenants.iter().any(|x| x.id.to_string() == *t)), "{heads:?}");
+    let t = &tenants[0];
+    assert_eq!(again.meta.validate_isolation(t.id).await.unwrap().failed().count(), 0);
+    dedicated.drop_db().await;
+    platform.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_dedicated_database_must_be_reachable_and_passwordless() {
+    let platform = pg_or_skip!();
+    let s = moat_store::open_with(&platform.app_url, Some(&platform.admin_url)).await.unwrap();
+    let new =
+        |slug: &str, database| NewTenant { id: TenantId::new(), slug: Slug::parse(slug).unwrap(), name: "x".into(), now: NOW, database };
+    let err = TenantDatabase::parse("postgres://app:secret@127.0.0.1/x", "postgres://owner@127.0.0.1/x").unwrap_err();
+    assert_eq!(err.code, "database_url_has_password");
+    assert!(!err.message.contains("secret"), "{}", err.message);
+    assert_eq!(TenantDatabase::parse("postgres://app@h/x?password=s", "postgres://o@h/x").unwrap_err().code, "database_url_has_password");
+    assert_eq!(TenantDatabase::parse("mysql://app@h/x", "postgres://o@h/x").unwrap_err().code, "invalid_database_url");
+    assert_eq!(TenantDatabase::parse("postgres://app@h", "postgres://o@h/x").unwrap_err().code, "invalid_database_url");
+    assert_eq!(TenantDatabase::parse("postgres://app@h/x", "postgres://app@h/x").unwrap_err().code, "store_owner_role");
+    // Nothing listens there: refused, and the slug stays free.
+    let nowhere = TenantDatabase::parse("postgres://app@127.0.0.1:1/x", "postgres://owner@127.0.0.1:1/x").unwrap();
+    let err = s.meta.create_tenant(&new("bigco", Some(nowhere)), None).await.unwrap_err();
+    assert_eq!(err.code, "database_unreachable", "{err:?}");
+    assert!(s.meta.tenant_by_slug("bigco").await.unwrap().is_none());
+    s.meta.create_tenant(&new("bigco", None), None).await.unwrap();
+    // A slug is taken across databases.
+    let dedicated = TestDb::create(&platform.base).await;
+    let dup =
+        s.meta.create_tenant(&new("bigco", Some(TenantDatabase::parse(&dedicated.app_url, &dedicated.admin_url).unwrap())), None).await;
+    assert_eq!(dup.unwrap_err().code, "tenant_exists");
+    dedicated.drop_db().await;
+    platform.drop_db().await;
 }
 
 #[tokio::test]
@@ -205,7 +283,10 @@ async fn provisioning_makes_a_schema_per_tenant_and_a_failure_leaves_nothing() {
     // A duplicate slug fails as a whole: no second schema, no user.
     use moat_store::MetaStore;
     let id = TenantId::new();
-    let err = s.create_tenant(&NewTenant { id, slug: Slug::parse("acme").unwrap(), name: "dup".into(), now: NOW }, None).await.unwrap_err();
+    let err = s
+        .create_tenant(&NewTenant { id, slug: Slug::parse("acme").unwrap(), name: "dup".into(), now: NOW, database: None }, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, "tenant_exists");
     let row = sqlx::query("SELECT count(*) AS n FROM pg_namespace WHERE nspname = $1")
         .bind(tenant_schema(id))

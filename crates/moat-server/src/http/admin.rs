@@ -15,7 +15,9 @@ use moat_core::principal::Principal;
 use moat_core::role::Role;
 use moat_core::{ErrorKind, MoatError};
 use moat_query::policy::MaskingPolicy;
-use moat_store::{ApiKeyRecord, IsolationReport, NewApiKey, NewTenant, NewUser, TenantRecord, TenantStatus, UserRecord, UserStatus};
+use moat_store::{
+    ApiKeyRecord, IsolationReport, NewApiKey, NewTenant, NewUser, TenantDatabase, TenantRecord, TenantStatus, UserRecord, UserStatus,
+};
 use serde::{Deserialize, Serialize};
 
 use super::auth::hash_blocking;
@@ -45,6 +47,18 @@ pub struct CreateTenant {
     pub slug: String,
     pub name: String,
     pub admin: Option<AdminSpec>,
+    /// A PostgreSQL database of the tenant's own (enterprise tenants): its metadata, audit
+    /// trail and relations live there, not in the platform's database.
+    pub database: Option<DatabaseSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSpec {
+    /// The runtime role's URL (no password: PGPASSFILE or ~/.pgpass on every replica).
+    pub url: String,
+    /// The owner role's URL: migrates the database and provisions the tenant there.
+    pub admin_url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +82,7 @@ pub async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<Created>)> {
     let slug = Slug::parse(&req.slug)?;
     let name = check_name("name", &req.name, 200)?;
+    let database = req.database.as_ref().map(|d| TenantDatabase::parse(&d.url, &d.admin_url)).transpose()?;
     let now = st.clock.now_s();
     let id = TenantId::new();
     let admin = match &req.admin {
@@ -79,11 +94,15 @@ pub async fn create_tenant(
         }
         None => None,
     };
-    let t = st.stores.meta.create_tenant(&NewTenant { id, slug: slug.clone(), name, now }, admin.as_ref()).await?;
+    let t = st.stores.meta.create_tenant(&NewTenant { id, slug: slug.clone(), name, now, database }, admin.as_ref()).await?;
     let p = &auth.principal;
     let resource = format!("tenant:{}", t.slug);
-    st.record(&auth.client, admin_event(None, p, "tenant.create", resource.clone()).details(serde_json::json!({"tenant_id": t.id})))
-        .await?;
+    let placement = if t.database.is_some() { "dedicated_database" } else { "platform_database" };
+    st.record(
+        &auth.client,
+        admin_event(None, p, "tenant.create", resource.clone()).details(serde_json::json!({"tenant_id": t.id, "placement": placement})),
+    )
+    .await?;
     st.record(&auth.client, admin_event(Some(t.id), p, "tenant.create", resource)).await?;
     if let Some(a) = &admin {
         let e = admin_event(Some(t.id), p, "user.create", format!("user:{}", a.id))
