@@ -97,6 +97,8 @@ async fn server(rows: usize, no_cost_audit: bool) -> (TestServer, String) {
             c.ingest.body_limit_bytes = 1 << 34;
             // The load, not the tenant's concurrency cap, decides (MOAT_BENCH_CLIENTS may be large).
             c.query.max_concurrent_per_tenant = 4096;
+            // Every query runs: later rounds repeat the first round's SQL.
+            c.cache.result_ttl_s = 0;
         },
         |stores| match no_cost_audit {
             true => Stores { audit: Arc::new(NoCostAudit { inner: stores.audit.clone(), seq: AtomicI64::new(1_000_000) }), ..stores },

@@ -27,7 +27,16 @@ struct Figures {
 }
 
 async fn measure(store: Store, rows: usize, n: usize, clients: usize, tenants: usize) -> Figures {
-    let s = TestServer::start_on(store, |c| c.ingest.body_limit_bytes = 1 << 34, |s| s).await;
+    // No result cache: every query runs (the throughput phase repeats the latency phase's SQL).
+    let s = TestServer::start_on(
+        store,
+        |c| {
+            c.ingest.body_limit_bytes = 1 << 34;
+            c.cache.result_ttl_s = 0;
+        },
+        |s| s,
+    )
+    .await;
     let sa = s.super_admin().await;
     let mut provision = Vec::with_capacity(tenants);
     let t = Instant::now();
