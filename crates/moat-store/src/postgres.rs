@@ -349,6 +349,14 @@ impl PgStore {
         ]
     }
 
+    /// The tenants that live in a database of their own (their routing rows).
+    pub(crate) async fn routed_tenants(&self) -> Result<Vec<TenantRecord>> {
+        let mut tx = self.tx(PLATFORM).await?;
+        let rows = sqlx::query("SELECT * FROM tenants WHERE database_url IS NOT NULL").fetch_all(&mut *tx).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(rows.iter().map(tenant_from_row).collect())
+    }
+
     /// The runtime role's pool (tests use it to try to break the policies).
     pub fn pool(&self) -> &PgPool {
         &self.pool

@@ -12,8 +12,9 @@
 //! by its owner role. A tenant's route is fixed at provisioning (the runtime role may not
 //! change it: see migration 3), so a replica caches it for good. Lookups that come before the
 //! tenant is known — a presented API key or refresh token, by hash — ask the platform and then
-//! every dedicated database at once; trail listings (checkpointer, retention, event forwarding)
-//! cover every database. One dedicated database being down refuses that tenant's requests (503
+//! every dedicated database at once (while one is down, a key no reachable database knows
+//! answers 503, not 401: it may be that database's); trail listings (checkpointer, retention,
+//! event forwarding) cover every database. One dedicated database being down refuses that tenant's requests (503
 //! `store_unavailable`) and nobody else's: its trails are left out of listings until it is
 //! back, and an audit batch commits per database.
 
@@ -49,13 +50,24 @@ pub struct RoutedStore {
     platform: Arc<PgStore>,
     /// Tenants whose route is known: `Some` = a dedicated database, `None` = the platform's.
     routes: RwLock<HashMap<TenantId, Option<Arc<PgStore>>>>,
-    /// Dedicated databases opened, by runtime URL: tenants that share one share its pool.
-    databases: tokio::sync::Mutex<HashMap<String, Arc<PgStore>>>,
+    databases: tokio::sync::Mutex<Databases>,
 }
+
+/// Dedicated databases by runtime URL: those opened (tenants that share one share its pool),
+/// and when an attempt to open one last failed.
+#[derive(Default)]
+struct Databases {
+    open: HashMap<String, Arc<PgStore>>,
+    failed: HashMap<String, (std::time::Instant, MoatError)>,
+}
+
+/// How long a database that could not be opened is not tried again (its callers get the same
+/// error at once instead of each waiting on the connection).
+const RETRY_OPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RoutedStore {
     pub fn new(platform: PgStore) -> Self {
-        Self { platform: Arc::new(platform), routes: RwLock::new(HashMap::new()), databases: tokio::sync::Mutex::new(HashMap::new()) }
+        Self { platform: Arc::new(platform), routes: RwLock::new(HashMap::new()), databases: tokio::sync::Mutex::new(Databases::default()) }
     }
 
     /// The platform's database.
@@ -93,13 +105,27 @@ impl RoutedStore {
     /// The store of a dedicated database, opened (and migrated) once; `failed` says why it
     /// could not be.
     async fn database(&self, db: &TenantDatabase, failed: impl FnOnce(MoatError) -> MoatError) -> Result<Arc<PgStore>> {
-        let mut open = self.databases.lock().await;
-        if let Some(s) = open.get(&db.url) {
+        let mut dbs = self.databases.lock().await;
+        if let Some(s) = dbs.open.get(&db.url) {
             return Ok(s.clone());
         }
-        let store = Arc::new(PgStore::open_sized(&db.url, Some(&db.admin_url), DEDICATED_POOL).await.map_err(failed)?);
-        open.insert(db.url.clone(), store.clone());
-        Ok(store)
+        if let Some((at, e)) = dbs.failed.get(&db.url)
+            && at.elapsed() < RETRY_OPEN_AFTER
+        {
+            return Err(failed(e.clone()));
+        }
+        match PgStore::open_sized(&db.url, Some(&db.admin_url), DEDICATED_POOL).await {
+            Ok(store) => {
+                let store = Arc::new(store);
+                dbs.failed.remove(&db.url);
+                dbs.open.insert(db.url.clone(), store.clone());
+                Ok(store)
+            }
+            Err(e) => {
+                dbs.failed.insert(db.url.clone(), (std::time::Instant::now(), e.clone()));
+                Err(failed(e))
+            }
+        }
     }
 
     async fn scope(&self, tenant: Option<TenantId>) -> Result<Arc<PgStore>> {
@@ -114,11 +140,11 @@ impl RoutedStore {
         self.scope(trail_tenant(trail).flatten()).await
     }
 
-    /// Every dedicated database that can be reached now, with the tenant it serves; one that
-    /// cannot is logged and left out (its tenant's requests are refused meanwhile).
+    /// Every dedicated database that can be reached now; one that cannot is logged and left
+    /// out (its tenants' requests are refused meanwhile).
     async fn dedicated(&self) -> Result<Vec<Arc<PgStore>>> {
         let mut out: Vec<Arc<PgStore>> = Vec::new();
-        for t in self.platform.list_tenants().await?.into_iter().filter(|t| t.database.is_some()) {
+        for t in self.platform.routed_tenants().await? {
             match self.store_of(t.id).await {
                 // Tenants may share a dedicated database (one pool, one store): ask it once.
                 Ok(s) if !out.iter().any(|o| Arc::ptr_eq(o, &s)) => out.push(s),
@@ -186,13 +212,16 @@ impl MetaStore for RoutedStore {
         self.platform.list_tenants().await
     }
 
-    /// Both rows: sessions check the tenant's status in the tenant's own database.
+    /// Both rows. The platform's first: sign-in and refresh read it, so a suspension holds for
+    /// them at once; sessions and API keys read the tenant's own row, so the change is
+    /// reported done only once that row has it too (else 503, and the caller tries again).
     async fn set_tenant_status(&self, id: TenantId, status: TenantStatus, now: UnixSeconds) -> Result<bool> {
+        let found = self.platform.set_tenant_status(id, status, now).await?;
         let store = self.store_of(id).await?;
-        if !Arc::ptr_eq(&store, &self.platform) {
+        if found && !Arc::ptr_eq(&store, &self.platform) {
             store.set_tenant_status(id, status, now).await?;
         }
-        self.platform.set_tenant_status(id, status, now).await
+        Ok(found)
     }
 
     async fn tenant_setting(&self, tenant: TenantId, key: &str) -> Result<Option<String>> {
