@@ -141,8 +141,11 @@ pub async fn plan(
     let mut cache_key = None;
     let planned = with_catalog(st, tenant, async |catalog, policy| {
         catalog_time = started.elapsed();
-        cache_key = result_key(st, principal, tenant, &catalog, policy, &request);
-        st.engine.start_request(principal, tenant, catalog, policy, request).await
+        let key = result_key(st, principal, &request);
+        let stream = st.engine.start_request(principal, tenant, catalog, policy, request).await?;
+        // `random()` or `now()`: the next run is another answer, so no key is worth making.
+        cache_key = key.filter(|_| stream.repeatable).and_then(|material| digest(tenant, &catalog, policy, material));
+        Ok(stream)
     })
     .await;
     let stream = match planned {
@@ -160,39 +163,30 @@ pub async fn plan(
     details["columns"] = json!(stream.columns_read);
     details["columns_masked"] = json!(stream.columns_masked);
     let plan_time = ctx.started.elapsed().saturating_sub(catalog_time);
-    // `random()` or `now()`: the next run is another answer.
-    let cache_key = cache_key.filter(|_| stream.repeatable);
     Ok(Planned { query_id: ctx.query_id.clone(), stream, details, catalog_time, plan_time, audit: ctx, cache_key })
 }
 
-/// The result cache's key: a digest of everything the answer depends on (tenant, the caller's
-/// role and clearance, the SQL, the row limit, and the whole catalog as planned: tables with
-/// their version locations, columns and labels, views, masking policy). `None` when the answer
-/// may not be cached: no cache, a PostgreSQL client (bound parameters, its own dialect), or a
-/// catalog with a linked PostgreSQL relation (its rows change without a new version). A plan
-/// that is not repeatable (`random()`, `now()`) is not cached either (see `plan`).
-fn result_key(
-    st: &AppState,
-    principal: &Principal,
-    tenant: TenantId,
-    catalog: &Catalog<'_>,
-    policy: &moat_query::policy::MaskingPolicy,
-    request: &Request<'_>,
-) -> Option<String> {
-    if !st.results.enabled() || request.postgres.is_some() || request.bind.is_some() || catalog.tables.iter().any(|t| t.provider.is_some())
-    {
+/// The result cache's key is a digest of everything the answer depends on (tenant, the
+/// caller's role and clearance, the SQL, the row limit, and the whole catalog as planned:
+/// tables with their version locations, columns and labels, views, masking policy). This is
+/// the caller's part of it, or `None` when the answer may not be cached: no cache, a
+/// PostgreSQL client (bound parameters, its own dialect). A catalog with a linked PostgreSQL
+/// relation (its rows change without a new version) or a plan that is not repeatable
+/// (`random()`, `now()`) is not cached either (see `digest` and `plan`).
+fn result_key(st: &AppState, principal: &Principal, request: &Request<'_>) -> Option<String> {
+    if !st.results.enabled() || request.postgres.is_some() || request.bind.is_some() {
         return None;
     }
-    let material = format!(
-        "v1\n{tenant}\n{:?}\n{:?}\n{}\n{:?}\n{:?}\n{:?}\n{}",
-        principal.role(),
-        principal.clearance(),
-        st.engine.limits().max_rows,
-        catalog.tables,
-        catalog.views,
-        policy,
-        request.sql
-    );
+    Some(format!("v1\n{:?}\n{:?}\n{}\n{}", principal.role(), principal.clearance(), st.engine.limits().max_rows, request.sql))
+}
+
+/// The key itself: the caller's part with the tenant's catalog as planned; `None` for a
+/// catalog with a linked relation.
+fn digest(tenant: TenantId, catalog: &Catalog<'_>, policy: &moat_query::policy::MaskingPolicy, caller: String) -> Option<String> {
+    if catalog.tables.iter().any(|t| t.provider.is_some()) {
+        return None;
+    }
+    let material = format!("{caller}\n{tenant}\n{:?}\n{:?}\n{:?}", catalog.tables, catalog.views, policy);
     Some(moat_core::secret::sha256_hex(material.as_bytes()))
 }
 
