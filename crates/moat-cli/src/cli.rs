@@ -210,6 +210,14 @@ pub enum TenantCmd {
     Resume {
         slug: String,
     },
+    /// Delete a tenant for good: its data keys are destroyed (its files, and every copy of
+    /// them, become unreadable), its tables removed; its audit trail stays.
+    Delete {
+        slug: String,
+        /// The slug again, to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
     /// Prove the tenant's isolation in the store (audited); exits non-zero when a check fails.
     Validate {
         slug: String,

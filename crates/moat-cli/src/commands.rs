@@ -297,14 +297,29 @@ async fn tenant(mut c: Client, cmd: TenantCmd, json_out: bool) -> CliResult {
                 output::table(&rows, &["slug", "name", "status", "database", "id", "created_at"])
             });
         }
-        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } | TenantCmd::Validate { slug }
-            if slug.contains('/') || slug.contains('?') =>
+        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } | TenantCmd::Validate { slug } | TenantCmd::Delete { slug, .. }
+            if slug.contains('/') || slug.contains('?') || slug.contains('&') =>
         {
             return Err(CliError::usage("invalid_slug", format!("slug {slug:?} is not valid")));
         }
         TenantCmd::Suspend { slug } => {
             let v = c.call(Method::POST, &format!("/v1/tenants/{slug}/suspend"), None).await?;
             emit(json_out, &v, |v| println!("tenant {} suspended", v["slug"].as_str().unwrap_or("")));
+        }
+        TenantCmd::Delete { slug, confirm } => {
+            if confirm != slug {
+                return Err(CliError::usage("confirmation_required", format!("--confirm must repeat the slug {slug:?}")));
+            }
+            let v = c.call(Method::DELETE, &format!("/v1/tenants/{slug}?confirm={confirm}"), None).await?;
+            emit(json_out, &v, |v| {
+                println!(
+                    "tenant {} deleted: {} data key(s) destroyed, {} table(s) and {} file(s) removed",
+                    v["slug"].as_str().unwrap_or(""),
+                    v["keys_destroyed"],
+                    v["tables_deleted"],
+                    v["files_removed"]
+                );
+            });
         }
         TenantCmd::Resume { slug } => {
             let v = c.call(Method::POST, &format!("/v1/tenants/{slug}/resume"), None).await?;

@@ -18,6 +18,7 @@ pub mod classification;
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod keys;
 pub mod lockout;
 pub mod password;
 pub mod permission;

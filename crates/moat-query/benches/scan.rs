@@ -227,6 +227,7 @@ async fn main() {
             meta("amount", Classification::Internal, PiiCategory::None, None),
         ],
         provider: None,
+        keys: None,
     };
     let tables = [source];
     let policy = MaskingPolicy::default();

@@ -9,6 +9,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ParamValues;
+use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
@@ -31,6 +32,7 @@ use moat_core::{ErrorKind, MoatError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::crypto::{FACTORY_ID, TenantFiles, TenantKeyring};
 use crate::governed::GovernedTable;
 use crate::lineage::lineage;
 use crate::policy::{ColumnMeta, MaskDecision, MaskingPolicy, decide};
@@ -94,6 +96,8 @@ pub struct TableSource {
     /// The raw table when it is not Parquet under `location` (a tenant's PostgreSQL relation):
     /// it is governed exactly like a Parquet table (wrapped in `GovernedTable`).
     pub provider: Option<Arc<dyn TableProvider>>,
+    /// The tenant's keys when the files are encrypted ([`crate::crypto`]); `None`: plaintext.
+    pub keys: Option<Arc<TenantKeyring>>,
 }
 
 /// A view of the caller's tenant: a saved read-only query. It is planned inside the caller's
@@ -208,6 +212,10 @@ fn df_error(e: DataFusionError) -> MoatError {
         DataFusionError::SchemaError(e, _) => MoatError::bad_request("query_error", scrub(&e.to_string())),
         DataFusionError::NotImplemented(m) => MoatError::bad_request("not_supported", scrub(&m)),
         DataFusionError::Execution(m) => MoatError::bad_request("query_error", scrub(&m)),
+        // A table file that fails decryption or authentication: never rows, never the
+        // library's words (they may quote file bytes).
+        DataFusionError::ParquetError(e) if crate::crypto::is_integrity_failure(&e) => crate::crypto::integrity_error(),
+        DataFusionError::ArrowError(e, _) if crate::crypto::is_integrity_message(&e.to_string()) => crate::crypto::integrity_error(),
         DataFusionError::ArrowError(e, _) => MoatError::bad_request("query_error", scrub(&e.to_string())),
         DataFusionError::Context(ctx, inner) => {
             let mut e = df_error(*inner);
@@ -516,7 +524,19 @@ impl Engine {
                 Some(p) => p.clone(),
                 None => {
                     let url = self.storage.listing_url(&t.location).map_err(df_error)?;
-                    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+                    let format = match &t.keys {
+                        Some(keys) => {
+                            // One factory per table: it opens only files under this tenant's keys.
+                            let id = format!("{FACTORY_ID}:{}", t.name);
+                            ctx.runtime_env()
+                                .register_parquet_encryption_factory(&id, Arc::new(TenantFiles::new(keys.clone(), self.storage.store())));
+                            let mut options = TableParquetOptions::default();
+                            options.crypto.factory_id = Some(id);
+                            ParquetFormat::default().with_options(options)
+                        }
+                        None => ParquetFormat::default(),
+                    };
+                    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
                     let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(t.schema.clone());
                     Arc::new(ListingTable::try_new(config).map_err(df_error)?.with_cache(slot.caches.file_statistics_cache.clone()))
                 }

@@ -17,7 +17,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
+use datafusion::parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use moat_core::MoatError;
 
 #[derive(Debug, Clone)]
@@ -312,18 +313,29 @@ pub const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
 /// How tables are written: Snappy, row groups of `row_group_rows`, pages of [`PAGE_ROWS`] rows,
 /// dictionaries of at most [`DICTIONARY_PAGE_BYTES`], statistics and page index on every column.
 pub fn writer_properties(limits: &IngestLimits) -> WriterProperties {
+    writer_properties_builder(limits).build()
+}
+
+fn writer_properties_builder(limits: &IngestLimits) -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(limits.row_group_rows))
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
-        .build()
 }
 
-/// Writes the batches as one Parquet file into `out`; returns the report and `out` (to be
-/// completed by the caller).
-pub fn write_parquet<W: Write + Send>(p: Prepared<'_>, out: W, limits: &IngestLimits) -> Result<(IngestReport, W), MoatError> {
-    let props = writer_properties(limits);
+/// Writes the batches as one Parquet file into `out`, encrypted when `encryption` is given
+/// (see [`crate::crypto`]); returns the report and `out` (to be completed by the caller).
+pub fn write_parquet<W: Write + Send>(
+    p: Prepared<'_>,
+    out: W,
+    limits: &IngestLimits,
+    encryption: Option<Arc<FileEncryptionProperties>>,
+) -> Result<(IngestReport, W), MoatError> {
+    let props = match encryption {
+        Some(e) => writer_properties_builder(limits).with_file_encryption_properties(e).build(),
+        None => writer_properties(limits),
+    };
     let write_err = |e: datafusion::parquet::errors::ParquetError| bad("write_failed", e.to_string());
     let mut writer = ArrowWriter::try_new(Counting { inner: out, n: 0 }, p.schema.clone(), Some(props)).map_err(write_err)?;
     let mut rows = 0u64;
@@ -346,7 +358,7 @@ pub fn csv_to_parquet<W: Write + Send>(
     overrides: &BTreeMap<String, String>,
     limits: &IngestLimits,
 ) -> Result<(IngestReport, W), MoatError> {
-    write_parquet(read_csv(input, overrides, limits)?, out, limits)
+    write_parquet(read_csv(input, overrides, limits)?, out, limits, None)
 }
 
 #[cfg(test)]
@@ -461,7 +473,7 @@ mod tests {
         .expect("batch");
         let p = read_parquet(parquet_file(&batch), &BTreeMap::new(), &IngestLimits::default()).expect("read");
         let types: Vec<String> = p.schema.fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
-        let (r, bytes) = write_parquet(p, Vec::new(), &IngestLimits::default()).expect("write");
+        let (r, bytes) = write_parquet(p, Vec::new(), &IngestLimits::default(), None).expect("write");
         assert_eq!(r.rows, 3);
         assert_eq!(r.renamed, vec![("Id".to_owned(), "id".to_owned()), ("Big Text".to_owned(), "big_text".to_owned())]);
         assert_eq!(types[..6], ["id:Int32", "big_text:Utf8", "view:Utf8", "plan:Utf8", "h:Float32", "d:Date32"]);
@@ -509,7 +521,7 @@ mod tests {
         let mut o = BTreeMap::new();
         o.insert("n".to_owned(), "int".to_owned());
         let p = read_parquet(parquet_file(&text), &o, &limits).expect("schema is fine");
-        let e = write_parquet(p, Vec::new(), &limits).expect_err("value does not fit");
+        let e = write_parquet(p, Vec::new(), &limits, None).expect_err("value does not fit");
         assert_eq!(e.code, "type_mismatch");
         assert!(!e.message.contains("secret-value"), "{}", e.message);
         let none = RecordBatch::new_empty(batch.schema());

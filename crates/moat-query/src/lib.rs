@@ -8,6 +8,7 @@
 //! This crate knows the caller only through the principal; persistence and audit are the
 //! server's.
 
+pub mod crypto;
 pub mod engine;
 pub mod governed;
 pub mod ingest;

@@ -8,6 +8,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
@@ -25,6 +26,8 @@ use futures::{StreamExt, TryStreamExt};
 use moat_core::MoatError;
 use tokio_util::io::SyncIoBridge;
 use url::Url;
+
+use crate::crypto::{FACTORY_ID, TenantFiles, TenantKeyring};
 
 /// The one URL the engine resolves table locations against.
 const BASE: &str = "moat://data/";
@@ -99,13 +102,34 @@ impl TableStorage {
     /// Streams the rows of every Parquet file of a version prefix, at most `batch_rows` rows
     /// per batch, through a one-partition DataFusion session over this store. Raw values: for
     /// the server's own reads (the PII scanner); queries go through the engine and its masks.
-    pub async fn read_rows(&self, prefix: &str, batch_rows: usize) -> Result<SendableRecordBatchStream, MoatError> {
-        let read_error = |e: DataFusionError| storage_error("cannot read table files", e);
+    /// `keys`: the tenant's keys when the files are encrypted.
+    pub async fn read_rows(
+        &self,
+        prefix: &str,
+        batch_rows: usize,
+        keys: Option<Arc<TenantKeyring>>,
+    ) -> Result<SendableRecordBatchStream, MoatError> {
+        let read_error = |e: DataFusionError| match e {
+            DataFusionError::ParquetError(e) if crate::crypto::is_integrity_failure(&e) => crate::crypto::integrity_error(),
+            DataFusionError::External(e) if e.downcast_ref::<MoatError>().is_some() => {
+                e.downcast_ref::<MoatError>().cloned().unwrap_or_else(|| MoatError::internal("storage_error"))
+            }
+            e => storage_error("cannot read table files", e),
+        };
         let config = SessionConfig::new().with_batch_size(batch_rows.max(1)).with_target_partitions(1);
         let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.registry()).build_arc().map_err(read_error)?;
+        let format = match keys {
+            Some(keys) => {
+                runtime.register_parquet_encryption_factory(FACTORY_ID, Arc::new(TenantFiles::new(keys, self.store.clone())));
+                let mut options = TableParquetOptions::default();
+                options.crypto.factory_id = Some(FACTORY_ID.to_owned());
+                ParquetFormat::default().with_options(options)
+            }
+            None => ParquetFormat::default(),
+        };
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let url = self.listing_url(prefix).map_err(read_error)?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
         let files: Vec<ObjectMeta> = self
             .store
             .list(Some(&Path::from(prefix.trim_matches('/'))))
@@ -254,7 +278,7 @@ mod tests {
         // Not a table file: ignored.
         s.store().put(&Path::from("t/x/v1/_SUCCESS"), b"".to_vec().into()).await.expect("put");
         let batches: Vec<datafusion::arrow::record_batch::RecordBatch> =
-            s.read_rows("t/x/v1/", 1).await.expect("open").try_collect().await.expect("read");
+            s.read_rows("t/x/v1/", 1, None).await.expect("open").try_collect().await.expect("read");
         assert_eq!(batches.len(), 3, "one row per batch");
         let mut ids: Vec<i64> = batches
             .iter()
@@ -262,7 +286,7 @@ mod tests {
             .collect();
         ids.sort();
         assert_eq!(ids, [1, 2, 3]);
-        assert_eq!(s.read_rows("t/none/", 10).await.expect("open").count().await, 0);
+        assert_eq!(s.read_rows("t/none/", 10, None).await.expect("open").count().await, 0);
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub async fn init(dir: &DataDir, now: UnixSeconds) -> Result<InitOutcome> {
         new_signing_key(dir, now)?;
     }
     checkpoint_seed(dir)?;
+    local_key_provider(dir)?;
     let cfg = Config::default();
     moat_store::open_with(&cfg.store_url(&dir.root), cfg.store.admin_url.as_deref()).await?;
     // The store holds password hashes and the audit trail: owner only.
@@ -140,6 +141,53 @@ pub fn master_key(dir: &DataDir) -> Result<[u8; 32]> {
 /// The audit trail's HMAC keys, derived from the master key (never stored in the database).
 pub fn audit_keys(dir: &DataDir) -> Result<AuditKeys> {
     Ok(AuditKeys::new(master_key(dir)?))
+}
+
+/// The local master keys (`keys/master/kek-NNNN.key`, 32 random bytes as hex, owner-only),
+/// oldest first; the first is made when there is none (data dirs made before encryption at
+/// rest have none).
+pub fn local_key_provider(dir: &DataDir) -> Result<moat_core::keys::LocalKeyProvider> {
+    let kd = dir.kek_dir();
+    create_private_dir(&kd)?;
+    let mut keks = read_keks(&kd)?;
+    if keks.is_empty() {
+        new_local_kek(dir)?;
+        keks = read_keks(&kd)?;
+    }
+    moat_core::keys::LocalKeyProvider::new(keks)
+}
+
+/// Adds the next local master key file (`moat key rotate-master`); returns its id.
+pub fn new_local_kek(dir: &DataDir) -> Result<String> {
+    let kd = dir.kek_dir();
+    create_private_dir(&kd)?;
+    let next = read_keks(&kd)?.len() + 1;
+    let stem = format!("kek-{next:04}");
+    let key = moat_core::secret::random_bytes::<32>()?;
+    write_secret_file(&kd.join(format!("{stem}.key")), format!("{}\n", hex::encode(key)).as_bytes())?;
+    Ok(format!("local:{stem}"))
+}
+
+fn read_keks(kd: &Path) -> Result<Vec<moat_core::keys::LocalKek>> {
+    let mut names: Vec<String> = fs::read_dir(kd)
+        .map_err(|e| io_err("read", kd, e))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("kek-") && n.ends_with(".key"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|name| {
+            let path = kd.join(name);
+            let text = fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))?;
+            let key: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| MoatError::invalid("bad_master_key", format!("{}: expected 64 hex digits", path.display())))?;
+            let stem = name.trim_end_matches(".key");
+            Ok(moat_core::keys::LocalKek { id: format!("local:{stem}"), key: moat_core::keys::SecretKey::from_bytes(key) })
+        })
+        .collect()
 }
 
 /// The Ed25519 seed that signs audit checkpoints; created on first use (data dirs made before

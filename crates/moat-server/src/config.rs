@@ -742,6 +742,11 @@ impl DataDir {
     pub fn checkpoint_key(&self) -> PathBuf {
         self.root.join("keys").join("audit-checkpoint.key")
     }
+    /// The local master keys that wrap the tenants' data keys (`kek-0001.key`, …; the
+    /// highest number wraps new keys).
+    pub fn kek_dir(&self) -> PathBuf {
+        self.root.join("keys").join("master")
+    }
 }
 
 #[cfg(test)]

@@ -100,10 +100,11 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
         }
     }
     let tables = moat_query::TableStorage::local(&cfg.table_data_dir(&dir.root))?;
+    let data_keys = crate::dek::DataKeys::new(std::sync::Arc::new(crate::bootstrap::local_key_provider(dir)?), stores.meta.clone());
     for (i, (slug, _)) in DEMO_TENANTS.iter().enumerate() {
         let tenant = stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::internal("demo_tenant_missing"))?;
         if stores.meta.table(tenant.id, "customers").await?.is_none() {
-            seed_customers(&stores, &keys, &tables, tenant.id, 0x5eed_0000 + i as u64, now).await?;
+            seed_customers(&stores, &keys, &data_keys, &tables, tenant.id, 0x5eed_0000 + i as u64, now).await?;
         }
     }
     Ok(DemoCredentials { password, super_admin: DEMO_SUPER_ADMIN.into(), tenants: listing() })
@@ -170,6 +171,7 @@ pub fn customers_csv(seed: u64) -> String {
 async fn seed_customers(
     stores: &moat_store::Stores,
     keys: &moat_core::audit::AuditKeys,
+    data_keys: &crate::dek::DataKeys,
     tables: &moat_query::TableStorage,
     tenant: TenantId,
     seed: u64,
@@ -186,6 +188,7 @@ async fn seed_customers(
         now,
         // Classified by the scanner alone, like any upload.
         scan: Some(crate::scan::Scanner { options: crate::scan::ScanConfig::default().options(now), ..Default::default() }),
+        keys: Some(data_keys.keyring(tenant, &[], now).await?),
     };
     let upload = Upload::Csv(Box::new(std::io::Cursor::new(csv.into_bytes())));
     let imported = import_async(tables.clone(), req.clone(), upload, Default::default()).await?;

@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod dek;
 pub mod demo;
 pub mod events;
 pub mod governed;

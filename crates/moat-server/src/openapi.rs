@@ -116,6 +116,14 @@ pub fn routes() -> Vec<RouteDoc> {
             success: 200,
         },
         RouteDoc {
+            method: "delete",
+            path: "/v1/tenants/{slug}",
+            summary: "Delete a tenant (`?confirm={slug}`): destroys its data keys (crypto-shredding), tables and files; it stays suspended for good",
+            permission: perm::<act::TenantUpdate>(),
+            request: None,
+            success: 200,
+        },
+        RouteDoc {
             method: "post",
             path: "/v1/tenants/{slug}/suspend",
             summary: "Suspend: every token and key of the tenant is refused",

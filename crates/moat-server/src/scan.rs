@@ -185,6 +185,7 @@ pub async fn sample_table(
     table: &TableRecord,
     capacity: usize,
     seed: u64,
+    keys: Option<Arc<moat_query::crypto::TenantKeyring>>,
     mut progress: impl FnMut(u64) + Send,
 ) -> moat_core::Result<TableSample> {
     let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
@@ -199,12 +200,16 @@ pub async fn sample_table(
         }
         return Ok(sample);
     }
-    let mut rows = storage.read_rows(&table.location, 8_192).await?;
+    let mut rows = storage.read_rows(&table.location, 8_192, keys).await?;
     let mut read = 0u64;
     while let Some(batch) = rows.next().await {
         let batch = batch.map_err(|e| {
             tracing::error!(table = table.name, error = %e, "cannot read a table back for a scan");
-            MoatError::internal("storage_error")
+            if moat_query::crypto::is_integrity_message(&e.to_string()) {
+                moat_query::crypto::integrity_error()
+            } else {
+                MoatError::internal("storage_error")
+            }
         })?;
         let schema = batch.schema();
         let indices =

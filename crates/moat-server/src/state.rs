@@ -54,6 +54,8 @@ pub struct AppState {
     pub events: Option<Arc<crate::events::ForwardStatus>>,
     /// Governed JSON answers kept for callers who would get the same masks (`cache.result_*`).
     pub results: crate::result_cache::ResultCache,
+    /// The tenants' data-encryption keys (wrapped in the store, unwrapped here on demand).
+    pub data_keys: Arc<crate::dek::DataKeys>,
 }
 
 /// Counts live streams per tenant; a slot is given back when its guard drops.
@@ -142,6 +144,7 @@ impl AppState {
             checkpoint_sink = Some(Arc::new(sink));
         }
         let results = crate::result_cache::ResultCache::from_config(&config.cache)?;
+        let data_keys = Arc::new(crate::dek::DataKeys::new(Arc::new(crate::bootstrap::local_key_provider(dir)?), stores.meta.clone()));
         let events = if config.events.url.is_empty() {
             None
         } else {
@@ -172,6 +175,7 @@ impl AppState {
             tls,
             events,
             results,
+            data_keys,
         })
     }
 
@@ -197,9 +201,24 @@ impl AppState {
     ) -> Result<(Vec<moat_query::TableSource>, Vec<moat_store::ViewRecord>, moat_query::policy::MaskingPolicy)> {
         let (tables, views, policy) =
             tokio::join!(self.stores.meta.list_tables(tenant), self.stores.meta.list_views(tenant), self.masking_policy(tenant));
+        let tables = tables?;
         let timeout = std::time::Duration::from_millis(self.config.query.timeout_ms);
         let relations = self.stores.relations.as_ref();
-        Ok((tables?.iter().filter_map(|t| crate::tables::source_of(t, relations, timeout)).collect(), views?, policy?))
+        let keys = self.keys_for(tenant, &tables).await?;
+        Ok((tables.iter().filter_map(|t| crate::tables::source_of(t, relations, timeout, keys.as_ref())).collect(), views?, policy?))
+    }
+
+    /// The tenant's keyring when any of `tables` is encrypted (holding every version they use).
+    pub async fn keys_for(
+        &self,
+        tenant: moat_core::ids::TenantId,
+        tables: &[moat_store::TableRecord],
+    ) -> Result<Option<Arc<moat_query::crypto::TenantKeyring>>> {
+        let needed: Vec<u32> = tables.iter().filter_map(|t| t.dek_version).collect();
+        if needed.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.data_keys.keyring(tenant, &needed, self.clock.now_s()).await?))
     }
 
     /// The PII scanner as configured, with the tenant's classification policy; `sample_rows`

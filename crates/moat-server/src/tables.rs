@@ -11,6 +11,7 @@ use moat_core::classification::Classification;
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::TenantId;
 use moat_core::{MoatError, Result};
+use moat_query::crypto::TenantKeyring;
 use moat_query::ingest::{IngestLimits, IngestReport, read_csv, read_parquet, write_parquet};
 use moat_query::mask::MaskRule;
 use moat_query::{ColumnMeta, PiiCategory, TableSource, TableStorage, ViewSource};
@@ -54,6 +55,9 @@ pub struct ImportRequest {
     /// Scan the imported rows for PII and label the columns nobody labelled by hand
     /// (`None`: leave them as they were, unclassified ones RESTRICTED).
     pub scan: Option<Scanner>,
+    /// The tenant's keys: the file is encrypted under the current DEK (`None`: plaintext,
+    /// for tests of the plaintext read path only).
+    pub keys: Option<Arc<TenantKeyring>>,
 }
 
 /// An imported version, not yet in the catalog.
@@ -92,7 +96,9 @@ pub fn import(storage: &TableStorage, req: &ImportRequest, upload: Upload, limit
         }
     });
     // On any error below the writer is dropped, which abandons the upload.
-    let (report, writer) = write_parquet(prepared, storage.writer(&format!("{prefix}/part-00000.parquet")), limits)?;
+    let key = format!("{prefix}/part-00000.parquet");
+    let encryption = req.keys.as_ref().map(|k| k.encryption_for(&key)).transpose()?;
+    let (report, writer) = write_parquet(prepared, storage.writer(&key), limits, encryption)?;
     writer.finish()?;
     let scan = sample.zip(req.scan.as_ref()).map(|(s, o)| s.scan(o));
     Ok(Imported { prefix, report, scan })
@@ -132,6 +138,7 @@ pub async fn commit_version(stores: &Stores, storage: &TableStorage, req: &Impor
         bytes: report.bytes_written as i64,
         columns,
         now: req.now,
+        dek_version: req.keys.as_ref().map(|k| k.current_version()),
     };
     let (rec, previous) = match stores.meta.put_table(&v).await {
         Ok(r) => r,
@@ -184,9 +191,11 @@ pub async fn link_postgres(
             created_at: now,
             updated_at: now,
             columns: columns.clone(),
+            dek_version: None,
         };
         let seed = now.unsigned_abs();
-        let sample = crate::scan::sample_table(&st.tables, Some(&relations), &probe, scanner.options.sample_rows, seed, |_| {}).await?;
+        let sample =
+            crate::scan::sample_table(&st.tables, Some(&relations), &probe, scanner.options.sample_rows, seed, None, |_| {}).await?;
         let report = tokio::task::spawn_blocking(move || sample.scan(&scanner)).await.map_err(|_| MoatError::internal("scan_failed"))?;
         columns = info.columns.iter().zip(&types).map(|(c, t)| report.column_record(&c.name, t)).collect();
         scan = Some(report);
@@ -201,6 +210,7 @@ pub async fn link_postgres(
         bytes: 0,
         columns,
         now,
+        dek_version: None,
     };
     let (rec, previous) = st.stores.meta.put_table(&v).await?;
     if let Some(old) = previous.filter(|p| crate::pg_source::relation_of(p).is_none()) {
@@ -234,7 +244,13 @@ pub fn raw_schema(t: &TableRecord) -> SchemaRef {
 /// A catalog record as the engine sees it. Unknown labels, categories or masks fail closed:
 /// RESTRICTED, direct PII, full mask. A linked PostgreSQL relation reads through `relations`
 /// within `timeout`; without them (a store that has none) it is left out of the catalog.
-pub fn source_of(t: &TableRecord, relations: Option<&Arc<dyn TenantRelations>>, timeout: std::time::Duration) -> Option<TableSource> {
+/// `keys`: the tenant's keyring, given to tables whose files are encrypted.
+pub fn source_of(
+    t: &TableRecord,
+    relations: Option<&Arc<dyn TenantRelations>>,
+    timeout: std::time::Duration,
+    keys: Option<&Arc<TenantKeyring>>,
+) -> Option<TableSource> {
     let columns = t
         .columns
         .iter()
@@ -251,5 +267,6 @@ pub fn source_of(t: &TableRecord, relations: Option<&Arc<dyn TenantRelations>>, 
         Some(Ok(pg)) => Some(Arc::new(crate::pg_source::PgTableProvider(Arc::new(pg))) as Arc<dyn datafusion::catalog::TableProvider>),
         Some(Err(_)) => return None,
     };
-    Some(TableSource { name: t.name.clone(), location: t.location.clone(), schema: raw_schema(t), columns, provider })
+    let keys = if t.dek_version.is_some() { Some(keys?.clone()) } else { None };
+    Some(TableSource { name: t.name.clone(), location: t.location.clone(), schema: raw_schema(t), columns, provider, keys })
 }

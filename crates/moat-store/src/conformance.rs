@@ -62,6 +62,46 @@ pub async fn run_all(s: &Stores) {
     catalog(s).await;
     views(s).await;
     event_cursors(s).await;
+    tenant_keys(s).await;
+}
+
+/// Wrapped DEKs: versions are per tenant and made once (a second replica's insert loses), a
+/// master-key rotation re-wraps, and shredding erases the wrapped bytes for good.
+pub async fn tenant_keys(s: &Stores) {
+    let (a, b) = (tenant(s).await, tenant(s).await);
+    let key = |t: TenantId, version: u32, wrapped: &[u8]| NewTenantKey {
+        tenant_id: t,
+        version,
+        kek: "local:kek-0001".into(),
+        wrapped: wrapped.to_vec(),
+        now: NOW,
+    };
+    assert!(s.meta.add_tenant_key(&key(a.id, 1, b"w1")).await.unwrap());
+    assert!(!s.meta.add_tenant_key(&key(a.id, 1, b"other")).await.unwrap(), "a version is made once");
+    assert!(s.meta.add_tenant_key(&key(a.id, 2, b"w2")).await.unwrap());
+    assert!(s.meta.add_tenant_key(&key(b.id, 1, b"b1")).await.unwrap(), "versions are per tenant");
+    assert!(!s.meta.add_tenant_key(&key(TenantId::new(), 1, b"x")).await.unwrap(), "no such tenant");
+    let keys = s.meta.tenant_keys(a.id).await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.version, k.wrapped.clone().unwrap())).collect::<Vec<_>>(),
+        [(1, b"w1".to_vec()), (2, b"w2".to_vec())]
+    );
+    assert_eq!((keys[0].kek.as_str(), keys[0].created_at, keys[0].destroyed_at), ("local:kek-0001", NOW, None));
+    assert!(s.meta.rewrap_tenant_key(a.id, 1, "local:kek-0002", b"w1'").await.unwrap());
+    assert!(!s.meta.rewrap_tenant_key(a.id, 9, "local:kek-0002", b"x").await.unwrap(), "no such version");
+    assert!(!s.meta.rewrap_tenant_key(b.id, 2, "local:kek-0002", b"x").await.unwrap(), "not through another tenant");
+    let k1 = &s.meta.tenant_keys(a.id).await.unwrap()[0];
+    assert_eq!((k1.kek.as_str(), k1.wrapped.as_deref()), ("local:kek-0002", Some(b"w1'".as_slice())));
+    assert_eq!(s.meta.shred_tenant_keys(a.id, NOW + 9).await.unwrap(), 2);
+    assert_eq!(s.meta.shred_tenant_keys(a.id, NOW + 10).await.unwrap(), 0, "already shredded");
+    let shredded = s.meta.tenant_keys(a.id).await.unwrap();
+    assert!(shredded.iter().all(|k| k.wrapped.is_none() && k.destroyed_at == Some(NOW + 9)), "{shredded:?}");
+    assert!(!s.meta.rewrap_tenant_key(a.id, 1, "local:kek-0002", b"back").await.unwrap(), "a destroyed key stays destroyed");
+    assert_eq!(
+        s.meta.tenant_keys(b.id).await.unwrap()[0].wrapped.as_deref(),
+        Some(b"b1".as_slice()),
+        "the other tenant's key is untouched"
+    );
 }
 
 /// One replica at a time forwards a trail: a lease is taken, renewed by its holder, refused to
@@ -110,6 +150,7 @@ pub async fn views(s: &Stores) {
         bytes: 0,
         columns: vec![],
         now: NOW,
+        dek_version: None,
     };
     assert_eq!(s.meta.put_table(&t).await.unwrap_err().code, "name_taken");
     s.meta.put_table(&NewTableVersion { name: "orders".into(), ..t.clone() }).await.unwrap();
@@ -138,9 +179,10 @@ pub async fn catalog(s: &Stores) {
             ColumnRecord::unclassified("zip", "Int64"),
         ],
         now: NOW,
+        dek_version: None,
     };
     let (t, prev) = s.meta.put_table(&v1).await.unwrap();
-    assert_eq!((t.version, prev), (1, None));
+    assert_eq!((t.version, prev, t.dek_version), (1, None, None));
     let label = ColumnLabel { classification: "RESTRICTED".into(), pii: Some("direct".into()), entity: Some("ssn".into()), mask: None };
     assert_eq!(s.meta.set_column_label(a.id, "customers", "ssn", &label).await.unwrap().unwrap().source, "manual");
     assert!(s.meta.set_column_label(b.id, "customers", "ssn", &label).await.unwrap().is_none(), "not through another tenant");
@@ -148,6 +190,7 @@ pub async fn catalog(s: &Stores) {
     // Re-upload: a manual label survives even a type change; other labels only an unchanged type.
     let mut v2 = v1.clone();
     v2.location = "/data/a/v2".into();
+    v2.dek_version = Some(3);
     v2.columns = vec![
         ColumnRecord::unclassified("id", "Int64"),
         ColumnRecord::unclassified("ssn", "Int64"),

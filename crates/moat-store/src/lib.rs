@@ -53,6 +53,19 @@ pub trait MetaStore: Send + Sync {
     /// Stores a setting; `false` if the tenant does not exist.
     async fn set_tenant_setting(&self, tenant: TenantId, key: &str, value: &str, now: UnixSeconds) -> Result<bool>;
 
+    // --- tenant keys (wrapped DEKs; see moat_core::keys) ---
+    /// Adds DEK version `k.version`; `false` if the tenant already has that version (another
+    /// replica made it first: read the keys again) or does not exist.
+    async fn add_tenant_key(&self, k: &NewTenantKey) -> Result<bool>;
+    /// Every DEK version of a tenant, oldest first, destroyed ones included.
+    async fn tenant_keys(&self, tenant: TenantId) -> Result<Vec<TenantKeyRecord>>;
+    /// Replaces a version's wrapped bytes (master-key rotation); `false` if it does not exist
+    /// or was destroyed.
+    async fn rewrap_tenant_key(&self, tenant: TenantId, version: u32, kek: &str, wrapped: &[u8]) -> Result<bool>;
+    /// Crypto-shredding: erases the wrapped bytes of every version of the tenant's DEK (the
+    /// rows stay, recording when); returns how many were erased.
+    async fn shred_tenant_keys(&self, tenant: TenantId, now: UnixSeconds) -> Result<u64>;
+
     // --- users (tenant-scoped; `None` = platform accounts) ---
     async fn create_user(&self, u: &NewUser) -> Result<UserRecord>;
     async fn user_by_email(&self, tenant: Option<TenantId>, email: &Email) -> Result<Option<UserRecord>>;

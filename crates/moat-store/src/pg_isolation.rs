@@ -20,6 +20,7 @@ const SCOPED_TABLES: &[(&str, &str)] = &[
     ("refresh_tokens", "tenant_id"),
     ("api_keys", "tenant_id"),
     ("tenant_settings", "tenant_id"),
+    ("tenant_keys", "tenant_id"),
     ("catalog_tables", "tenant_id"),
     ("catalog_columns", "tenant_id"),
     ("catalog_views", "tenant_id"),

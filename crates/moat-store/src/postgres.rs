@@ -61,6 +61,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../migrations/postgres/0001_foundation.sql")),
     (2, "event_cursors", include_str!("../migrations/postgres/0002_event_cursors.sql")),
     (3, "tenant_databases", include_str!("../migrations/postgres/0003_tenant_databases.sql")),
+    (4, "tenant_keys", include_str!("../migrations/postgres/0004_tenant_keys.sql")),
 ];
 
 /// Serialises migrations of replicas that start together (a constant key: "moat").
@@ -81,6 +82,7 @@ const GRANTS: &[&str] = &[
     "GRANT UPDATE (size, frontier) ON moat.audit_trails TO {role}",
     "GRANT DELETE ON moat.audit_log TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON moat.event_cursors TO {role}",
+    "GRANT SELECT, INSERT, UPDATE (kek, wrapped, destroyed_at) ON moat.tenant_keys TO {role}",
 ];
 
 /// The scope setting of the platform (every row).
@@ -99,6 +101,11 @@ pub struct PgStore {
 
 /// `server_version_num` from which `GRANT … WITH INHERIT FALSE` exists.
 const PER_GRANT_INHERIT: i32 = 160_000;
+
+/// A key version as PostgreSQL's `integer` (versions count up from 1, one per rotation).
+fn pg_version(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
 
 /// Maps a database error to a product error, logging the cause (never sent to the caller): a
 /// database that cannot be reached is a 503, anything else ours (500).
@@ -443,6 +450,8 @@ fn table_from_row(r: &PgRow, columns: Vec<ColumnRecord>) -> TableRecord {
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         columns,
+        // A version is positive (a CHECK on the key table; written from a u32 here).
+        dek_version: r.get::<Option<i32>, _>("dek_version").and_then(|v| u32::try_from(v).ok()),
     }
 }
 
@@ -617,6 +626,72 @@ impl MetaStore for PgStore {
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn add_tenant_key(&self, k: &NewTenantKey) -> Result<bool> {
+        let mut tx = self.tenant_tx(Some(k.tenant_id)).await?;
+        let r = sqlx::query(
+            "INSERT INTO tenant_keys (tenant_id, version, kek, wrapped, created_at) SELECT id, $1, $2, $3, $4 FROM tenants WHERE id = $5
+             ON CONFLICT (tenant_id, version) DO NOTHING",
+        )
+        .bind(pg_version(k.version))
+        .bind(&k.kek)
+        .bind(&k.wrapped)
+        .bind(k.now)
+        .bind(k.tenant_id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn tenant_keys(&self, tenant: TenantId) -> Result<Vec<TenantKeyRecord>> {
+        let mut tx = self.tenant_tx(Some(tenant)).await?;
+        let rows = sqlx::query("SELECT * FROM tenant_keys WHERE tenant_id = $1 ORDER BY version")
+            .bind(tenant.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TenantKeyRecord {
+                    tenant_id: tenant,
+                    version: u32::try_from(r.get::<i32, _>("version")).map_err(|_| MoatError::internal("store_corrupt"))?,
+                    kek: r.get("kek"),
+                    wrapped: r.get("wrapped"),
+                    created_at: r.get("created_at"),
+                    destroyed_at: r.get("destroyed_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn rewrap_tenant_key(&self, tenant: TenantId, version: u32, kek: &str, wrapped: &[u8]) -> Result<bool> {
+        let mut tx = self.tenant_tx(Some(tenant)).await?;
+        let r = sqlx::query("UPDATE tenant_keys SET kek = $1, wrapped = $2 WHERE tenant_id = $3 AND version = $4 AND destroyed_at IS NULL")
+            .bind(kek)
+            .bind(wrapped)
+            .bind(tenant.0)
+            .bind(pg_version(version))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn shred_tenant_keys(&self, tenant: TenantId, now: UnixSeconds) -> Result<u64> {
+        let mut tx = self.tenant_tx(Some(tenant)).await?;
+        let r = sqlx::query("UPDATE tenant_keys SET wrapped = NULL, destroyed_at = $1 WHERE tenant_id = $2 AND destroyed_at IS NULL")
+            .bind(now)
+            .bind(tenant.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(r.rows_affected())
     }
 
     async fn create_user(&self, u: &NewUser) -> Result<UserRecord> {
@@ -939,10 +1014,11 @@ impl MetaStore for PgStore {
         };
         let columns: Vec<ColumnRecord> = v.columns.iter().map(|c| carry_label(old_columns.iter().find(|o| o.name == c.name), c)).collect();
         sqlx::query(
-            "INSERT INTO catalog_tables (id, tenant_id, name, domain, product, version, location, row_count, bytes, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            "INSERT INTO catalog_tables (id, tenant_id, name, domain, product, version, location, row_count, bytes, created_at, updated_at, dek_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (id) DO UPDATE SET domain = excluded.domain, product = excluded.product, version = excluded.version,
-                 location = excluded.location, row_count = excluded.row_count, bytes = excluded.bytes, updated_at = excluded.updated_at",
+                 location = excluded.location, row_count = excluded.row_count, bytes = excluded.bytes, updated_at = excluded.updated_at,
+                 dek_version = excluded.dek_version",
         )
         .bind(&id)
         .bind(v.tenant_id.0)
@@ -955,6 +1031,7 @@ impl MetaStore for PgStore {
         .bind(v.bytes)
         .bind(created_at)
         .bind(v.now)
+        .bind(v.dek_version.map(pg_version))
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -992,6 +1069,7 @@ impl MetaStore for PgStore {
             created_at,
             updated_at: v.now,
             columns,
+            dek_version: v.dek_version,
         };
         Ok((rec, previous))
     }

@@ -439,6 +439,10 @@ pub struct TableRecord {
     pub created_at: UnixSeconds,
     pub updated_at: UnixSeconds,
     pub columns: Vec<ColumnRecord>,
+    /// The tenant DEK version its files are encrypted under; `None`: plaintext (written before
+    /// encryption at rest, or linked from PostgreSQL).
+    #[serde(skip)]
+    pub dek_version: Option<u32>,
 }
 
 /// A new version of a table (create or replace).
@@ -453,6 +457,8 @@ pub struct NewTableVersion {
     pub bytes: i64,
     pub columns: Vec<ColumnRecord>,
     pub now: UnixSeconds,
+    /// The DEK version its files were encrypted under (`None`: plaintext).
+    pub dek_version: Option<u32>,
 }
 
 /// A view: a named, saved read-only query of a tenant. It has no labels of its own: its columns
@@ -570,4 +576,28 @@ pub enum SqlValue {
     Int(i64),
     Bool(bool),
     Text(String),
+}
+
+/// A tenant's data-encryption key as the store keeps it: wrapped by a master key that the
+/// store never holds. Once shredded, the wrapped bytes are gone and the row only records when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKeyRecord {
+    pub tenant_id: TenantId,
+    pub version: u32,
+    /// The master key that wrapped it (e.g. `local:kek-0001`).
+    pub kek: String,
+    /// `None` once destroyed (crypto-shredding).
+    pub wrapped: Option<Vec<u8>>,
+    pub created_at: UnixSeconds,
+    pub destroyed_at: Option<UnixSeconds>,
+}
+
+/// A new DEK version of a tenant, wrapped.
+#[derive(Debug, Clone)]
+pub struct NewTenantKey {
+    pub tenant_id: TenantId,
+    pub version: u32,
+    pub kek: String,
+    pub wrapped: Vec<u8>,
+    pub now: UnixSeconds,
 }

@@ -232,6 +232,22 @@ impl MetaStore for RoutedStore {
         self.store_of(tenant).await?.set_tenant_setting(tenant, key, value, now).await
     }
 
+    async fn add_tenant_key(&self, k: &NewTenantKey) -> Result<bool> {
+        self.store_of(k.tenant_id).await?.add_tenant_key(k).await
+    }
+
+    async fn tenant_keys(&self, tenant: TenantId) -> Result<Vec<TenantKeyRecord>> {
+        self.store_of(tenant).await?.tenant_keys(tenant).await
+    }
+
+    async fn rewrap_tenant_key(&self, tenant: TenantId, version: u32, kek: &str, wrapped: &[u8]) -> Result<bool> {
+        self.store_of(tenant).await?.rewrap_tenant_key(tenant, version, kek, wrapped).await
+    }
+
+    async fn shred_tenant_keys(&self, tenant: TenantId, now: UnixSeconds) -> Result<u64> {
+        self.store_of(tenant).await?.shred_tenant_keys(tenant, now).await
+    }
+
     async fn create_user(&self, u: &NewUser) -> Result<UserRecord> {
         self.scope(u.tenant_id).await?.create_user(u).await
     }

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "audit_retention", include_str!("../migrations/sqlite/0007_audit_retention.sql")),
     (8, "audit_search_apart", include_str!("../migrations/sqlite/0008_audit_search_apart.sql")),
     (9, "event_cursors", include_str!("../migrations/sqlite/0009_event_cursors.sql")),
+    (10, "tenant_keys", include_str!("../migrations/sqlite/0010_tenant_keys.sql")),
 ];
 
 pub struct SqliteStore {
@@ -233,7 +234,12 @@ fn table_from_row(r: &SqliteRow, columns: Vec<ColumnRecord>) -> Result<TableReco
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         columns,
+        dek_version: dek_version(r.get("dek_version"))?,
     })
+}
+
+fn dek_version(v: Option<i64>) -> Result<Option<u32>> {
+    v.map(|v| u32::try_from(v).map_err(|_| corrupt("table key version"))).transpose()
 }
 
 fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord> {
@@ -383,6 +389,64 @@ impl MetaStore for SqliteStore {
         .await
         .map_err(db_err)?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn add_tenant_key(&self, k: &NewTenantKey) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO tenant_keys (tenant_id, version, kek, wrapped, created_at) SELECT id, ?, ?, ?, ? FROM tenants WHERE id = ?
+             ON CONFLICT (tenant_id, version) DO NOTHING",
+        )
+        .bind(i64::from(k.version))
+        .bind(&k.kek)
+        .bind(&k.wrapped)
+        .bind(k.now)
+        .bind(k.tenant_id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn tenant_keys(&self, tenant: TenantId) -> Result<Vec<TenantKeyRecord>> {
+        let rows = sqlx::query("SELECT * FROM tenant_keys WHERE tenant_id = ? ORDER BY version")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TenantKeyRecord {
+                    tenant_id: tenant,
+                    version: u32::try_from(r.get::<i64, _>("version")).map_err(|_| corrupt("tenant key version"))?,
+                    kek: r.get("kek"),
+                    wrapped: r.get("wrapped"),
+                    created_at: r.get("created_at"),
+                    destroyed_at: r.get("destroyed_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn rewrap_tenant_key(&self, tenant: TenantId, version: u32, kek: &str, wrapped: &[u8]) -> Result<bool> {
+        let r = sqlx::query("UPDATE tenant_keys SET kek = ?, wrapped = ? WHERE tenant_id = ? AND version = ? AND destroyed_at IS NULL")
+            .bind(kek)
+            .bind(wrapped)
+            .bind(tenant.to_string())
+            .bind(i64::from(version))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn shred_tenant_keys(&self, tenant: TenantId, now: UnixSeconds) -> Result<u64> {
+        let r = sqlx::query("UPDATE tenant_keys SET wrapped = NULL, destroyed_at = ? WHERE tenant_id = ? AND destroyed_at IS NULL")
+            .bind(now)
+            .bind(tenant.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected())
     }
 
     async fn create_user(&self, u: &NewUser) -> Result<UserRecord> {
@@ -667,7 +731,7 @@ impl MetaStore for SqliteStore {
         };
         let columns: Vec<ColumnRecord> = v.columns.iter().map(|c| carry_label(old_columns.iter().find(|o| o.name == c.name), c)).collect();
         if existing.is_some() {
-            sqlx::query("UPDATE catalog_tables SET domain = ?, product = ?, version = ?, location = ?, row_count = ?, bytes = ?, updated_at = ? WHERE id = ?")
+            sqlx::query("UPDATE catalog_tables SET domain = ?, product = ?, version = ?, location = ?, row_count = ?, bytes = ?, updated_at = ?, dek_version = ? WHERE id = ?")
                 .bind(&v.domain)
                 .bind(&v.product)
                 .bind(version)
@@ -675,6 +739,7 @@ impl MetaStore for SqliteStore {
                 .bind(v.row_count)
                 .bind(v.bytes)
                 .bind(v.now)
+                .bind(v.dek_version.map(i64::from))
                 .bind(&id)
                 .execute(&mut *tx)
                 .await
@@ -682,7 +747,7 @@ impl MetaStore for SqliteStore {
             sqlx::query("DELETE FROM catalog_columns WHERE table_id = ?").bind(&id).execute(&mut *tx).await.map_err(db_err)?;
         } else {
             sqlx::query(
-                "INSERT INTO catalog_tables (id, tenant_id, name, domain, product, version, location, row_count, bytes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO catalog_tables (id, tenant_id, name, domain, product, version, location, row_count, bytes, created_at, updated_at, dek_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&id)
             .bind(v.tenant_id.to_string())
@@ -695,6 +760,7 @@ impl MetaStore for SqliteStore {
             .bind(v.bytes)
             .bind(v.now)
             .bind(v.now)
+            .bind(v.dek_version.map(i64::from))
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -731,6 +797,7 @@ impl MetaStore for SqliteStore {
             created_at,
             updated_at: v.now,
             columns,
+            dek_version: v.dek_version,
         };
         Ok((rec, previous))
     }

@@ -82,7 +82,7 @@ async fn reopening_applies_migrations_once() {
     let (dir, _s, _) = file_store().await;
     let again = SqliteStore::open(&dir.path().join("moat.db")).await.expect("reopen");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(again.pool()).await.expect("count");
-    assert_eq!(n, 9, "each migration once");
+    assert_eq!(n, 10, "each migration once");
 }
 
 /// A store created before tenant settings existed keeps its password policies.
@@ -198,4 +198,38 @@ async fn two_handles_index_and_search_at_once() {
         assert_eq!(a.expect("first handle").len(), want, "round {round}");
         assert_eq!(b.expect("second handle").len(), want, "round {round}");
     }
+}
+
+/// Whoever writes the database directly cannot bring a destroyed tenant key back or remove
+/// the record of its destruction.
+#[tokio::test]
+async fn a_destroyed_tenant_key_stays_destroyed() {
+    let (_dir, s, raw) = file_store().await;
+    let t = s
+        .meta
+        .create_tenant(
+            &moat_store::NewTenant {
+                id: moat_core::ids::TenantId::new(),
+                slug: moat_core::ids::Slug::parse("keys").unwrap(),
+                name: "K".into(),
+                now: 1,
+                database: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let key = moat_store::NewTenantKey { tenant_id: t.id, version: 1, kek: "local:kek-0001".into(), wrapped: vec![7; 60], now: 1 };
+    assert!(s.meta.add_tenant_key(&key).await.unwrap());
+    assert_eq!(s.meta.shred_tenant_keys(t.id, 2).await.unwrap(), 1);
+    for sql in [
+        "UPDATE tenant_keys SET wrapped = x'07', destroyed_at = NULL",
+        "UPDATE tenant_keys SET kek = 'local:kek-0002'",
+        "DELETE FROM tenant_keys",
+    ] {
+        let e = sqlx::query(sql).execute(raw.pool()).await.expect_err(sql);
+        assert!(e.to_string().contains("tenant key"), "{sql}: {e}");
+    }
+    let keys = s.meta.tenant_keys(t.id).await.unwrap();
+    assert_eq!((keys.len(), keys[0].wrapped.is_none(), keys[0].destroyed_at), (1, true, Some(2)));
 }

@@ -42,7 +42,7 @@ pub async fn table(
             }
         })
         .collect();
-    TableSource { name: name.into(), location: loc, schema: r.schema, columns, provider: None }
+    TableSource { name: name.into(), location: loc, schema: r.schema, columns, provider: None, keys: None }
 }
 
 pub const CUSTOMER_META: &[(&str, Option<Classification>, PiiCategory, &str)] = &[

@@ -104,6 +104,12 @@ pub async fn create_tenant(
     )
     .await?;
     st.record(&auth.client, admin_event(Some(t.id), p, "tenant.create", resource)).await?;
+    // Its first data key, wrapped by the master key: every file it writes is encrypted.
+    let ring = st.data_keys.keyring(t.id, &[], now).await?;
+    let kek = st.data_keys.provider().current_kek();
+    let e = admin_event(Some(t.id), p, "key.create", format!("tenant:{}", t.slug))
+        .details(serde_json::json!({"dek_version": ring.current_version(), "kek": kek}));
+    st.record(&auth.client, e).await?;
     if let Some(a) = &admin {
         let e = admin_event(Some(t.id), p, "user.create", format!("user:{}", a.id))
             .details(serde_json::json!({"email": a.email, "role": "admin"}));
@@ -204,6 +210,9 @@ async fn set_tenant_status(
 ) -> ApiResult<Json<TenantRecord>> {
     let t = st.stores.meta.tenant_by_slug(slug).await?.ok_or_else(tenant_not_found)?;
     if status == TenantStatus::Active {
+        if st.stores.meta.tenant_setting(t.id, DELETED).await?.is_some() {
+            return Err(MoatError::conflict("tenant_deleted", format!("tenant {} was deleted; its data keys are destroyed", t.slug)).into());
+        }
         // A tenant comes back only if it is isolated (provisioning suspends one that is not).
         let v = validate(st, &auth.client, &auth.principal, &t).await?;
         if !v.passed {
@@ -216,6 +225,64 @@ async fn set_tenant_status(
     st.record(&auth.client, admin_event(None, &auth.principal, action, resource.clone())).await?;
     st.record(&auth.client, admin_event(Some(t.id), &auth.principal, action, resource)).await?;
     Ok(Json(TenantRecord { status, ..t }))
+}
+
+/// A deleted tenant's marker (a tenant setting): it stays suspended for good.
+pub const DELETED: &str = "deleted";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTenant {
+    /// The tenant's slug again: deletion cannot be undone.
+    pub confirm: Option<String>,
+}
+
+/// `DELETE /v1/tenants/{slug}?confirm={slug}`: suspends the tenant, destroys its data keys
+/// (crypto-shredding: its files, and every copy of them, become unreadable), removes its
+/// tables and their files, and marks it deleted so it can never be resumed. Its audit trail
+/// stays (retention decides), as do its users' records for the trail's sake; nobody can sign
+/// in. Audited in both trails with what was destroyed.
+pub async fn delete_tenant(
+    State(st): State<Arc<AppState>>,
+    auth: Authorized<act::TenantUpdate>,
+    Path(slug): Path<String>,
+    QueryParams(q): QueryParams<DeleteTenant>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = st.stores.meta.tenant_by_slug(&slug).await?.ok_or_else(|| MoatError::not_found("tenant_not_found", "no such tenant"))?;
+    if q.confirm.as_deref() != Some(t.slug.as_str()) {
+        return Err(MoatError::invalid(
+            "confirmation_required",
+            format!("deleting a tenant destroys its data for good: repeat its slug as ?confirm={}", t.slug),
+        )
+        .into());
+    }
+    let now = st.clock.now_s();
+    st.stores.meta.set_tenant_status(t.id, TenantStatus::Suspended, now).await?;
+    st.stores.meta.set_tenant_setting(t.id, DELETED, &serde_json::json!({"at": now}).to_string(), now).await?;
+    let keys_destroyed = st.data_keys.shred(t.id, now).await?;
+    let mut tables = 0u64;
+    for table in st.stores.meta.list_tables(t.id).await? {
+        if st.stores.meta.delete_table(t.id, &table.name).await?.is_some() {
+            tables += 1;
+        }
+    }
+    // The files are unreadable already; removing them only frees the space.
+    let files = match st.tables.delete_prefix(&t.id.to_string()).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(tenant = %t.slug, code = e.code, "could not remove a deleted tenant's files");
+            0
+        }
+    };
+    let details = serde_json::json!({"keys_destroyed": keys_destroyed, "tables_deleted": tables, "files_removed": files});
+    let resource = format!("tenant:{}", t.slug);
+    st.record(&auth.client, admin_event(None, &auth.principal, "tenant.delete", resource.clone()).details(details.clone())).await?;
+    st.record(&auth.client, admin_event(Some(t.id), &auth.principal, "tenant.delete", resource).details(details.clone())).await?;
+    let mut out = serde_json::json!({"slug": t.slug, "id": t.id, "status": "deleted"});
+    if let (Some(o), Some(d)) = (out.as_object_mut(), details.as_object()) {
+        o.extend(d.clone());
+    }
+    Ok(Json(out))
 }
 
 pub async fn suspend_tenant(

@@ -175,6 +175,7 @@ pub async fn put_table(
         type_overrides: parse_overrides(q.types.as_deref())?,
         now: st.clock.now_s(),
         scan: if st.config.scan.on_ingest { Some(st.scanner(tenant, None).await?) } else { None },
+        keys: Some(st.data_keys.keyring(tenant, &[], st.clock.now_s()).await?),
     };
     tables::check_identifier("table", &req.table)?;
     tables::check_identifier("domain", &req.domain)?;
@@ -454,8 +455,9 @@ async fn run_scan<A: super::extract::Action>(
     let resource = format!("table:{}", table.name);
     let seed = st.clock.now_s().unsigned_abs() ^ table.version.unsigned_abs();
     let scanned = async {
+        let keys = st.keys_for(tenant, std::slice::from_ref(&table)).await?;
         let sample =
-            crate::scan::sample_table(&st.tables, st.stores.relations.as_ref(), &table, scanner.options.sample_rows, seed, progress)
+            crate::scan::sample_table(&st.tables, st.stores.relations.as_ref(), &table, scanner.options.sample_rows, seed, keys, progress)
                 .await?;
         let report = tokio::task::spawn_blocking(move || sample.scan(&scanner)).await.map_err(|_| MoatError::internal("scan_failed"))?;
         let after = if dry_run {

@@ -45,7 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/whoami", get(auth::whoami))
         .route("/auth/password", put(auth::change_password))
         .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
-        .route("/tenants/{slug}", get(admin::get_tenant))
+        .route("/tenants/{slug}", get(admin::get_tenant).delete(admin::delete_tenant))
         .route("/tenants/{slug}/suspend", post(admin::suspend_tenant))
         .route("/tenants/{slug}/resume", post(admin::resume_tenant))
         .route("/tenants/{slug}/validate", post(admin::validate_tenant))

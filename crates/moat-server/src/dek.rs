@@ -1,0 +1,157 @@
+//! The tenants' data-encryption keys: made at provisioning (or on first use for tenants made
+//! before encryption at rest), wrapped by the key provider's master key, kept wrapped in the
+//! store, unwrapped into a short-lived in-process keyring per tenant. See `moat_core::keys`
+//! for the hierarchy and `moat_query::crypto` for the files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moat_core::clock::UnixSeconds;
+use moat_core::ids::TenantId;
+use moat_core::keys::{KeyProvider, SecretKey, dek_context};
+use moat_core::{MoatError, Result};
+use moat_query::crypto::TenantKeyring;
+use moat_store::{MetaStore, NewTenantKey, TenantKeyRecord};
+
+/// How long an unwrapped keyring is reused before the store is read again: a key destroyed or
+/// added on another replica is seen within this.
+const KEYRING_TTL: Duration = Duration::from_secs(30);
+
+/// The error of a tenant whose keys were destroyed: its data is gone for good.
+pub fn shredded() -> MoatError {
+    MoatError::not_found("tenant_keys_destroyed", "the tenant's data keys were destroyed (the tenant was deleted); its data cannot be read")
+}
+
+pub struct DataKeys {
+    provider: Arc<dyn KeyProvider>,
+    meta: Arc<dyn MetaStore>,
+    cache: Mutex<HashMap<TenantId, (Instant, Arc<TenantKeyring>)>>,
+}
+
+impl std::fmt::Debug for DataKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeys").field("provider", &self.provider).finish_non_exhaustive()
+    }
+}
+
+impl DataKeys {
+    pub fn new(provider: Arc<dyn KeyProvider>, meta: Arc<dyn MetaStore>) -> Self {
+        Self { provider, meta, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.provider
+    }
+
+    /// The tenant's keyring, holding at least the DEK versions in `needed` (a table written
+    /// under a version this replica has not seen yet makes it read the store again). Makes the
+    /// tenant's first DEK if it has none.
+    pub async fn keyring(&self, tenant: TenantId, needed: &[u32], now: UnixSeconds) -> Result<Arc<TenantKeyring>> {
+        if let Some(k) = self.cached(tenant).filter(|k| needed.iter().all(|v| k.has_version(*v))) {
+            return Ok(k);
+        }
+        let ring = Arc::new(self.load(tenant, now).await?);
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant, (Instant::now(), ring.clone()));
+        Ok(ring)
+    }
+
+    /// Drops the cached keyring (after a rotation or destruction on this replica).
+    pub fn forget(&self, tenant: TenantId) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&tenant);
+    }
+
+    /// Crypto-shredding: erases every wrapped DEK of the tenant and forgets the keyring.
+    pub async fn shred(&self, tenant: TenantId, now: UnixSeconds) -> Result<u64> {
+        let n = self.meta.shred_tenant_keys(tenant, now).await?;
+        self.forget(tenant);
+        Ok(n)
+    }
+
+    fn cached(&self, tenant: TenantId) -> Option<Arc<TenantKeyring>> {
+        let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(&tenant).filter(|(at, _)| at.elapsed() < KEYRING_TTL).map(|(_, k)| k.clone())
+    }
+
+    async fn load(&self, tenant: TenantId, now: UnixSeconds) -> Result<TenantKeyring> {
+        let mut records = self.meta.tenant_keys(tenant).await?;
+        if records.is_empty() {
+            self.add_version(tenant, 1, now).await?;
+            records = self.meta.tenant_keys(tenant).await?;
+        }
+        let live: Vec<TenantKeyRecord> = records.into_iter().filter(|r| r.wrapped.is_some()).collect();
+        let current = live.iter().map(|r| r.version).max().ok_or_else(shredded)?;
+        let provider = self.provider.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            live.iter()
+                .map(|r| {
+                    let wrapped = r.wrapped.as_deref().unwrap_or_default();
+                    provider.unwrap(&r.kek, wrapped, &dek_context(tenant, r.version)).map(|k| (r.version, k))
+                })
+                .collect::<Result<BTreeMap<u32, SecretKey>>>()
+        })
+        .await
+        .map_err(|_| MoatError::internal("key_task_failed"))??;
+        TenantKeyring::new(tenant, keys, current)
+    }
+
+    /// Makes DEK `version` of the tenant; `false` when another replica made it first.
+    async fn add_version(&self, tenant: TenantId, version: u32, now: UnixSeconds) -> Result<bool> {
+        let provider = self.provider.clone();
+        let (kek, wrapped) = tokio::task::spawn_blocking(move || -> Result<(String, Vec<u8>)> {
+            let dek = SecretKey::generate()?;
+            Ok((provider.current_kek(), provider.wrap(&dek, &dek_context(tenant, version))?))
+        })
+        .await
+        .map_err(|_| MoatError::internal("key_task_failed"))??;
+        self.meta.add_tenant_key(&NewTenantKey { tenant_id: tenant, version, kek, wrapped, now }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use moat_core::ids::Slug;
+    use moat_core::keys::{KEY_LEN, LocalKek, LocalKeyProvider};
+    use moat_store::NewTenant;
+
+    use super::*;
+
+    fn provider(byte: u8) -> Arc<dyn KeyProvider> {
+        let kek = LocalKek { id: "local:kek-0001".into(), key: SecretKey::from_bytes([byte; KEY_LEN]) };
+        Arc::new(LocalKeyProvider::new(vec![kek]).unwrap())
+    }
+
+    #[tokio::test]
+    async fn keys_are_made_once_and_open_only_under_their_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = moat_store::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await.unwrap();
+        let t = stores
+            .meta
+            .create_tenant(
+                &NewTenant { id: TenantId::new(), slug: Slug::parse("acme").unwrap(), name: "A".into(), now: 1, database: None },
+                None,
+            )
+            .await
+            .unwrap();
+        let keys = DataKeys::new(provider(1), stores.meta.clone());
+        let ring = keys.keyring(t.id, &[], 1).await.unwrap();
+        assert_eq!(ring.current_version(), 1);
+        // Another replica (its own cache) reads the same key rather than making another.
+        let replica = DataKeys::new(provider(1), stores.meta.clone());
+        let other = replica.keyring(t.id, &[1], 1).await.unwrap();
+        assert_eq!(other.current_version(), 1);
+        assert_eq!(stores.meta.tenant_keys(t.id).await.unwrap().len(), 1);
+        // A version this replica has not seen sends it back to the store, which has none.
+        assert!(!replica.keyring(t.id, &[2], 1).await.unwrap().has_version(2));
+
+        // The wrong master key (a key file from another deployment): a clear refusal.
+        let wrong = DataKeys::new(provider(2), stores.meta.clone());
+        assert_eq!(wrong.keyring(t.id, &[], 1).await.unwrap_err().code, "key_unwrap_failed");
+
+        // Shredded: nobody gets the keys again, not even a replica that had them cached.
+        assert_eq!(keys.shred(t.id, 5).await.unwrap(), 1);
+        assert_eq!(keys.keyring(t.id, &[], 6).await.unwrap_err().code, "tenant_keys_destroyed");
+        assert_eq!(replica.keyring(t.id, &[2], 6).await.unwrap_err().code, "tenant_keys_destroyed");
+    }
+}
