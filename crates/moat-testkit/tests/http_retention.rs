@@ -84,14 +84,16 @@ async fn retention_removes_old_records_behind_signed_checkpoints_and_the_trail_s
     let auth = s.get("/v1/audit/events?category=auth&limit=1000", &acme).await;
     let cutoff_ms = (s.clock.now_s() - 90 * DAY_S) * 1000;
     let sealed = trail_of(&run.body, "acme")["sealed_through"].as_i64().unwrap();
-    let old: Vec<i64> = auth.body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["ts_ms"].as_i64().unwrap() < cutoff_ms)
-        .map(|e| e["seq"].as_i64().unwrap())
-        .collect();
-    assert!(old.iter().all(|seq| *seq > sealed), "old sign-ins in sealed segments are gone: {old:?} (sealed through {sealed})");
+    let events = auth.body["events"].as_array().unwrap();
+    let seqs = |old: bool| -> Vec<i64> {
+        events.iter().filter(|e| (e["ts_ms"].as_i64().unwrap() < cutoff_ms) == old).map(|e| e["seq"].as_i64().unwrap()).collect()
+    };
+    let (old, recent) = (seqs(true), seqs(false));
+    // A segment's sign-ins go together, once its newest one is past retention: an old sign-in
+    // stays only beyond the sealed segments or beside a recent one in its segment.
+    let segment = |seq: i64| (seq - 1) / 4;
+    let kept: Vec<i64> = old.iter().copied().filter(|seq| *seq <= sealed && !recent.iter().any(|r| segment(*r) == segment(*seq))).collect();
+    assert!(kept.is_empty(), "old sign-ins in sealed, expired segments are gone: {kept:?} (sealed through {sealed}; old {old:?})");
     let admin = s.get("/v1/audit/events?category=admin&limit=1000", &acme).await;
     assert_eq!(admin.body["events"].as_array().unwrap().len(), admin_before);
     let retention = s.get("/v1/audit/events?action=audit.retention&limit=1000", &acme).await;
