@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use crate::shared::{
     LEASE_CURSOR, audit_unavailable, checkpoint_record, column_record, corrupt, frontier_of, hash_of, like_escape, prune_record,
-    retention_mismatch, seal_entry, search_words, segment_category, stored_entries,
+    retention_mismatch, seal_entry, search_words, segment_category, stored_entries, tenant_key_record,
 };
 use crate::sqlite_search::search_text;
 use crate::*;
@@ -654,18 +654,7 @@ impl MetaStore for PgStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(TenantKeyRecord {
-                    tenant_id: tenant,
-                    version: u32::try_from(r.get::<i32, _>("version")).map_err(|_| MoatError::internal("store_corrupt"))?,
-                    kek: r.get("kek"),
-                    wrapped: r.get("wrapped"),
-                    created_at: r.get("created_at"),
-                    destroyed_at: r.get("destroyed_at"),
-                })
-            })
-            .collect()
+        rows.iter().map(|r| tenant_key_record!(r, tenant, i32)).collect()
     }
 
     async fn rewrap_tenant_key(&self, tenant: TenantId, version: u32, kek: &str, wrapped: &[u8]) -> Result<bool> {

@@ -126,6 +126,24 @@ macro_rules! checkpoint_record {
     };
 }
 
+/// A `tenant_keys` row of tenant `$tenant`; `$version` is the stored version's integer type
+/// (SQLite INTEGER, PostgreSQL integer). A version that is not a positive 32-bit number is a
+/// corrupt row.
+macro_rules! tenant_key_record {
+    ($r:expr, $tenant:expr, $version:ty) => {
+        u32::try_from($r.get::<$version, _>("version")).map_err(|_| $crate::shared::corrupt("tenant key version")).map(|version| {
+            $crate::TenantKeyRecord {
+                tenant_id: $tenant,
+                version,
+                kek: $r.get("kek"),
+                wrapped: $r.get("wrapped"),
+                created_at: $r.get("created_at"),
+                destroyed_at: $r.get("destroyed_at"),
+            }
+        })
+    };
+}
+
 macro_rules! prune_record {
     ($r:expr) => {
         $crate::Prune {
@@ -195,7 +213,7 @@ macro_rules! stored_entries {
     }};
 }
 
-pub(crate) use {checkpoint_record, column_record, prune_record, segment_category, stored_entries};
+pub(crate) use {checkpoint_record, column_record, prune_record, segment_category, stored_entries, tenant_key_record};
 
 /// Takes or renews a trail's forwarding lease. One text for both dialects: SQLite reads `$n` as
 /// named parameters numbered by first appearance, which here is `$1` … `$6` in order.
