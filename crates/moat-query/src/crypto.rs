@@ -18,8 +18,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result as DfResult};
-use datafusion::config::EncryptionFactoryOptions;
+use datafusion::config::{EncryptionFactoryOptions, TableParquetOptions};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{GetOptions, GetRange, ObjectStore};
 use datafusion::parquet::encryption::decrypt::{FileDecryptionProperties, KeyRetriever};
@@ -194,6 +196,16 @@ impl EncryptionFactory for TenantFiles {
             .build()?;
         Ok(Some(props))
     }
+}
+
+/// The Parquet format of an encrypted table read in `runtime`: its files open only through
+/// `keys` (registered there as [`TenantFiles`] under [`FACTORY_ID`]; a session serves one
+/// tenant, so every encrypted table of it shares the one factory).
+pub fn encrypted_format(runtime: &RuntimeEnv, keys: Arc<TenantKeyring>, store: Arc<dyn ObjectStore>) -> ParquetFormat {
+    runtime.register_parquet_encryption_factory(FACTORY_ID, Arc::new(TenantFiles::new(keys, store)));
+    let mut options = TableParquetOptions::default();
+    options.crypto.factory_id = Some(FACTORY_ID.to_owned());
+    ParquetFormat::default().with_options(options)
 }
 
 /// Whether a Parquet error is a failed decryption or authentication, or an altered file

@@ -9,7 +9,6 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ParamValues;
-use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
@@ -32,7 +31,7 @@ use moat_core::{ErrorKind, MoatError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::crypto::{FACTORY_ID, TenantFiles, TenantKeyring};
+use crate::crypto::{TenantKeyring, encrypted_format};
 use crate::governed::GovernedTable;
 use crate::lineage::lineage;
 use crate::policy::{ColumnMeta, MaskDecision, MaskingPolicy, decide};
@@ -525,15 +524,7 @@ impl Engine {
                 None => {
                     let url = self.storage.listing_url(&t.location).map_err(df_error)?;
                     let format = match &t.keys {
-                        Some(keys) => {
-                            // One factory per table: it opens only files under this tenant's keys.
-                            let id = format!("{FACTORY_ID}:{}", t.name);
-                            ctx.runtime_env()
-                                .register_parquet_encryption_factory(&id, Arc::new(TenantFiles::new(keys.clone(), self.storage.store())));
-                            let mut options = TableParquetOptions::default();
-                            options.crypto.factory_id = Some(id);
-                            ParquetFormat::default().with_options(options)
-                        }
+                        Some(keys) => encrypted_format(&ctx.runtime_env(), keys.clone(), self.storage.store()),
                         None => ParquetFormat::default(),
                     };
                     let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");

@@ -8,7 +8,6 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result as DfResult};
-use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
@@ -27,7 +26,7 @@ use moat_core::MoatError;
 use tokio_util::io::SyncIoBridge;
 use url::Url;
 
-use crate::crypto::{FACTORY_ID, TenantFiles, TenantKeyring};
+use crate::crypto::{TenantKeyring, encrypted_format};
 
 /// The one URL the engine resolves table locations against.
 const BASE: &str = "moat://data/";
@@ -119,12 +118,7 @@ impl TableStorage {
         let config = SessionConfig::new().with_batch_size(batch_rows.max(1)).with_target_partitions(1);
         let runtime = RuntimeEnvBuilder::new().with_object_store_registry(self.registry()).build_arc().map_err(read_error)?;
         let format = match keys {
-            Some(keys) => {
-                runtime.register_parquet_encryption_factory(FACTORY_ID, Arc::new(TenantFiles::new(keys, self.store.clone())));
-                let mut options = TableParquetOptions::default();
-                options.crypto.factory_id = Some(FACTORY_ID.to_owned());
-                ParquetFormat::default().with_options(options)
-            }
+            Some(keys) => encrypted_format(&runtime, keys, self.store.clone()),
             None => ParquetFormat::default(),
         };
         let ctx = SessionContext::new_with_config_rt(config, runtime);
