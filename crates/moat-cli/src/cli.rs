@@ -98,7 +98,7 @@ pub enum Command {
         #[command(subcommand)]
         cmd: UserCmd,
     },
-    /// Your API keys.
+    /// Your API keys; the tenant's data-encryption keys (status, rotation) and the master key.
     Key {
         #[command(subcommand)]
         cmd: KeyCmd,
@@ -273,6 +273,26 @@ pub enum KeyCmd {
     Revoke {
         id: String,
     },
+    /// The tenant's data-encryption keys: versions, the master key wrapping them, tables not
+    /// yet under the current key, re-encryption progress (Admin; Super Admin with --tenant).
+    Status {
+        /// The tenant (Super Admin; same as --in-tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Rotate the tenant's data-encryption key: a new version; its tables are re-encrypted in
+    /// the background while queries keep working (Admin; Super Admin with --tenant).
+    Rotate {
+        /// The tenant (Super Admin; same as --in-tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Follow the re-encryption with a progress bar until it is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Rotate the master key (Super Admin): a new one in the key provider, every tenant's data
+    /// keys re-wrapped under it; no file is rewritten.
+    RotateMaster,
 }
 
 #[derive(Debug, Subcommand)]

@@ -70,6 +70,11 @@ impl Client {
     /// `in_tenant` (Super Admin), stating `justification` on every request
     /// (`X-Moat-Justification`, recorded in the audit trail).
     pub fn new(server: Option<String>, in_tenant: Option<String>, justification: Option<&str>) -> Result<Self, CliError> {
+        if let Some(t) = &in_tenant
+            && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(CliError::usage("invalid_slug", format!("tenant {t:?} is not a slug (letters, digits, '-', '_')")));
+        }
         let session = load_session();
         let server = server.or_else(|| session.as_ref().map(|s| s.server.clone())).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         let mut headers = reqwest::header::HeaderMap::new();

@@ -134,6 +134,15 @@ pub async fn run(cli: Cli) -> CliResult {
         }
         Command::Tenant { cmd } => tenant(client(false)?, cmd, json_out).await,
         Command::User { cmd } => user(client(true)?, cmd, json_out).await,
+        // A tenant's data keys: `--tenant` (or the global --in-tenant) names it for a Super Admin.
+        Command::Key { cmd: cmd @ (KeyCmd::Status { .. } | KeyCmd::Rotate { .. }) } => {
+            let named = match &cmd {
+                KeyCmd::Status { tenant } | KeyCmd::Rotate { tenant, .. } => tenant.clone(),
+                _ => None,
+            };
+            let scope = named.or_else(|| in_tenant.clone());
+            key(Client::new(server.clone(), scope, justification.as_deref())?, cmd, json_out).await
+        }
         Command::Key { cmd } => key(client(false)?, cmd, json_out).await,
         Command::Audit { cmd: AuditCmd::HmacKey { trail, dir } } => {
             let d = DataDir::new(dir.data_dir);
@@ -436,8 +445,99 @@ async fn key(mut c: Client, cmd: KeyCmd, json_out: bool) -> CliResult {
             c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None).await?;
             emit(json_out, &json!({"revoked": id}), |_| println!("API key {id} revoked"));
         }
+        KeyCmd::Status { .. } => {
+            let v = c.call(Method::GET, "/v1/keys", None).await?;
+            emit(json_out, &v, show_data_keys);
+        }
+        KeyCmd::Rotate { wait, .. } => {
+            let v = c.call(Method::POST, "/v1/keys/rotate", None).await?;
+            if !json_out {
+                println!(
+                    "tenant {}: data key v{} is current (was v{}); {} table(s) to re-encrypt in the background",
+                    v["tenant"].as_str().unwrap_or(""),
+                    v["dek_version"],
+                    v["previous_version"],
+                    v["tables_pending"]
+                );
+            }
+            if wait {
+                let version = v["dek_version"].as_u64();
+                let status = follow_reencryption(&mut c, version, json_out).await?;
+                emit(json_out, &status, show_data_keys);
+            } else if json_out {
+                emit(json_out, &v, |_| {});
+            }
+        }
+        KeyCmd::RotateMaster => {
+            let v = c.call(Method::POST, "/v1/keys/rotate-master", None).await?;
+            emit(json_out, &v, |v| {
+                println!(
+                    "master key {} created; {} data key(s) of {} tenant(s) re-wrapped under it",
+                    v["kek"].as_str().unwrap_or(""),
+                    v["keys_rewrapped"],
+                    v["tenants"]
+                );
+            });
+        }
     }
     Ok(())
+}
+
+fn show_data_keys(v: &Value) {
+    println!(
+        "tenant {}: data key v{} (master key {}, provider {}); tables {} under it, {} pending; next scheduled rotation {}",
+        v["tenant"].as_str().unwrap_or(""),
+        v["dek_version"],
+        v["master_key"].as_str().unwrap_or(""),
+        v["provider"].as_str().unwrap_or(""),
+        v["tables"]["current"],
+        v["tables"]["pending"],
+        output::time_cell(&v["next_rotation_at"]),
+    );
+    output::table(v["versions"].as_array().map_or(&[], Vec::as_slice), &["version", "master_key", "current", "created_at", "destroyed_at"]);
+    let r = &v["reencryption"];
+    if r.is_object() {
+        println!(
+            "re-encryption to v{}: {} ({}/{} tables, {} skipped, {} rows, {} bytes, {} MB/s){}",
+            r["dek_version"],
+            r["state"].as_str().unwrap_or(""),
+            r["tables_done"],
+            r["tables_total"],
+            r["tables_skipped"],
+            r["rows"],
+            r["bytes_written"],
+            r["mb_per_s"],
+            r["error"].as_str().map(|e| format!(" error {e}")).unwrap_or_default()
+        );
+    }
+}
+
+/// Polls the key status until no table is left under an older key (or the job failed).
+async fn follow_reencryption(c: &mut Client, version: Option<u64>, json_out: bool) -> Result<Value, CliError> {
+    let bar = output::progress_bar(!json_out, 0, "{spinner} re-encrypting [{bar:30}] {pos}/{len} tables {msg}");
+    loop {
+        let v = c.call(Method::GET, "/v1/keys", None).await?;
+        let r = &v["reencryption"];
+        let ours = r["dek_version"].as_u64() == version;
+        if ours {
+            bar.set_length(r["tables_total"].as_u64().unwrap_or(0));
+            bar.set_position(r["tables_done"].as_u64().unwrap_or(0));
+            bar.set_message(format!("{} MB/s", r["mb_per_s"]));
+        }
+        if v["tables"]["pending"].as_u64() == Some(0) {
+            bar.finish_and_clear();
+            return Ok(v);
+        }
+        if ours && r["state"].as_str() == Some("failed") {
+            bar.abandon();
+            let code = r["error"].as_str().unwrap_or("reencryption_failed").to_owned();
+            return Err(CliError::runtime_owned(
+                code,
+                "re-encryption stopped; the server resumes it at its next check (see moat key status)".into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// The line a failed verification prints, whichever way it ran.

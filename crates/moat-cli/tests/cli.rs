@@ -218,6 +218,13 @@ fn admin_flow_through_the_cli() {
     // Retention: nothing is old enough yet.
     let o = moat(&["audit", "prune", "--dry-run"], &env, None);
     assert!(o.status.success() && text(&o.stdout).contains("nothing is due"), "{} {}", text(&o.stdout), text(&o.stderr));
+    // Keys: the Super Admin rotates the master key and looks into a tenant's data keys.
+    let o = moat(&["key", "rotate-master"], &env, None);
+    assert!(o.status.success() && text(&o.stdout).contains("master key local:kek-0002 created"), "{} {}", text(&o.stdout), text(&o.stderr));
+    let o = moat(&["key", "status", "--tenant", "acme"], &env, None);
+    assert!(o.status.success() && text(&o.stdout).contains("tenant acme: data key v1 (master key local:kek-0002"), "{}", text(&o.stdout));
+    assert_error(&moat(&["key", "status"], &env, None), 1, "tenant_required");
+    assert_error(&moat(&["--in-tenant", "acme&tenant=x", "user", "list"], &env, None), 2, "invalid_slug");
     // The Super Admin acts inside acme.
     let o = moat(
         &["--in-tenant", "acme", "user", "create", "--email", "ana@acme.example", "--role", "editor", "--password-stdin"],
@@ -232,6 +239,12 @@ fn admin_flow_through_the_cli() {
         Some("Blue-Harbor-Anvil-7\n"),
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // The tenant's Admin rotates its data key and follows the re-encryption; not the master key.
+    let o = moat(&["--json", "key", "rotate", "--wait"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["dek_version"].as_u64(), v["tables"]["pending"].as_u64()), (Some(2), Some(0)), "{v}");
+    assert_error(&moat(&["key", "rotate-master"], &env, None), 1, "forbidden");
     let o = moat(&["user", "set-role", "ana@acme.example", "viewer", "--justification", "ticket OPS-7"], &env, None);
     assert!(text(&o.stdout).contains("viewer"), "{}", text(&o.stderr));
     // A tenant keeps its trail longer (HIPAA), never shorter; only the Super Admin prunes.

@@ -36,6 +36,9 @@ pub const CATALOG: &[Permission] = &[
     Permission::new("report", "read"),
     Permission::new("policy", "read"),
     Permission::new("policy", "update"),
+    Permission::new("encryption", "read"),
+    Permission::new("encryption", "rotate"),
+    Permission::new("encryption", "rotate_master"),
 ];
 
 impl Permission {

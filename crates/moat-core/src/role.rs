@@ -92,6 +92,9 @@ const ADMIN_GRANTS: &[Permission] = &[
     P::new("audit", "*"),
     P::new("report", "*"),
     P::new("policy", "*"),
+    // A tenant's own data keys; the master key is the platform's (Super Admin only).
+    P::new("encryption", "read"),
+    P::new("encryption", "rotate"),
 ];
 const EDITOR_GRANTS: &[Permission] =
     &[P::TABLE_READ, P::TABLE_WRITE, P::TABLE_DELETE, P::QUERY_EXECUTE, P::KEY_CREATE, P::KEY_READ, P::KEY_REVOKE];

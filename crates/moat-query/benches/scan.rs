@@ -1,7 +1,10 @@
 //! Governed vs raw DataFusion over the same Parquet table: 10M rows (MOAT_BENCH_ROWS to change),
 //! three masked columns for the caller (name → hash16, email → email_partial, ssn → last_four).
 //! Prints the median of several alternating runs per query and the governed/raw ratio (goal:
-//! ≤ 1.10× for the full scan). Run: `cargo bench -p moat-query --profile bench-fast --bench scan`.
+//! ≤ 1.10× for the full scan). Then the same governed queries on the same rows written encrypted
+//! (the tenant's DEK, Parquet modular encryption, as ingest writes them) against the plaintext
+//! file: the cost of encryption at rest (goal: ≤ 1.15× for the full scan).
+//! Run: `cargo bench -p moat-query --profile bench-fast --bench scan`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -12,11 +15,14 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use moat_core::classification::Classification;
 use moat_core::ids::{Email, TenantId, UserId};
+use moat_core::keys::SecretKey;
 use moat_core::principal::{Principal, Scope};
 use moat_core::role::Role;
+use moat_query::crypto::TenantKeyring;
 use moat_query::policy::{ColumnMeta, MaskingPolicy, PiiCategory};
 use moat_query::{Engine, EngineLimits, TableSource, TableStorage};
 
@@ -115,10 +121,14 @@ fn schema() -> Arc<Schema> {
     ]))
 }
 
-fn write_table(dir: &std::path::Path, rows: usize) {
+fn write_table(dir: &std::path::Path, rows: usize, encryption: Option<Arc<FileEncryptionProperties>>) {
     let file = std::fs::File::create(dir.join("part-00000.parquet")).unwrap();
     // As ingest writes tables.
-    let props = moat_query::ingest::writer_properties(&moat_query::ingest::IngestLimits::default());
+    let limits = moat_query::ingest::IngestLimits::default();
+    let props = match encryption {
+        Some(e) => moat_query::ingest::writer_properties_builder(&limits).with_file_encryption_properties(e).build(),
+        None => moat_query::ingest::writer_properties(&limits),
+    };
     let mut w = ArrowWriter::try_new(file, schema(), Some(props)).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
@@ -183,9 +193,18 @@ async fn main() {
     let table_dir = dir.path().join("t/v1");
     std::fs::create_dir_all(&table_dir).unwrap();
     let t0 = Instant::now();
-    write_table(&table_dir, rows);
+    write_table(&table_dir, rows, None);
     let size = std::fs::metadata(table_dir.join("part-00000.parquet")).unwrap().len();
     println!("table: {rows} rows, {:.1} MiB Parquet, written in {:.1} s", size as f64 / 1048576.0, t0.elapsed().as_secs_f64());
+    // The same rows encrypted under a tenant DEK, as ingest writes them.
+    let tenant = TenantId::new();
+    let keyring = Arc::new(TenantKeyring::new(tenant, [(1, SecretKey::generate().unwrap())].into(), 1).unwrap());
+    let enc_dir = dir.path().join("t/v2");
+    std::fs::create_dir_all(&enc_dir).unwrap();
+    let t0 = Instant::now();
+    write_table(&enc_dir, rows, Some(keyring.encryption_for("t/v2/part-00000.parquet").unwrap()));
+    let enc_size = std::fs::metadata(enc_dir.join("part-00000.parquet")).unwrap().len();
+    println!("encrypted: {:.1} MiB Parquet, written in {:.1} s", enc_size as f64 / 1048576.0, t0.elapsed().as_secs_f64());
 
     let partitions = std::thread::available_parallelism().map_or(2, usize::from).min(16);
     // Raw: plain DataFusion on the same file, same parallelism, the same Parquet filter pushdown
@@ -212,7 +231,6 @@ async fn main() {
         ..Default::default()
     };
     let engine = Engine::new(limits, storage, None);
-    let tenant = TenantId::new();
     let who = Principal::for_tests(Scope::Tenant(tenant), UserId::new(), Email::parse("bench@moat.example").unwrap(), Role::Viewer);
     let source = TableSource {
         name: "t".into(),
@@ -229,6 +247,7 @@ async fn main() {
         provider: None,
         keys: None,
     };
+    let encrypted = [TableSource { location: "t/v2".into(), keys: Some(keyring), ..source.clone() }];
     let tables = [source];
     let policy = MaskingPolicy::default();
 
@@ -291,5 +310,29 @@ async fn main() {
         }
         let (r, g) = (median(r), median(g));
         println!("{label:<42} {:>10.1} {:>10.1} {:>6.2}x", r.as_secs_f64() * 1e3, g.as_secs_f64() * 1e3, g.as_secs_f64() / r.as_secs_f64());
+    }
+    if !side.is_empty() {
+        return;
+    }
+    // Encryption at rest: governed on the plaintext file vs governed on the encrypted one.
+    println!("\n{:<42} {:>10} {:>10} {:>7}", "query (governed)", "plain ms", "enc ms", "ratio");
+    for (label, sql) in queries.into_iter().filter(|(l, _)| l.contains(only.as_str())) {
+        let (mut p, mut e) = (Vec::new(), Vec::new());
+        let (mut plain_rows, mut enc_rows) = (0, 0);
+        for i in 0..runs + 1 {
+            let s = Instant::now();
+            plain_rows = engine.execute(&who, tenant, moat_query::Catalog::tables(&tables), &policy, sql).await.unwrap().row_count;
+            let pt = s.elapsed();
+            let s = Instant::now();
+            enc_rows = engine.execute(&who, tenant, moat_query::Catalog::tables(&encrypted), &policy, sql).await.unwrap().row_count;
+            let et = s.elapsed();
+            if i > 0 {
+                p.push(pt);
+                e.push(et);
+            }
+        }
+        assert_eq!(plain_rows, enc_rows, "{label}: same number of rows");
+        let (p, e) = (median(p), median(e));
+        println!("{label:<42} {:>10.1} {:>10.1} {:>6.2}x", p.as_secs_f64() * 1e3, e.as_secs_f64() * 1e3, e.as_secs_f64() / p.as_secs_f64());
     }
 }

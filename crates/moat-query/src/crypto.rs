@@ -228,6 +228,15 @@ pub fn is_integrity_message(m: &str) -> bool {
     ["decrypt", "encrypt", "crypto", "aad", "unspecified", "data_integrity_error", "out of range of file"].iter().any(|w| m.contains(w))
 }
 
+/// A batch of a table read back (a PII scan, a re-encryption) that failed: the integrity error
+/// when a file was altered or cannot be decrypted, else an internal storage error. The
+/// library's text goes to the log (it may name files), never to the caller.
+pub fn read_back_error(table: &str, e: &dyn std::fmt::Display) -> MoatError {
+    let text = e.to_string();
+    tracing::error!(table, error = %text, "cannot read a table back");
+    if is_integrity_message(&text) { integrity_error() } else { MoatError::internal("storage_error") }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

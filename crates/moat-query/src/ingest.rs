@@ -96,6 +96,11 @@ pub struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
+    /// Batches already typed (a table read back to be written again, e.g. re-encrypted).
+    pub fn from_batches(schema: SchemaRef, batches: impl Iterator<Item = Result<RecordBatch, MoatError>> + Send + 'a) -> Self {
+        Self { schema, renamed: Vec::new(), batches: Box::new(batches) }
+    }
+
     /// Lets `f` see every batch on its way to the writer (to sample rows while importing).
     pub fn inspect<'b>(self, mut f: impl FnMut(&RecordBatch) + Send + 'b) -> Prepared<'b>
     where
@@ -316,7 +321,8 @@ pub fn writer_properties(limits: &IngestLimits) -> WriterProperties {
     writer_properties_builder(limits).build()
 }
 
-fn writer_properties_builder(limits: &IngestLimits) -> WriterPropertiesBuilder {
+/// [`writer_properties`] before `build`, for writers that add to it (file encryption).
+pub fn writer_properties_builder(limits: &IngestLimits) -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(limits.row_group_rows))

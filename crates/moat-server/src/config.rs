@@ -27,7 +27,72 @@ pub struct Config {
     pub audit: AuditConfig,
     /// TLS for HTTP and the PostgreSQL wire protocol (off until `cert` and `key` are set).
     pub tls: TlsConfig,
+    /// Where the master key lives and how often tenant keys rotate.
+    pub keys: KeysConfig,
     pub log: LogConfig,
+}
+
+/// The key hierarchy's outside: the master-key provider and the rotation schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// `"local"`: key files in `keys/master/` of the data dir. `"pkcs11"`: an HSM; the master
+    /// key is made inside it, never leaves it, and wraps and unwraps tenant keys itself.
+    pub provider: String,
+    /// The vendor's PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub pkcs11_module: String,
+    /// Label of the token that holds the master keys.
+    pub pkcs11_token: String,
+    /// Name of the environment variable holding the token's user PIN (never in `moat.toml`).
+    pub pkcs11_pin_env: String,
+    /// Label prefix of the master keys in the token: `{prefix}-0001`, `{prefix}-0002`, ….
+    pub pkcs11_key_label: String,
+    /// A tenant's data key is rotated when its current version is this old (0: only on demand).
+    pub rotation_days: u32,
+    /// How often a replica looks for due rotations and unfinished re-encryption.
+    pub rotation_check_interval_s: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            provider: "local".into(),
+            pkcs11_module: String::new(),
+            pkcs11_token: String::new(),
+            pkcs11_pin_env: "MOAT_PKCS11_PIN".into(),
+            pkcs11_key_label: "moat-kek".into(),
+            rotation_days: 90,
+            rotation_check_interval_s: 3_600,
+        }
+    }
+}
+
+impl KeysConfig {
+    fn validate(&self) -> Result<(), MoatError> {
+        match self.provider.as_str() {
+            "local" => {}
+            "pkcs11" => {
+                if self.pkcs11_module.is_empty() || self.pkcs11_token.is_empty() {
+                    return Err(config_error("keys.pkcs11_module: the pkcs11 provider needs keys.pkcs11_module and keys.pkcs11_token"));
+                }
+            }
+            other => return Err(config_error(format!("keys.provider: {other:?} is not a key provider; use \"local\" or \"pkcs11\""))),
+        }
+        let label = &self.pkcs11_key_label;
+        if label.is_empty() || label.len() > 48 || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(config_error("keys.pkcs11_key_label: 1 to 48 letters, digits, '_' or '-'"));
+        }
+        if self.pkcs11_pin_env.is_empty() {
+            return Err(config_error("keys.pkcs11_pin_env: names the environment variable holding the PIN; may not be empty"));
+        }
+        if self.rotation_days > 3_650 {
+            return Err(config_error("keys.rotation_days: 0 (on demand only) to 3650"));
+        }
+        if !(10..=86_400).contains(&self.rotation_check_interval_s) {
+            return Err(config_error("keys.rotation_check_interval_s: between 10 and 86400"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -533,6 +598,7 @@ impl Config {
             return Err(config_error("cache.result_max_bytes: at least 1, and no more than cache.result_local_max_bytes"));
         }
         self.events.validate()?;
+        self.keys.validate()?;
         let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
         if !self.store.url.starts_with("sqlite://") && !postgres(&self.store.url) {
             return Err(config_error(format!(
@@ -657,6 +723,15 @@ client_ca = ""    # PEM CA bundle: require client certificates signed by it (mTL
 min_version = "{tls_min}"   # "1.2" or "1.3"
 hsts_max_age_s = {hsts}
 
+[keys]
+provider = "{k_provider}"   # "local": key files in keys/master/ | "pkcs11": an HSM
+# pkcs11_module = "/usr/lib/softhsm/libsofthsm2.so"   # the vendor's PKCS#11 library
+# pkcs11_token = "moat"           # token label
+# pkcs11_pin_env = "{k_pin_env}"   # environment variable holding the user PIN
+# pkcs11_key_label = "{k_label}"        # master keys are {k_label}-0001, {k_label}-0002, ...
+rotation_days = {k_days}   # rotate a tenant's data key when it is this old (0: on demand only)
+rotation_check_interval_s = {k_check}
+
 [log]
 level = "{level}"
 format = "{format}"   # text | json
@@ -666,6 +741,11 @@ format = "{format}"   # text | json
         pg_conns = d.server.pg_max_connections_per_tenant,
         tls_min = d.tls.min_version,
         hsts = d.tls.hsts_max_age_s,
+        k_provider = d.keys.provider,
+        k_pin_env = d.keys.pkcs11_pin_env,
+        k_label = d.keys.pkcs11_key_label,
+        k_days = d.keys.rotation_days,
+        k_check = d.keys.rotation_check_interval_s,
         pg_idle = d.server.pg_idle_timeout_s,
         store = d.store.url,
         iss = d.auth.issuer,

@@ -68,6 +68,53 @@ impl DataKeys {
         Ok(n)
     }
 
+    /// Makes the tenant's next DEK version (rotation); returns (previous, current, whether this
+    /// call made it). Replicas rotating at the same moment make the same version: one insert
+    /// wins, both report it.
+    pub async fn rotate(&self, tenant: TenantId, now: UnixSeconds) -> Result<(u32, u32, bool)> {
+        let records = self.meta.tenant_keys(tenant).await?;
+        if !records.is_empty() && records.iter().all(|r| r.wrapped.is_none()) {
+            return Err(shredded());
+        }
+        let previous = records.iter().map(|r| r.version).max().unwrap_or(0);
+        let made = self.add_version(tenant, previous + 1, now).await?;
+        self.forget(tenant);
+        Ok((previous, previous + 1, made))
+    }
+
+    /// Master-key rotation for one tenant: every live DEK not wrapped under the provider's
+    /// current master key is unwrapped and wrapped again under it (the DEKs, and so the files,
+    /// stay the same). Returns how many were re-wrapped.
+    pub async fn rewrap(&self, tenant: TenantId) -> Result<u64> {
+        let current = self.provider.current_kek();
+        let stale: Vec<TenantKeyRecord> =
+            self.meta.tenant_keys(tenant).await?.into_iter().filter(|r| r.wrapped.is_some() && r.kek != current).collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let provider = self.provider.clone();
+        let rewrapped = tokio::task::spawn_blocking(move || {
+            let kek = provider.current_kek();
+            stale
+                .iter()
+                .map(|r| {
+                    let ctx = dek_context(tenant, r.version);
+                    let dek = provider.unwrap(&r.kek, r.wrapped.as_deref().unwrap_or_default(), &ctx)?;
+                    Ok((r.version, kek.clone(), provider.wrap(&dek, &ctx)?))
+                })
+                .collect::<Result<Vec<(u32, String, Vec<u8>)>>>()
+        })
+        .await
+        .map_err(|_| MoatError::internal("key_task_failed"))??;
+        let mut n = 0;
+        for (version, kek, wrapped) in rewrapped {
+            if self.meta.rewrap_tenant_key(tenant, version, &kek, &wrapped).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn cached(&self, tenant: TenantId) -> Option<Arc<TenantKeyring>> {
         let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         c.get(&tenant).filter(|(at, _)| at.elapsed() < KEYRING_TTL).map(|(_, k)| k.clone())
@@ -149,9 +196,27 @@ mod tests {
         let wrong = DataKeys::new(provider(2), stores.meta.clone());
         assert_eq!(wrong.keyring(t.id, &[], 1).await.unwrap_err().code, "key_unwrap_failed");
 
+        // Rotation: one new version, whoever asks; the replica that cached v1 finds v2 when a
+        // table names it, and still opens v1.
+        assert_eq!(keys.rotate(t.id, 2).await.unwrap(), (1, 2, true));
+        assert_eq!(replica.keyring(t.id, &[], 2).await.unwrap().current_version(), 1, "cached for a while");
+        let seen = replica.keyring(t.id, &[2], 2).await.unwrap();
+        assert!(seen.has_version(1) && seen.current_version() == 2);
+        // Master-key rotation: every DEK re-wrapped under the new key, the same DEKs after.
+        let old = LocalKek { id: "local:kek-0001".into(), key: SecretKey::from_bytes([1; KEY_LEN]) };
+        let new = LocalKek { id: "local:kek-0002".into(), key: SecretKey::from_bytes([9; KEY_LEN]) };
+        let both = DataKeys::new(Arc::new(LocalKeyProvider::new(vec![old, new.clone()]).unwrap()), stores.meta.clone());
+        assert_eq!(both.rewrap(t.id).await.unwrap(), 2);
+        assert_eq!(both.rewrap(t.id).await.unwrap(), 0, "nothing left under the old key");
+        let only_new = DataKeys::new(Arc::new(LocalKeyProvider::new(vec![new]).unwrap()), stores.meta.clone());
+        let after = only_new.keyring(t.id, &[1, 2], 3).await.unwrap();
+        assert!(after.has_version(1) && after.has_version(2));
+        assert_eq!(keys.keyring(t.id, &[1, 2], 3).await.unwrap_err().code, "master_key_missing", "the old provider alone cannot");
+
         // Shredded: nobody gets the keys again, not even a replica that had them cached.
-        assert_eq!(keys.shred(t.id, 5).await.unwrap(), 1);
+        assert_eq!(keys.shred(t.id, 5).await.unwrap(), 2);
         assert_eq!(keys.keyring(t.id, &[], 6).await.unwrap_err().code, "tenant_keys_destroyed");
-        assert_eq!(replica.keyring(t.id, &[2], 6).await.unwrap_err().code, "tenant_keys_destroyed");
+        assert_eq!(replica.keyring(t.id, &[3], 6).await.unwrap_err().code, "tenant_keys_destroyed");
+        assert_eq!(keys.rotate(t.id, 7).await.unwrap_err().code, "tenant_keys_destroyed", "no new key for a deleted tenant");
     }
 }

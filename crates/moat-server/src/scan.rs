@@ -203,14 +203,7 @@ pub async fn sample_table(
     let mut rows = storage.read_rows(&table.location, 8_192, keys).await?;
     let mut read = 0u64;
     while let Some(batch) = rows.next().await {
-        let batch = batch.map_err(|e| {
-            tracing::error!(table = table.name, error = %e, "cannot read a table back for a scan");
-            if moat_query::crypto::is_integrity_message(&e.to_string()) {
-                moat_query::crypto::integrity_error()
-            } else {
-                MoatError::internal("storage_error")
-            }
-        })?;
+        let batch = batch.map_err(|e| moat_query::crypto::read_back_error(&table.name, &e))?;
         let schema = batch.schema();
         let indices =
             names.iter().map(|n| schema.index_of(n)).collect::<Result<Vec<usize>, _>>().map_err(|_| storage_mismatch(&table.name))?;

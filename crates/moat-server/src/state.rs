@@ -56,6 +56,10 @@ pub struct AppState {
     pub results: crate::result_cache::ResultCache,
     /// The tenants' data-encryption keys (wrapped in the store, unwrapped here on demand).
     pub data_keys: Arc<crate::dek::DataKeys>,
+    /// The master-key provider (`[keys]`), for master-key rotation.
+    pub master_keys: Arc<dyn crate::keyprovider::MasterKeys>,
+    /// Re-encryption jobs after data-key rotation (progress, one job per tenant here).
+    pub rekey: Arc<crate::rotation::Rekeying>,
 }
 
 /// Counts live streams per tenant; a slot is given back when its guard drops.
@@ -144,7 +148,8 @@ impl AppState {
             checkpoint_sink = Some(Arc::new(sink));
         }
         let results = crate::result_cache::ResultCache::from_config(&config.cache)?;
-        let data_keys = Arc::new(crate::dek::DataKeys::new(Arc::new(crate::bootstrap::local_key_provider(dir)?), stores.meta.clone()));
+        let master_keys = crate::keyprovider::open(dir, &config.keys)?;
+        let data_keys = Arc::new(crate::dek::DataKeys::new(master_keys.clone(), stores.meta.clone()));
         let events = if config.events.url.is_empty() {
             None
         } else {
@@ -176,6 +181,8 @@ impl AppState {
             events,
             results,
             data_keys,
+            master_keys,
+            rekey: Arc::default(),
         })
     }
 

@@ -63,6 +63,7 @@ pub async fn run_all(s: &Stores) {
     views(s).await;
     event_cursors(s).await;
     tenant_keys(s).await;
+    table_rekey(s).await;
 }
 
 /// Wrapped DEKs: versions are per tenant and made once (a second replica's insert loses), a
@@ -102,6 +103,49 @@ pub async fn tenant_keys(s: &Stores) {
         Some(b"b1".as_slice()),
         "the other tenant's key is untouched"
     );
+}
+
+/// Re-encryption swaps a table's files only while it is still at the version that was copied:
+/// a replace or delete that came in meanwhile wins, and another tenant's table is out of reach.
+pub async fn table_rekey(s: &Stores) {
+    let (a, b) = (tenant(s).await, tenant(s).await);
+    let col =
+        ColumnRecord { classification: Some("confidential".into()), source: "manual".into(), ..ColumnRecord::unclassified("ssn", "Utf8") };
+    let v = NewTableVersion {
+        tenant_id: a.id,
+        name: "people".into(),
+        domain: "d".into(),
+        product: "p".into(),
+        location: "a/v1".into(),
+        row_count: 3,
+        bytes: 100,
+        columns: vec![col],
+        now: NOW,
+        dek_version: Some(1),
+    };
+    let (before, _) = s.meta.put_table(&v).await.unwrap();
+    let rk = |from: &str, to: &str, t: TenantId| TableRekey {
+        tenant_id: t,
+        name: "people".into(),
+        from_location: from.into(),
+        to_location: to.into(),
+        dek_version: 2,
+        bytes: 120,
+    };
+    assert!(!s.meta.rekey_table(&rk("a/v1", "b/evil", b.id)).await.unwrap(), "not through another tenant");
+    assert!(!s.meta.rekey_table(&rk("a/v0", "a/v1-k2", a.id)).await.unwrap(), "not from another version");
+    assert!(s.meta.rekey_table(&rk("a/v1", "a/v1-k2", a.id)).await.unwrap());
+    let after = s.meta.table(a.id, "people").await.unwrap().unwrap();
+    assert_eq!((after.location.as_str(), after.dek_version, after.bytes), ("a/v1-k2", Some(2), 120));
+    assert_eq!((after.version, after.row_count, after.updated_at), (before.version, 3, before.updated_at), "the same data");
+    assert_eq!(after.columns, before.columns, "labels stay");
+    // A replace that landed while the copy was made wins.
+    s.meta.put_table(&NewTableVersion { location: "a/v2".into(), ..v.clone() }).await.unwrap();
+    assert!(!s.meta.rekey_table(&rk("a/v1-k2", "a/v1-k3", a.id)).await.unwrap());
+    assert_eq!(s.meta.table(a.id, "people").await.unwrap().unwrap().location, "a/v2");
+    s.meta.delete_table(a.id, "people").await.unwrap();
+    assert!(!s.meta.rekey_table(&rk("a/v2", "a/v2-k2", a.id)).await.unwrap(), "a deleted table stays deleted");
+    assert!(s.meta.table(a.id, "people").await.unwrap().is_none());
 }
 
 /// One replica at a time forwards a trail: a lease is taken, renewed by its holder, refused to

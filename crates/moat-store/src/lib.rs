@@ -109,6 +109,11 @@ pub trait MetaStore: Send + Sync {
     async fn table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>>;
     /// Removes the table from the catalog; returns it (for its files) if it existed.
     async fn delete_table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>>;
+    /// Points a table at a re-encrypted copy of its current files (data-key rotation): its
+    /// location, DEK version and size change, nothing else (same rows, version and labels).
+    /// `false` when it is no longer at `from_location` (replaced or deleted meanwhile: the
+    /// copy is to be discarded).
+    async fn rekey_table(&self, r: &TableRekey) -> Result<bool>;
     /// Applies a scan of version `version` of a table: each listed column not labelled by hand
     /// takes the listed label (a scanner proposal, or unclassified when the scanner was unsure);
     /// manual labels stay. One transaction. `Ok(None)` if

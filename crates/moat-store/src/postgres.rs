@@ -1097,6 +1097,24 @@ impl MetaStore for PgStore {
         Ok(Some(table_from_row(&r, cols)))
     }
 
+    async fn rekey_table(&self, r: &TableRekey) -> Result<bool> {
+        let mut tx = self.tenant_tx(Some(r.tenant_id)).await?;
+        let done = sqlx::query(
+            "UPDATE catalog_tables SET location = $1, dek_version = $2, bytes = $3 WHERE tenant_id = $4 AND name = $5 AND location = $6",
+        )
+        .bind(&r.to_location)
+        .bind(pg_version(r.dek_version))
+        .bind(r.bytes)
+        .bind(r.tenant_id.0)
+        .bind(&r.name)
+        .bind(&r.from_location)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn delete_table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>> {
         let mut tx = self.tenant_tx(Some(tenant)).await?;
         let Some(r) = table_row(&mut tx, tenant, name, true).await? else { return Ok(None) };

@@ -461,6 +461,17 @@ pub struct NewTableVersion {
     pub dek_version: Option<u32>,
 }
 
+/// A table's current files re-encrypted under another DEK version ([`crate::MetaStore::rekey_table`]).
+#[derive(Debug, Clone)]
+pub struct TableRekey {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub from_location: String,
+    pub to_location: String,
+    pub dek_version: u32,
+    pub bytes: i64,
+}
+
 /// A view: a named, saved read-only query of a tenant. It has no labels of its own: its columns
 /// take the high-water mark of what they are computed from, at every use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -339,6 +339,10 @@ impl MetaStore for RoutedStore {
         self.store_of(tenant).await?.delete_table(tenant, name).await
     }
 
+    async fn rekey_table(&self, r: &TableRekey) -> Result<bool> {
+        self.store_of(r.tenant_id).await?.rekey_table(r).await
+    }
+
     async fn apply_scan(&self, tenant: TenantId, table: &str, version: i64, columns: &[ColumnRecord]) -> Result<Option<TableRecord>> {
         self.store_of(tenant).await?.apply_scan(tenant, table, version, columns).await
     }

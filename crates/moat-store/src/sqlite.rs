@@ -829,6 +829,22 @@ impl MetaStore for SqliteStore {
         Ok(Some(table_from_row(&r, cols)?))
     }
 
+    async fn rekey_table(&self, r: &TableRekey) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE catalog_tables SET location = ?, dek_version = ?, bytes = ? WHERE tenant_id = ? AND name = ? AND location = ?",
+        )
+        .bind(&r.to_location)
+        .bind(i64::from(r.dek_version))
+        .bind(r.bytes)
+        .bind(r.tenant_id.to_string())
+        .bind(&r.name)
+        .bind(&r.from_location)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn delete_table(&self, tenant: TenantId, name: &str) -> Result<Option<TableRecord>> {
         let Some(t) = self.table(tenant, name).await? else { return Ok(None) };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;

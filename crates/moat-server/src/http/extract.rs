@@ -259,6 +259,9 @@ pub mod act {
         QueryExecute => "query":"execute" @ Tenant;
         PolicyRead => "policy":"read" @ Tenant;
         PolicyUpdate => "policy":"update" @ Tenant;
+        EncryptionRead => "encryption":"read" @ Tenant;
+        EncryptionRotate => "encryption":"rotate" @ Tenant;
+        EncryptionRotateMaster => "encryption":"rotate_master" @ Platform;
     }
 }
 

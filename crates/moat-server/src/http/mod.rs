@@ -7,6 +7,7 @@ pub mod auth;
 pub mod data;
 pub mod error;
 pub mod extract;
+pub mod keys;
 mod meta;
 pub mod ndjson;
 pub mod views;
@@ -77,6 +78,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/policies/audit-retention", get(admin::get_retention_policy).put(admin::set_retention_policy))
         .route("/audit/proof/inclusion", get(audit::inclusion))
         .route("/audit/proof/consistency", get(audit::consistency))
+        .route("/keys", get(keys::status))
+        .route("/keys/rotate", post(keys::rotate))
+        .route("/keys/rotate-master", post(keys::rotate_master))
         .route("/openapi.json", get(meta::openapi));
     Router::new()
         .route("/healthz", get(meta::healthz))
@@ -139,6 +143,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let closing = state.closing.clone();
     crate::retention::spawn_periodic(state.clone());
+    crate::rotation::spawn_periodic(state.clone());
     let tls = state.tls.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async move {
