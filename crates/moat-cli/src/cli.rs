@@ -73,6 +73,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: SigningKeyCmd,
     },
+    /// Encrypted, integrity-checked backups of a data dir: store, audit trail, table files
+    /// (offline, on the host; `create` runs beside a serving server).
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
+    },
     /// Log in and store the session (0600) for the other commands.
     Login {
         /// Tenant slug; omit for the platform Super Admin.
@@ -181,6 +187,50 @@ pub enum SuperadminCmd {
 pub enum SigningKeyCmd {
     /// Retire the current signing key and create a new one (restart servers to use it).
     Rotate {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackupKeyArg {
+    /// The backup key file (from `moat backup keygen`; owner-only).
+    #[arg(long, env = "MOAT_BACKUP_KEY_FILE")]
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Make a backup key file (0600). Keep it off this host: a backup and its key together
+    /// open every tenant's data in that backup.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write an archive of the data dir: the store (one snapshot), every tenant's current table
+    /// files, its data keys re-wrapped under the backup key, audit and token signing keys.
+    /// The master key is never archived.
+    Create {
+        /// The archive to write (a new file).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArg,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Authenticate an archive whole and show what it holds.
+    Verify {
+        archive: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArg,
+    },
+    /// Restore an archive into an empty data dir; the tenants' data keys are wrapped under the
+    /// master key that dir's configuration names (a new key file, or the configured HSM).
+    Restore {
+        archive: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArg,
         #[command(flatten)]
         dir: DataDirArg,
     },

@@ -94,6 +94,7 @@ pub async fn run(cli: Cli) -> CliResult {
             });
             Ok(())
         }
+        Command::Backup { cmd } => backup(cmd, json_out).await,
         Command::Serve { dir, http, pg } => serve(DataDir::new(dir.data_dir), Overrides { http, pg }, None).await,
         Command::Demo { dir, http, pg } => demo(DataDir::new(dir.data_dir), Overrides { http, pg }).await,
         Command::Login { tenant, email, password_stdin } => {
@@ -207,6 +208,81 @@ async fn init(dir: &DataDir, self_signed: bool, json_out: bool) -> CliResult {
             println!("next: moat superadmin create --email you@example.com --password-stdin --data-dir {}", dir.root.display());
         }
     });
+    Ok(())
+}
+
+/// A progress callback drawing `bar` (bytes done of total).
+fn byte_progress(bar: &indicatif::ProgressBar) -> moat_server::backup::Progress {
+    let bar = bar.clone();
+    Box::new(move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+}
+
+fn manifest_lines(m: &moat_server::backup::Manifest) {
+    println!("  made {} by moat {} with backup key {}", output::time_cell(&json!(m.created_at)), m.moat_version, m.key_fingerprint);
+    println!(
+        "  {} tenants, {} tables ({} files), {} audit records in {} trails, {} bytes",
+        m.tenants.len(),
+        m.tables(),
+        m.data_files(),
+        m.trails.values().sum::<u64>(),
+        m.trails.len(),
+        m.bytes()
+    );
+}
+
+async fn backup(cmd: BackupCmd, json_out: bool) -> CliResult {
+    use moat_server::backup as b;
+    let template = "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+    match cmd {
+        BackupCmd::Keygen { out } => {
+            let key = b::write_key_file(&out)?;
+            emit(json_out, &json!({"key_file": out, "fingerprint": key.fingerprint()}), |_| {
+                println!("backup key {} written to {} (0600)", key.fingerprint(), out.display());
+                println!("  keep it off this host, apart from the archives: a backup and its key together open its data");
+            });
+        }
+        BackupCmd::Create { out, key, dir } => {
+            let k = b::read_key_file(&key.key_file)?;
+            let bar = output::progress_bar(!json_out, 0, template);
+            bar.set_message("archiving");
+            let made = b::create(&DataDir::new(dir.data_dir), &out, &k, SystemClock.now_s(), byte_progress(&bar)).await;
+            bar.finish_and_clear();
+            let made = made?;
+            emit(json_out, &json!(made), |_| {
+                println!("backup written to {} ({} bytes, sha256 {})", made.archive.display(), made.bytes, made.sha256);
+                manifest_lines(&made.manifest);
+            });
+        }
+        BackupCmd::Verify { archive, key } => {
+            let k = b::read_key_file(&key.key_file)?;
+            let bar = output::progress_bar(!json_out, 0, template);
+            bar.set_message("verifying");
+            let m = b::verify(&archive, &k, byte_progress(&bar)).await;
+            bar.finish_and_clear();
+            let m = m?;
+            emit(json_out, &json!({"ok": true, "manifest": m}), |_| {
+                println!("{}: ok, every byte authenticated", archive.display());
+                manifest_lines(&m);
+            });
+        }
+        BackupCmd::Restore { archive, key, dir } => {
+            let k = b::read_key_file(&key.key_file)?;
+            let target = DataDir::new(dir.data_dir);
+            let bar = output::progress_bar(!json_out, 0, template);
+            bar.set_message("restoring");
+            let m = b::restore(&archive, &k, &target, SystemClock.now_s(), byte_progress(&bar)).await;
+            bar.finish_and_clear();
+            let m = m?;
+            emit(json_out, &json!({"data_dir": target.root, "manifest": m}), |_| {
+                println!("restored {} into {}", archive.display(), target.root.display());
+                manifest_lines(&m);
+                println!("next: moat serve --data-dir {}", target.root.display());
+            });
+        }
+    }
     Ok(())
 }
 

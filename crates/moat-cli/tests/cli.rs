@@ -531,3 +531,64 @@ fn a_killed_server_loses_no_acknowledged_audit_record() {
     let o = moat(&["--server", &srv.url, "audit", "verify"], &boss_env, None);
     assert!(text(&o.stdout).contains("intact"), "{} {}", text(&o.stdout), text(&o.stderr));
 }
+
+#[test]
+fn backup_commands_round_trip_and_refuse_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let ds = d.to_str().unwrap();
+    assert!(moat(&["init", "--data-dir", ds], &[], None).status.success());
+    let o = moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", ds], &[], Some(PW));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = tmp.path().join("backup.key");
+    let ks = key.to_str().unwrap();
+    let o = moat(&["backup", "keygen", "--out", ks], &[], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(mode(&key), 0o600);
+    assert_error(&moat(&["backup", "keygen", "--out", ks], &[], None), 1, "backup_key_exists");
+
+    let archive = tmp.path().join("one.backup");
+    let a = archive.to_str().unwrap();
+    let o = moat(&["--json", "backup", "create", "--out", a, "--key-file", ks, "--data-dir", ds], &[], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(made["bytes"].as_u64(), Some(std::fs::metadata(&archive).unwrap().len()));
+    assert_eq!(made["sha256"].as_str().map(str::len), Some(64));
+    // The key may come from the environment.
+    let o = moat(&["backup", "verify", a], &[("MOAT_BACKUP_KEY_FILE", ks)], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ok, every byte authenticated"), "{}", text(&o.stdout));
+
+    let target = tmp.path().join("restored");
+    let t = target.to_str().unwrap();
+    let o = moat(&["backup", "restore", a, "--key-file", ks, "--data-dir", t], &[], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(mode(&target), 0o700);
+    assert_eq!(mode(&target.join("moat.db")), 0o600);
+    assert_eq!(mode(&target.join("keys/master/kek-0001.key")), 0o600);
+
+    // Refusals: one line each, nothing written.
+    assert_error(&moat(&["backup", "restore", a, "--key-file", ks, "--data-dir", t], &[], None), 1, "backup_target_not_empty");
+    assert_error(&moat(&["backup", "create", "--out", a, "--key-file", ks, "--data-dir", ds], &[], None), 1, "backup_exists");
+    let other = tmp.path().join("other.key");
+    assert!(moat(&["backup", "keygen", "--out", other.to_str().unwrap()], &[], None).status.success());
+    let o = moat(&["backup", "verify", a, "--key-file", other.to_str().unwrap()], &[], None);
+    assert_error(&o, 2, "backup_wrong_key");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 1;
+    let bad = tmp.path().join("bad.backup");
+    std::fs::write(&bad, &bytes).unwrap();
+    let fresh = tmp.path().join("fresh");
+    assert_error(
+        &moat(&["backup", "restore", bad.to_str().unwrap(), "--key-file", ks, "--data-dir", fresh.to_str().unwrap()], &[], None),
+        2,
+        "backup_corrupt",
+    );
+    assert!(!fresh.exists(), "a failed restore leaves nothing");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_error(&moat(&["backup", "verify", a, "--key-file", ks], &[], None), 2, "backup_key_exposed");
+    let o = moat(&["backup", "verify", a], &[], None);
+    assert_eq!(o.status.code(), Some(2), "no key file named: {}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--key-file"), "{}", text(&o.stderr));
+}

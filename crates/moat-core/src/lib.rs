@@ -11,6 +11,7 @@ pub mod audit_bundle;
 pub mod audit_retention;
 pub mod audit_verify;
 pub mod authz;
+pub mod backup;
 #[cfg(feature = "testing")]
 pub mod bench;
 pub mod checkpoint;

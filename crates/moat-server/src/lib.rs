@@ -1,6 +1,7 @@
 //! moat-server: the HTTP API, its authentication and authorization gate, configuration, and the
 //! offline data-dir operations. No business rules live here: they are in `moat-core`.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod config;
 pub mod dek;

@@ -141,6 +141,24 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Writes a consistent copy of the database to `dest` (a new file) while writers go on:
+    /// `VACUUM INTO` reads one snapshot. The full-text index is not copied (it is rebuilt
+    /// from the log).
+    pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
+        let dest = dest.to_str().ok_or_else(|| MoatError::invalid("bad_path", format!("{}: not UTF-8", dest.display())))?;
+        sqlx::query("VACUUM INTO ?").bind(dest).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Copies the WAL back and closes the database, leaving one self-contained file (a
+    /// snapshot that is about to be archived or moved into place).
+    pub async fn close(self) -> Result<()> {
+        self.search.pool().close().await;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await.map_err(db_err)?;
+        self.pool.close().await;
+        Ok(())
+    }
 }
 
 const LOCKOUT_SELECT: &str = "SELECT failures, stage, locked_until, admin_locked FROM login_lockout WHERE scope_key = ? AND email = ?";

@@ -151,6 +151,22 @@ impl TestServer {
         moat_server::bootstrap::init(&data, now).await.unwrap();
         let pg_db = postgres_store(&data, store).await;
         moat_server::bootstrap::create_super_admin(&data, SUPER_ADMIN, PASSWORD, now).await.unwrap();
+        Self::serve(dir, pg_db, tweak, wrap).await
+    }
+
+    /// Serves a data dir made elsewhere (`dir/data`: restored from a backup, say), as it is.
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::serve(dir, None, |_| {}, |s| s).await
+    }
+
+    async fn serve(
+        dir: tempfile::TempDir,
+        pg_db: Option<moat_store::pg_testing::TestDb>,
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(moat_store::Stores) -> moat_store::Stores,
+    ) -> Self {
+        let data = DataDir::new(dir.path().join("data"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let mut cfg = Config::load(Some(&data.config_file()), Vec::new(), &Overrides::default()).unwrap();
         // Scheduled data-key rotation would add records to trails that tests count (a fake clock
         // jumps years); the rotation tests switch it on.
