@@ -127,6 +127,8 @@ async fn the_scanner_reads_encrypted_tables_and_deleting_the_tenant_shreds_its_k
     let path = file_of(&s, "acme", "customers").await;
     let copy = std::fs::read(&path).unwrap();
     let sa = s.super_admin().await;
+    s.tenant_with_admin("beta").await;
+    assert!(s.send(Method::POST, "/v1/tenants/beta/suspend", Some(&sa), None, None).await.status.is_success());
     let r = s.send(Method::DELETE, "/v1/tenants/acme", Some(&sa), None, None).await;
     assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "confirmation_required"), "{:?}", r.body);
     let r = s.send(Method::DELETE, "/v1/tenants/acme?confirm=globex", Some(&sa), None, None).await;
@@ -142,6 +144,13 @@ async fn the_scanner_reads_encrypted_tables_and_deleting_the_tenant_shreds_its_k
     assert!(!path.exists(), "the files are removed");
     let q = s.query(&acme, "SELECT * FROM customers").await;
     assert!(!q.status.is_success() && !q.body.to_string().contains("Canary"), "{:?}", q.body);
+    // Listed as deleted, not as merely suspended.
+    let listed = s.get("/v1/tenants", &sa).await;
+    let acme_row = listed.body["tenants"].as_array().unwrap().iter().find(|t| t["slug"] == "acme").unwrap().clone();
+    assert_eq!((acme_row["status"].as_str(), acme_row["deleted_at"].as_i64()), (Some("deleted"), Some(s.clock.now_s())), "{acme_row:?}");
+    assert_eq!(s.get("/v1/tenants/acme", &sa).await.body["status"], "deleted");
+    let beta_row = listed.body["tenants"].as_array().unwrap().iter().find(|t| t["slug"] == "beta").unwrap().clone();
+    assert!(beta_row["status"] == "suspended" && beta_row.get("deleted_at").is_none(), "merely suspended: {beta_row:?}");
     let resume = s.send(Method::POST, "/v1/tenants/acme/resume", Some(&sa), None, None).await;
     assert_eq!((resume.status, resume.code()), (StatusCode::CONFLICT, "tenant_deleted"), "{:?}", resume.body);
     assert_eq!(s.state.data_keys.keyring(t.id, &[1], s.clock.now_s()).await.unwrap_err().code, "tenant_keys_destroyed");

@@ -181,21 +181,46 @@ pub async fn validate_tenant(
     Ok(Json(validate(&st, &auth.client, &auth.principal, &t).await?))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct TenantList {
-    pub tenants: Vec<TenantRecord>,
+    pub tenants: Vec<serde_json::Value>,
+}
+
+/// A tenant as listed: a deleted one (suspended for good, its keys destroyed) shows status
+/// `deleted` and when (`deleted_at`), not `suspended`.
+async fn tenant_view(st: &AppState, t: TenantRecord) -> Result<serde_json::Value, MoatError> {
+    let deleted_at = match t.status {
+        TenantStatus::Suspended => st
+            .stores
+            .meta
+            .tenant_setting(t.id, DELETED)
+            .await?
+            .map(|v| serde_json::from_str::<serde_json::Value>(&v).ok().and_then(|v| v["at"].as_i64())),
+        TenantStatus::Active => None,
+    };
+    let mut v = serde_json::to_value(&t).map_err(|_| MoatError::internal("encode"))?;
+    if let (Some(o), Some(at)) = (v.as_object_mut(), deleted_at) {
+        o.insert("status".into(), serde_json::json!("deleted"));
+        o.insert("deleted_at".into(), serde_json::json!(at));
+    }
+    Ok(v)
 }
 
 pub async fn list_tenants(State(st): State<Arc<AppState>>, _auth: Authorized<act::TenantRead>) -> ApiResult<Json<TenantList>> {
-    Ok(Json(TenantList { tenants: st.stores.meta.list_tenants().await? }))
+    let mut tenants = Vec::new();
+    for t in st.stores.meta.list_tenants().await? {
+        tenants.push(tenant_view(&st, t).await?);
+    }
+    Ok(Json(TenantList { tenants }))
 }
 
 pub async fn get_tenant(
     State(st): State<Arc<AppState>>,
     _auth: Authorized<act::TenantRead>,
     Path(slug): Path<String>,
-) -> ApiResult<Json<TenantRecord>> {
-    Ok(Json(st.stores.meta.tenant_by_slug(&slug).await?.ok_or_else(tenant_not_found)?))
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = st.stores.meta.tenant_by_slug(&slug).await?.ok_or_else(tenant_not_found)?;
+    Ok(Json(tenant_view(&st, t).await?))
 }
 
 fn tenant_not_found() -> MoatError {
