@@ -600,7 +600,8 @@ async fn follow_reencryption(c: &mut Client, version: Option<u64>, json_out: boo
             bar.set_position(r["tables_done"].as_u64().unwrap_or(0));
             bar.set_message(format!("{} MB/s", r["mb_per_s"]));
         }
-        if v["tables"]["pending"].as_u64() == Some(0) {
+        // The last table is swapped in a moment before the job says it is done.
+        if v["tables"]["pending"].as_u64() == Some(0) && !(ours && r["state"] == "running") {
             bar.finish_and_clear();
             return Ok(v);
         }
