@@ -40,7 +40,7 @@ use moat_store::{AuditStore, MetaStore, NewAuditEntry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bootstrap::{create_private_dir, io_err, write_secret_file};
+use crate::bootstrap::{create_private_dir, create_secret_file, io_err, write_secret_file};
 use crate::config::{Config, DataDir};
 
 /// Archive format of the manifest (inside the stream; the stream has its own version).
@@ -202,6 +202,14 @@ fn walk(root: &Path, name: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()>
     Ok(())
 }
 
+/// Removes what opening a store snapshot left beside it (WAL files, the search index), so
+/// that `moat.db` alone is archived or moved into place.
+fn remove_store_sidecars(dir: &Path) {
+    for suffix in ["-wal", "-shm", ".search", ".search-wal", ".search-shm"] {
+        let _ = fs::remove_file(dir.join(format!("{STORE}{suffix}")));
+    }
+}
+
 /// Removes a directory when dropped, unless kept.
 struct Scratch {
     path: PathBuf,
@@ -302,9 +310,7 @@ pub async fn create(dir: &DataDir, out: &Path, key: &BackupKey, now: UnixSeconds
     }
     let trails: BTreeMap<String, u64> = snap.trail_heads().await?.into_iter().map(|(t, h)| (t, h.size)).collect();
     snap.close().await?;
-    for suffix in ["-wal", "-shm", ".search", ".search-wal", ".search-shm"] {
-        let _ = fs::remove_file(staging.join(format!("{STORE}{suffix}")));
-    }
+    remove_store_sidecars(&staging);
 
     // 3. The files of those table versions, linked at once.
     let data = cfg.table_data_dir(&dir.root);
@@ -349,14 +355,7 @@ pub async fn create(dir: &DataDir, out: &Path, key: &BackupKey, now: UnixSeconds
     let job_partial = partial.clone();
     let job = tokio::task::spawn_blocking(move || -> Result<(u64, String, Manifest)> {
         let mut progress = progress;
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let file = opts.open(&job_partial).map_err(|e| io_err("create", &job_partial, e))?;
+        let file = create_secret_file(&job_partial)?;
         let hashing = Hashing { w: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new(), bytes: 0 };
         let mut sealer = Sealer::new(hashing, &key)?;
         let inner = key.inner_key(sealer.header());
@@ -598,14 +597,7 @@ async fn restore_staged(
             if let Some(parent) = path.parent() {
                 create_private_dir(parent)?;
             }
-            let mut opts = fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let f = opts.open(&path).map_err(|e| io_err("create", &path, e))?;
+            let f = create_secret_file(&path)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             copy_exact(r, &mut w, size, tick, name)?;
             let f = w.into_inner().map_err(|e| io_err("write", &path, e.into_error()))?;
@@ -681,9 +673,7 @@ async fn restore_staged(
         .collect();
     db.append_batch(&entries, &audit_keys).await?;
     db.close().await?;
-    for suffix in ["-wal", "-shm", ".search", ".search-wal", ".search-shm"] {
-        let _ = fs::remove_file(staging.join(format!("{STORE}{suffix}")));
-    }
+    remove_store_sidecars(staging);
 
     // 4. Into place: everything but the configuration, then the configuration.
     let mut moves: HashMap<PathBuf, PathBuf> = HashMap::new();

@@ -24,6 +24,12 @@ pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> MoatError {
 
 /// Writes a new file readable by the owner only; refuses to overwrite.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut f = create_secret_file(path)?;
+    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| io_err("write", path, e))
+}
+
+/// Creates a new file readable by the owner only (0600); refuses to overwrite.
+pub fn create_secret_file(path: &Path) -> Result<fs::File> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -31,8 +37,7 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| io_err("create", path, e))?;
-    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| io_err("write", path, e))
+    opts.open(path).map_err(|e| io_err("create", path, e))
 }
 
 /// Switches TLS on in `moat.toml` with a self-signed development certificate (made once, then
