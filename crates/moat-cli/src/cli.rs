@@ -89,6 +89,16 @@ pub enum Command {
         /// Read the password from standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// The code from your authenticator app (or a recovery code); prompted for when the
+        /// account needs one and a terminal is attached.
+        #[arg(long)]
+        mfa_code: Option<String>,
+    },
+    /// Your second factor (TOTP authenticator app, recovery codes); an Admin's reset of another
+    /// account's.
+    Mfa {
+        #[command(subcommand)]
+        cmd: MfaCmd,
     },
     /// End the stored session.
     Logout,
@@ -275,6 +285,32 @@ pub enum TenantCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum MfaCmd {
+    /// Whether your account has a second factor, and whether your tenant requires one.
+    Status,
+    /// Enrol a new factor: prints the key and an otpauth:// URI for your authenticator app.
+    /// Logged in, it enrols your account; with --email (and --tenant) it signs in by password
+    /// first, for an account whose tenant requires a factor it does not have yet.
+    Enroll {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Confirm the enrolled factor with the code the app shows; prints your recovery codes once.
+    Confirm { code: String },
+    /// Turn your factor off (needs a current code or a recovery code).
+    Disable {
+        #[arg(long)]
+        code: String,
+    },
+    /// Remove another account's factor (Admin; by id or e-mail) and end its sessions.
+    Reset { user: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum UserCmd {
     /// Create a user (password read from standard input, or prompted).
     Create {
@@ -408,12 +444,12 @@ pub enum ViewCmd {
 pub enum PolicyCmd {
     /// Print a policy as JSON.
     Show {
-        /// password, masking, classification or audit-retention.
+        /// password, mfa, masking, classification or audit-retention.
         name: String,
     },
     /// Replace a policy with the JSON in FILE (`-` for standard input).
     Set {
-        /// password, masking, classification or audit-retention.
+        /// password, mfa, masking, classification or audit-retention.
         name: String,
         file: PathBuf,
     },

@@ -116,9 +116,10 @@ impl Client {
         err
     }
 
-    /// Logs in and stores the session.
-    pub async fn login(&mut self, tenant: Option<&str>, email: &str, password: &str) -> Result<Session, CliError> {
-        let body = serde_json::json!({"tenant": tenant, "email": email, "password": password});
+    /// Logs in (with a second-factor code when given) and stores the session; answers the
+    /// server's token response (recovery codes when the code confirmed a new factor).
+    pub async fn login(&mut self, tenant: Option<&str>, email: &str, password: &str, mfa_code: Option<&str>) -> Result<Value, CliError> {
+        let body = serde_json::json!({"tenant": tenant, "email": email, "password": password, "mfa_code": mfa_code});
         let resp = self.http.post(format!("{}/v1/auth/login", self.server)).json(&body).send().await.map_err(|e| self.unreachable(&e))?;
         let refresh = refresh_cookie(&resp);
         let v = ok_json(resp).await?;
@@ -129,8 +130,14 @@ impl Client {
             expires_at: now_s() + v["expires_in"].as_i64().unwrap_or(0),
         };
         save_session(&s)?;
-        self.session = Some(s.clone());
-        Ok(s)
+        self.session = Some(s);
+        Ok(v)
+    }
+
+    /// A request that signs in by its body, not by a session (`POST /v1/auth/mfa/enroll`).
+    pub async fn post_unauthenticated(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let resp = self.http.post(format!("{}{path}", self.server)).json(body).send().await.map_err(|e| self.unreachable(&e))?;
+        ok_json(resp).await
     }
 
     async fn refresh(&mut self) -> Result<(), CliError> {

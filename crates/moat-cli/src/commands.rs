@@ -97,10 +97,26 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Backup { cmd } => backup(cmd, json_out).await,
         Command::Serve { dir, http, pg } => serve(DataDir::new(dir.data_dir), Overrides { http, pg }, None).await,
         Command::Demo { dir, http, pg } => demo(DataDir::new(dir.data_dir), Overrides { http, pg }).await,
-        Command::Login { tenant, email, password_stdin } => {
+        Command::Login { tenant, email, password_stdin, mfa_code } => {
             let pw = read_password(password_stdin, "Password: ")?;
             let mut c = client(false)?;
-            c.login(tenant.as_deref(), &email, &pw).await?;
+            let token = match c.login(tenant.as_deref(), &email, &pw, mfa_code.as_deref()).await {
+                // Asked for a code we did not give: prompt for it where someone can answer.
+                Err(e) if e.code == "mfa_required" && mfa_code.is_none() && std::io::stdin().is_terminal() => {
+                    let code = rpassword::prompt_password("Authentication code: ")
+                        .map_err(|e| CliError::runtime("io_error", format!("cannot read the code: {e}")))?;
+                    c.login(tenant.as_deref(), &email, &pw, Some(code.trim())).await?
+                }
+                Err(mut e) if e.code == "mfa_enrollment_required" => {
+                    let t = tenant.as_deref().map(|t| format!(" --tenant {t}")).unwrap_or_default();
+                    e.hints.push(format!(
+                        "enrol with `moat mfa enroll{t} --email {email}`, then `moat login{t} --email {email} --mfa-code CODE`"
+                    ));
+                    return Err(e);
+                }
+                other => other?,
+            };
+            show_recovery(&token);
             let me = c.call(Method::GET, "/v1/auth/whoami", None).await?;
             emit(json_out, &me, |v| {
                 let t = v["tenant"]["slug"].as_str().unwrap_or("(platform)");
@@ -133,6 +149,7 @@ pub async fn run(cli: Cli) -> CliResult {
             });
             Ok(())
         }
+        Command::Mfa { cmd } => mfa(client(true)?, cmd, json_out).await,
         Command::Tenant { cmd } => tenant(client(false)?, cmd, json_out).await,
         Command::User { cmd } => user(client(true)?, cmd, json_out).await,
         // A tenant's data keys: `--tenant` (or the global --in-tenant) names it for a Super Admin.
@@ -466,7 +483,7 @@ async fn user(mut c: Client, cmd: UserCmd, json_out: bool) -> CliResult {
         UserCmd::List => {
             let v = c.call(Method::GET, "/v1/users", None).await?;
             emit(json_out, &v, |v| {
-                output::table(v["users"].as_array().map_or(&[], Vec::as_slice), &["email", "role", "status", "id", "created_at"])
+                output::table(v["users"].as_array().map_or(&[], Vec::as_slice), &["email", "role", "status", "mfa", "id", "created_at"])
             });
         }
         UserCmd::Disable { user } => {
@@ -488,6 +505,62 @@ async fn user(mut c: Client, cmd: UserCmd, json_out: bool) -> CliResult {
             let id = user_id(&mut c, &user).await?;
             let v = c.call(Method::PUT, &format!("/v1/users/{id}/role"), Some(json!({"role": role}))).await?;
             emit(json_out, &v, show);
+        }
+    }
+    Ok(())
+}
+
+/// Recovery codes a sign-in or confirmation handed out (shown once), and a warning when a sign-in
+/// used one; on standard error, so that `--json` output stays one document.
+fn show_recovery(v: &Value) {
+    if let Some(codes) = v["recovery_codes"].as_array() {
+        eprintln!("Second factor on. Recovery codes (each works once in place of a code; store them safely, they are not shown again):");
+        for c in codes {
+            eprintln!("  {}", c.as_str().unwrap_or(""));
+        }
+    }
+    if let Some(left) = v["recovery_codes_left"].as_u64() {
+        eprintln!("A recovery code was used; {left} left. Enrol a new device or ask an administrator to reset your factor.");
+    }
+}
+
+async fn mfa(mut c: Client, cmd: MfaCmd, json_out: bool) -> CliResult {
+    let enrolled = |v: &Value| {
+        println!("Add this account to your authenticator app, by QR code from the URI or by entering the key:");
+        println!("  key: {}", v["secret"].as_str().unwrap_or(""));
+        println!("  uri: {}", v["otpauth_uri"].as_str().unwrap_or(""));
+        println!("Then confirm with the code it shows: `moat mfa confirm CODE` (or sign in with `moat login --mfa-code CODE`).");
+    };
+    match cmd {
+        MfaCmd::Status => {
+            let v = c.call(Method::GET, "/v1/auth/mfa", None).await?;
+            emit(json_out, &v, |v| output::record(v, &["status", "enabled_at", "recovery_codes_left", "required"]));
+        }
+        MfaCmd::Enroll { tenant, email: Some(email), password_stdin } => {
+            let pw = read_password(password_stdin, "Password: ")?;
+            let body = json!({"tenant": tenant, "email": email, "password": pw});
+            let v = c.post_unauthenticated("/v1/auth/mfa/enroll", &body).await?;
+            emit(json_out, &v, enrolled);
+        }
+        MfaCmd::Enroll { tenant: Some(_), email: None, .. } => {
+            return Err(CliError::usage("missing_email", "--tenant goes with --email (enrolment by password)"));
+        }
+        MfaCmd::Enroll { email: None, .. } => {
+            let v = c.call(Method::POST, "/v1/auth/mfa", None).await?;
+            emit(json_out, &v, enrolled);
+        }
+        MfaCmd::Confirm { code } => {
+            let v = c.call(Method::POST, "/v1/auth/mfa/confirm", Some(json!({"code": code}))).await?;
+            emit(json_out, &v, show_recovery);
+        }
+        MfaCmd::Disable { code } => {
+            let v = c.call(Method::POST, "/v1/auth/mfa/disable", Some(json!({"code": code}))).await?;
+            emit(json_out, &v, |_| println!("second factor off"));
+        }
+        MfaCmd::Reset { user } => {
+            let id = user_id(&mut c, &user).await?;
+            let v = c.call(Method::DELETE, &format!("/v1/users/{id}/mfa"), None).await?;
+            emit(json_out, &v, |v| println!("second factor of {} removed; its sessions ended", v["email"].as_str().unwrap_or("")));
         }
     }
     Ok(())
@@ -1138,7 +1211,7 @@ fn print_scan(v: &Value) {
     println!("{changes} label(s) changed; manual labels are never changed by a scan");
 }
 
-const POLICIES: &[&str] = &["password", "masking", "classification", "audit-retention"];
+const POLICIES: &[&str] = &["password", "mfa", "masking", "classification", "audit-retention"];
 
 /// ", N removed by retention" when a verification met pruned records.
 fn pruned_note(n: &Value) -> String {

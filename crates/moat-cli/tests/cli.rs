@@ -182,18 +182,24 @@ impl Drop for Server {
     }
 }
 
+/// A data dir under `tmp` with a Super Admin (`root@x.example`) and a `moat serve` on it.
+fn served(tmp: &Path) -> (String, Server) {
+    let ds = tmp.join("d").to_str().unwrap().to_owned();
+    assert!(moat(&["init", "--data-dir", &ds], &[], None).status.success());
+    let o =
+        moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", &ds], &[], Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let srv = Server::start(&["serve", "--data-dir", &ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
+    (ds, srv)
+}
+
 #[test]
 fn admin_flow_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = tmp.path().join("d");
-    let ds = ds.to_str().unwrap();
+    let (ds, srv) = served(tmp.path());
+    let ds = ds.as_str();
     let session = tmp.path().join("session.json");
     let env = [("MOAT_CLI_SESSION", session.to_str().unwrap())];
-    assert!(moat(&["init", "--data-dir", ds], &[], None).status.success());
-    let o =
-        moat(&["superadmin", "create", "--email", "root@x.example", "--password-stdin", "--data-dir", ds], &[], Some(&format!("{PW}\n")));
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let srv = Server::start(&["serve", "--data-dir", ds, "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"]);
     let url = srv.url.as_str();
 
     let o = moat(&["login", "--server", url, "--email", "root@x.example", "--password-stdin"], &env, Some(&format!("{PW}\n")));
@@ -591,4 +597,80 @@ fn backup_commands_round_trip_and_refuse_by_name() {
     let o = moat(&["backup", "verify", a], &[], None);
     assert_eq!(o.status.code(), Some(2), "no key file named: {}", text(&o.stderr));
     assert!(text(&o.stderr).contains("--key-file"), "{}", text(&o.stderr));
+}
+
+/// The code an authenticator app shows `offset_s` from now (the server runs on the real clock).
+fn totp_now(app: &moat_core::mfa::MfaSecret, offset_s: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    app.code_at(now.saturating_add_signed(offset_s)).unwrap()
+}
+
+#[test]
+fn a_second_factor_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, srv) = served(tmp.path());
+    let session = tmp.path().join("session.json");
+    let env = [("MOAT_CLI_SESSION", session.to_str().unwrap())];
+    let url = srv.url.as_str();
+    assert!(
+        moat(&["login", "--server", url, "--email", "root@x.example", "--password-stdin"], &env, Some(&format!("{PW}\n"))).status.success()
+    );
+    let o = moat(&["tenant", "create", "acme", "--name", "Acme", "--admin-email", "boss@acme.example"], &env, Some(&format!("{PW}-9\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let boss_login = |code: Option<&str>| {
+        let mut args = vec!["login", "--server", url, "--tenant", "acme", "--email", "boss@acme.example", "--password-stdin"];
+        if let Some(c) = code {
+            args.extend(["--mfa-code", c]);
+        }
+        moat(&args, &env, Some(&format!("{PW}-9\n")))
+    };
+    assert!(boss_login(None).status.success());
+
+    assert_error(&moat(&["mfa", "enroll", "--tenant", "acme"], &env, None), 2, "missing_email");
+    let o = moat(&["mfa", "enroll"], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let key = out.lines().find_map(|l| l.trim().strip_prefix("key: ")).expect("the key is printed").to_owned();
+    assert!(out.contains("uri: otpauth://totp/moat%20%28acme%29:boss%40acme.example?secret="), "{out}");
+    let app = moat_core::mfa::MfaSecret::from_setup_key(&key).unwrap();
+    assert_error(&moat(&["mfa", "confirm", "12345"], &env, None), 1, "invalid_mfa_code");
+    let o = moat(&["mfa", "confirm", &totp_now(&app, 0)], &env, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("Recovery codes"), "{err}");
+    let recovery: Vec<String> =
+        err.lines().map(str::trim).filter(|l| l.len() == 19 && l.matches('-').count() == 3).map(str::to_owned).collect();
+    assert_eq!(recovery.len(), 10, "{err}");
+
+    // Without a terminal the CLI cannot prompt: the server's refusal, with its code.
+    assert_error(&boss_login(None), 1, "mfa_required");
+    let o = boss_login(Some(&totp_now(&app, 30)));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = boss_login(Some(&recovery[0]));
+    assert!(o.status.success() && text(&o.stderr).contains("9 left"), "{}", text(&o.stderr));
+    let o = moat(&["--json", "mfa", "status"], &env, None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["status"].as_str(), v["recovery_codes_left"].as_u64()), (Some("on"), Some(9)), "{v}");
+    let o = moat(&["user", "list"], &env, None);
+    assert!(text(&o.stdout).contains("MFA") || text(&o.stdout).contains("mfa"), "{}", text(&o.stdout));
+    assert_error(&moat(&["mfa", "disable", "--code", "000000"], &env, None), 1, "invalid_mfa_code");
+
+    // The policy, set from the CLI, sends a new account to enrol before it can sign in.
+    let o = moat(&["policy", "set", "mfa", "-"], &env, Some(r#"{"required_for": "everyone"}"#));
+    assert!(o.status.success() && text(&o.stdout).contains("everyone"), "{} {}", text(&o.stdout), text(&o.stderr));
+    let o =
+        moat(&["user", "create", "--email", "vic@acme.example", "--role", "viewer", "--password-stdin"], &env, Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let vic = ["login", "--server", url, "--tenant", "acme", "--email", "vic@acme.example", "--password-stdin"];
+    let o = moat(&vic, &env, Some(&format!("{PW}\n")));
+    assert_error(&o, 1, "mfa_enrollment_required");
+    assert!(text(&o.stderr).contains("moat mfa enroll --tenant acme --email vic@acme.example"), "{}", text(&o.stderr));
+    let o = moat(&["mfa", "enroll", "--tenant", "acme", "--email", "vic@acme.example", "--password-stdin"], &env, Some(&format!("{PW}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = text(&o.stdout).lines().find_map(|l| l.trim().strip_prefix("key: ").map(str::to_owned)).unwrap();
+    let vic_app = moat_core::mfa::MfaSecret::from_setup_key(&key).unwrap();
+    let code = totp_now(&vic_app, 0);
+    let o = moat(&[&vic[..], &["--mfa-code", &code]].concat(), &env, Some(&format!("{PW}\n")));
+    assert!(o.status.success() && text(&o.stderr).contains("Recovery codes"), "{}", text(&o.stderr));
+    drop(srv);
 }

@@ -5,8 +5,12 @@
 //! ```text
 //! KEK (key file, HSM, cloud KMS; never in the database)
 //!  └─ wraps DEK(tenant, version)   AES-256-GCM, AAD = "moat-dek-v1:" ‖ tenant ‖ ":" ‖ version
-//!      └─ derives file key         HKDF-SHA256(DEK, salt = 32 random bytes per file)
+//!      ├─ derives file key         HKDF-SHA256(DEK, salt = 32 random bytes per file)
+//!      └─ derives secret key       HKDF-SHA256(DEK, salt = 32 random bytes per sealed secret)
 //! ```
+//!
+//! Tenant secrets (TOTP secrets and recovery codes) are sealed the same way as files: each
+//! [`seal_secret`] derives a key of its own from a fresh salt, so no key ever encrypts twice.
 //!
 //! Nonces: a DEK is never used to encrypt directly. Each file gets its own key from a fresh
 //! 256-bit salt (recorded in the file's key metadata), and within a file the Parquet writer
@@ -20,6 +24,8 @@ use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroize;
+/// Plaintext secrets handed out by [`open_secret`] are wiped when dropped.
+pub use zeroize::Zeroizing;
 
 use crate::error::MoatError;
 use crate::ids::TenantId;
@@ -130,12 +136,16 @@ fn gcm_key(k: &SecretKey) -> Result<LessSafeKey, MoatError> {
 /// The key of one file: HKDF-SHA256 of the DEK with the file's salt
 /// (info `moat-file-key-v1`).
 pub fn file_key(dek: &SecretKey, salt: &[u8; SALT_LEN]) -> SecretKey {
+    derive(dek, salt, b"moat-file-key-v1")
+}
+
+/// HKDF-SHA256 of `ikm` with `salt` and `info`, 32 bytes.
+pub fn derive(ikm: &SecretKey, salt: &[u8], info: &[u8]) -> SecretKey {
     use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
     let mut out = [0u8; KEY_LEN];
     // A 32-byte HKDF output cannot fail; were it to, the key stays zero and decryption fails
     // closed (nothing is ever encrypted under it: the writer checks, see `FileKeyRef::new`).
-    let _ =
-        Salt::new(HKDF_SHA256, salt).extract(dek.expose()).expand(&[b"moat-file-key-v1"], HKDF_SHA256).and_then(|okm| okm.fill(&mut out));
+    let _ = Salt::new(HKDF_SHA256, salt).extract(ikm.expose()).expand(&[info], HKDF_SHA256).and_then(|okm| okm.fill(&mut out));
     SecretKey(out)
 }
 
@@ -167,6 +177,62 @@ impl FileKeyRef {
         let salt = hex::decode(parts.next()?).ok()?.try_into().ok()?;
         parts.next().is_none().then_some(Self { version, salt })
     }
+}
+
+/// Why a sealed secret would not open: one answer for every cause (altered bytes, another
+/// DEK, a row copied to another account), naming none of the secret.
+pub fn unsealable() -> MoatError {
+    MoatError::unavailable(
+        "secret_unreadable",
+        "a stored secret could not be decrypted: it was altered, copied from another account, or its data key is gone",
+    )
+}
+
+const SEALED_HEADER: usize = 4 + SALT_LEN + NONCE_LEN;
+
+/// Seals a tenant secret under DEK `version`, bound to `context` (what the secret belongs to,
+/// e.g. `mfa:{tenant}:{user}`): `version (u32, big-endian) ‖ salt (32) ‖ nonce (12) ‖
+/// ciphertext ‖ tag (16)`, AES-256-GCM under HKDF-SHA256(DEK, salt, info `moat-secret-v1`),
+/// with the version and the context as additional data. Opening it as another account's
+/// secret, under another version or after any change to the bytes fails.
+pub fn seal_secret(dek: &SecretKey, version: u32, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, MoatError> {
+    let salt = random_bytes::<SALT_LEN>()?;
+    let nonce = random_bytes::<NONCE_LEN>()?;
+    let key = gcm_key(&derive(dek, &salt, b"moat-secret-v1"))?;
+    let mut out = Vec::with_capacity(SEALED_HEADER + plain.len() + AES_256_GCM.tag_len());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&nonce);
+    let mut sealed = plain.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(secret_aad(version, context)), &mut sealed)
+        .map_err(|_| MoatError::internal("secret_seal_failed"))?;
+    out.extend_from_slice(&sealed);
+    sealed.zeroize();
+    Ok(out)
+}
+
+/// The DEK version a sealed secret names (to find its key); `None` if it is too short to be one.
+pub fn sealed_version(sealed: &[u8]) -> Option<u32> {
+    let head: [u8; 4] = sealed.get(..4)?.try_into().ok()?;
+    (sealed.len() >= SEALED_HEADER + AES_256_GCM.tag_len()).then_some(u32::from_be_bytes(head))
+}
+
+/// Reverses [`seal_secret`] with the DEK of the version [`sealed_version`] names.
+pub fn open_secret(dek: &SecretKey, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, MoatError> {
+    let version = sealed_version(sealed).ok_or_else(unsealable)?;
+    let salt: [u8; SALT_LEN] = sealed[4..4 + SALT_LEN].try_into().map_err(|_| unsealable())?;
+    let nonce = Nonce::try_assume_unique_for_key(&sealed[4 + SALT_LEN..SEALED_HEADER]).map_err(|_| unsealable())?;
+    let key = gcm_key(&derive(dek, &salt, b"moat-secret-v1"))?;
+    let mut buf = Zeroizing::new(sealed[SEALED_HEADER..].to_vec());
+    let n = key.open_in_place(nonce, Aad::from(secret_aad(version, context)), &mut buf).map_err(|_| unsealable())?.len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn secret_aad(version: u32, context: &[u8]) -> Vec<u8> {
+    let mut aad = format!("moat-secret-v1:{version}:").into_bytes();
+    aad.extend_from_slice(context);
+    aad
 }
 
 /// The local master key: 32 bytes from a key file that only the server's user may read.
@@ -275,6 +341,37 @@ mod tests {
         assert!(LocalKeyProvider::new(vec![]).is_err());
         assert_eq!(format!("{both:?}"), r#"LocalKeyProvider { keks: ["local:kek-0001", "local:kek-0002"] }"#);
         assert_eq!(format!("{dek:?}"), "SecretKey(..)");
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_under_its_dek_version_and_context() {
+        let dek = SecretKey::from_bytes([3; KEY_LEN]);
+        let s = seal_secret(&dek, 7, b"mfa:t1:u1", b"twenty bytes secret!").expect("seal");
+        assert_eq!(sealed_version(&s), Some(7));
+        assert_eq!(&open_secret(&dek, b"mfa:t1:u1", &s).expect("open")[..], b"twenty bytes secret!");
+        // Two seals of one secret share nothing but the version.
+        let again = seal_secret(&dek, 7, b"mfa:t1:u1", b"twenty bytes secret!").expect("seal");
+        assert_ne!(s[4..], again[4..]);
+        // Copied to another account, or under another DEK: refused, naming nothing.
+        let e = open_secret(&dek, b"mfa:t1:u2", &s).expect_err("other account");
+        assert_eq!(e.code, "secret_unreadable");
+        assert!(open_secret(&SecretKey::from_bytes([4; KEY_LEN]), b"mfa:t1:u1", &s).is_err());
+        // The version is bound: relabelling the blob as another version fails.
+        let mut relabelled = s.clone();
+        relabelled[..4].copy_from_slice(&8u32.to_be_bytes());
+        assert!(open_secret(&dek, b"mfa:t1:u1", &relabelled).is_err());
+        // Every flipped bit and every cut.
+        for i in 0..s.len() * 8 {
+            let mut t = s.clone();
+            t[i / 8] ^= 1 << (i % 8);
+            assert!(open_secret(&dek, b"mfa:t1:u1", &t).is_err(), "bit {i}");
+        }
+        for n in 0..s.len() {
+            assert!(open_secret(&dek, b"mfa:t1:u1", &s[..n]).is_err(), "cut at {n}");
+        }
+        assert_eq!(sealed_version(&[0, 0, 0, 1]), None);
+        // The ciphertext holds nothing of the secret in the clear.
+        assert!(!s.windows(6).any(|w| w == b"twenty"));
     }
 
     #[test]

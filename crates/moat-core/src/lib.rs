@@ -21,6 +21,7 @@ pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod lockout;
+pub mod mfa;
 pub mod password;
 pub mod permission;
 pub mod principal;

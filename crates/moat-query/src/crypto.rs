@@ -29,7 +29,7 @@ use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
 use datafusion::parquet::errors::ParquetError;
 use moat_core::MoatError;
 use moat_core::ids::TenantId;
-use moat_core::keys::{FileKeyRef, SecretKey, file_key};
+use moat_core::keys::{FileKeyRef, SecretKey, Zeroizing, file_key, open_secret, seal_secret, sealed_version, unsealable};
 
 /// The id the engine registers a query's [`TenantFiles`] under.
 pub const FACTORY_ID: &str = "moat-tenant-keys";
@@ -87,6 +87,19 @@ impl TenantKeyring {
     /// The DEK version new files are written under.
     pub fn current_version(&self) -> u32 {
         self.current
+    }
+
+    /// Seals a tenant secret (a TOTP key, recovery codes) under the current DEK, bound to
+    /// `context` (see [`moat_core::keys::seal_secret`]).
+    pub fn seal(&self, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, MoatError> {
+        let dek = self.keys.get(&self.current).ok_or_else(|| MoatError::internal("tenant_key_missing"))?;
+        seal_secret(dek, self.current, context, plain)
+    }
+
+    /// Opens a secret sealed under any DEK version of this keyring.
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, MoatError> {
+        let dek = sealed_version(sealed).and_then(|v| self.keys.get(&v)).ok_or_else(unsealable)?;
+        open_secret(dek, context, sealed)
     }
 
     /// How a new file at `path` (an object-store key) is encrypted: under a fresh file key of

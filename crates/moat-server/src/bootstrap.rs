@@ -143,6 +143,13 @@ pub fn master_key(dir: &DataDir) -> Result<[u8; 32]> {
         .ok_or_else(|| MoatError::invalid("bad_master_key", format!("{}: expected 64 hex digits", path.display())))
 }
 
+/// The key platform accounts' secrets (second factors) are sealed under: HKDF-SHA256 of the
+/// master key, info `moat-platform-secret-v1` (never stored in the database).
+pub fn platform_secret_key(dir: &DataDir) -> Result<moat_core::keys::SecretKey> {
+    let master = moat_core::keys::SecretKey::from_bytes(master_key(dir)?);
+    Ok(moat_core::keys::derive(&master, b"", b"moat-platform-secret-v1"))
+}
+
 /// The audit trail's HMAC keys, derived from the master key (never stored in the database).
 pub fn audit_keys(dir: &DataDir) -> Result<AuditKeys> {
     Ok(AuditKeys::new(master_key(dir)?))

@@ -2,6 +2,11 @@
 //! before encryption at rest), wrapped by the key provider's master key, kept wrapped in the
 //! store, unwrapped into a short-lived in-process keyring per tenant. See `moat_core::keys`
 //! for the hierarchy and `moat_query::crypto` for the files.
+//!
+//! Secrets of accounts (second factors) are sealed under the same keys: a tenant account's
+//! under its tenant's current DEK, a platform account's under the platform secret key, which
+//! is derived from the deployment's `master.key` (the platform has no DEK) and, like the DEKs,
+//! never stored in the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -9,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use moat_core::clock::UnixSeconds;
 use moat_core::ids::TenantId;
-use moat_core::keys::{KeyProvider, SecretKey, dek_context};
+use moat_core::keys::{KeyProvider, SecretKey, Zeroizing, dek_context, open_secret, seal_secret};
 use moat_core::{MoatError, Result};
 use moat_query::crypto::TenantKeyring;
 use moat_store::{MetaStore, NewTenantKey, TenantKeyRecord};
@@ -26,6 +31,8 @@ pub fn shredded() -> MoatError {
 pub struct DataKeys {
     provider: Arc<dyn KeyProvider>,
     meta: Arc<dyn MetaStore>,
+    /// Seals platform accounts' secrets (version 0 in their sealed form).
+    platform: SecretKey,
     cache: Mutex<HashMap<TenantId, (Instant, Arc<TenantKeyring>)>>,
 }
 
@@ -36,8 +43,37 @@ impl std::fmt::Debug for DataKeys {
 }
 
 impl DataKeys {
-    pub fn new(provider: Arc<dyn KeyProvider>, meta: Arc<dyn MetaStore>) -> Self {
-        Self { provider, meta, cache: Mutex::new(HashMap::new()) }
+    /// `platform`: the key platform accounts' secrets are sealed under
+    /// (`bootstrap::platform_secret_key`).
+    pub fn new(provider: Arc<dyn KeyProvider>, meta: Arc<dyn MetaStore>, platform: SecretKey) -> Self {
+        Self { provider, meta, platform, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Seals a secret of an account of `tenant` (of the platform when `None`) under the
+    /// tenant's current DEK (the platform secret key), bound to `context`.
+    pub async fn seal(&self, tenant: Option<TenantId>, context: &[u8], plain: &[u8], now: UnixSeconds) -> Result<Vec<u8>> {
+        match tenant {
+            Some(t) => self.keyring(t, &[], now).await?.seal(context, plain),
+            None => seal_secret(&self.platform, 0, context, plain),
+        }
+    }
+
+    /// Opens a secret sealed by [`Self::seal`] (under any DEK version the tenant still has).
+    /// A tenant whose keys were destroyed answers `tenant_keys_destroyed`: its secrets are
+    /// gone with its data.
+    pub async fn open(&self, tenant: Option<TenantId>, context: &[u8], sealed: &[u8], now: UnixSeconds) -> Result<Zeroizing<Vec<u8>>> {
+        match tenant {
+            Some(t) => {
+                let version = moat_core::keys::sealed_version(sealed).ok_or_else(moat_core::keys::unsealable)?;
+                self.keyring(t, &[version], now).await?.open(context, sealed)
+            }
+            None => open_secret(&self.platform, context, sealed),
+        }
+    }
+
+    /// The DEK version new secrets of the tenant are sealed under.
+    pub async fn current_version(&self, tenant: TenantId, now: UnixSeconds) -> Result<u32> {
+        Ok(self.keyring(tenant, &[], now).await?.current_version())
     }
 
     pub fn provider(&self) -> &Arc<dyn KeyProvider> {
@@ -164,6 +200,10 @@ mod tests {
 
     use super::*;
 
+    fn platform() -> SecretKey {
+        SecretKey::from_bytes([0x50; KEY_LEN])
+    }
+
     fn provider(byte: u8) -> Arc<dyn KeyProvider> {
         let kek = LocalKek { id: "local:kek-0001".into(), key: SecretKey::from_bytes([byte; KEY_LEN]) };
         Arc::new(LocalKeyProvider::new(vec![kek]).unwrap())
@@ -181,11 +221,11 @@ mod tests {
             )
             .await
             .unwrap();
-        let keys = DataKeys::new(provider(1), stores.meta.clone());
+        let keys = DataKeys::new(provider(1), stores.meta.clone(), platform());
         let ring = keys.keyring(t.id, &[], 1).await.unwrap();
         assert_eq!(ring.current_version(), 1);
         // Another replica (its own cache) reads the same key rather than making another.
-        let replica = DataKeys::new(provider(1), stores.meta.clone());
+        let replica = DataKeys::new(provider(1), stores.meta.clone(), platform());
         let other = replica.keyring(t.id, &[1], 1).await.unwrap();
         assert_eq!(other.current_version(), 1);
         assert_eq!(stores.meta.tenant_keys(t.id).await.unwrap().len(), 1);
@@ -193,7 +233,7 @@ mod tests {
         assert!(!replica.keyring(t.id, &[2], 1).await.unwrap().has_version(2));
 
         // The wrong master key (a key file from another deployment): a clear refusal.
-        let wrong = DataKeys::new(provider(2), stores.meta.clone());
+        let wrong = DataKeys::new(provider(2), stores.meta.clone(), platform());
         assert_eq!(wrong.keyring(t.id, &[], 1).await.unwrap_err().code, "key_unwrap_failed");
 
         // Rotation: one new version, whoever asks; the replica that cached v1 finds v2 when a
@@ -205,10 +245,10 @@ mod tests {
         // Master-key rotation: every DEK re-wrapped under the new key, the same DEKs after.
         let old = LocalKek { id: "local:kek-0001".into(), key: SecretKey::from_bytes([1; KEY_LEN]) };
         let new = LocalKek { id: "local:kek-0002".into(), key: SecretKey::from_bytes([9; KEY_LEN]) };
-        let both = DataKeys::new(Arc::new(LocalKeyProvider::new(vec![old, new.clone()]).unwrap()), stores.meta.clone());
+        let both = DataKeys::new(Arc::new(LocalKeyProvider::new(vec![old, new.clone()]).unwrap()), stores.meta.clone(), platform());
         assert_eq!(both.rewrap(t.id).await.unwrap(), 2);
         assert_eq!(both.rewrap(t.id).await.unwrap(), 0, "nothing left under the old key");
-        let only_new = DataKeys::new(Arc::new(LocalKeyProvider::new(vec![new]).unwrap()), stores.meta.clone());
+        let only_new = DataKeys::new(Arc::new(LocalKeyProvider::new(vec![new]).unwrap()), stores.meta.clone(), platform());
         let after = only_new.keyring(t.id, &[1, 2], 3).await.unwrap();
         assert!(after.has_version(1) && after.has_version(2));
         assert_eq!(keys.keyring(t.id, &[1, 2], 3).await.unwrap_err().code, "master_key_missing", "the old provider alone cannot");

@@ -100,7 +100,11 @@ pub async fn seed(dir: &DataDir, now: UnixSeconds) -> Result<DemoCredentials> {
         }
     }
     let tables = moat_query::TableStorage::local(&cfg.table_data_dir(&dir.root))?;
-    let data_keys = crate::dek::DataKeys::new(crate::keyprovider::open(dir, &cfg.keys)?, stores.meta.clone());
+    let data_keys = crate::dek::DataKeys::new(
+        crate::keyprovider::open(dir, &cfg.keys)?,
+        stores.meta.clone(),
+        crate::bootstrap::platform_secret_key(dir)?,
+    );
     for (i, (slug, _)) in DEMO_TENANTS.iter().enumerate() {
         let tenant = stores.meta.tenant_by_slug(slug).await?.ok_or_else(|| MoatError::internal("demo_tenant_missing"))?;
         if stores.meta.table(tenant.id, "customers").await?.is_none() {

@@ -11,6 +11,7 @@ pub mod governed;
 pub mod http;
 pub mod keyprovider;
 pub mod limiter;
+pub mod mfa;
 pub mod openapi;
 pub mod pg;
 pub mod pg_source;

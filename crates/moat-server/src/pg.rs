@@ -67,7 +67,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::governed;
-use crate::http::auth::{invalid_credentials, open_session, password_login};
+use crate::http::auth::{Second, invalid_credentials, open_session, password_login};
 use crate::http::extract::{Action, ClientInfo, act, api_key_principal, live_session_role};
 use crate::state::AppState;
 use moat_query::Request;
@@ -323,7 +323,7 @@ impl Conn {
         if slug.is_empty() {
             return Err(invalid_credentials());
         }
-        let ok = password_login(&self.st, &client, Some(&slug), user, password, "pgwire").await?;
+        let ok = password_login(&self.st, &client, Some(&slug), user, password, Second::Code(None), "pgwire").await?;
         let tenant = ok.trail.ok_or_else(invalid_credentials)?;
         let (session, _) = open_session(&self.st, &client, ok.scope, ok.user.id).await?;
         let e = AuditEvent::new(Some(tenant), Category::Auth, "auth.login", ok.actor(), Outcome::Success)

@@ -12,7 +12,9 @@
 //! working throughout, and a superseded version's files stay for a grace period so that
 //! queries already reading them finish. A crash leaves the list shorter; the next check (at
 //! start and every `keys.rotation_check_interval_s`) finishes it. The lease only saves double
-//! work: two replicas copying one table both write a copy, one swap wins.
+//! work: two replicas copying one table both write a copy, one swap wins. The tenant's
+//! accounts' second factors are sealed again under the new key too (`mfa::reseal_stale`, each
+//! a compare-and-swap), after its tables.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -235,15 +237,16 @@ async fn reencrypt_claimed(st: &AppState, tenant: TenantId) -> Result<bool> {
         tracing::info!(%tenant, table = t.name, done = i + 1, of = work.len(), mb_per_s = rate, "re-encrypted a table");
         lease(st, tenant, true).await?;
     }
+    let secrets = crate::mfa::reseal_stale(st, tenant).await?;
     let now = st.clock.now_s();
     st.rekey.update(tenant, |p| {
         p.state = "done";
         p.finished_at = Some(now);
     });
-    if !work.is_empty() {
+    if !work.is_empty() || secrets > 0 {
         let details = serde_json::json!({
             "dek_version": current, "tables": work.len(), "tables_skipped": skipped, "rows": rows, "bytes_written": bytes,
-            "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "secrets_resealed": secrets, "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         });
         let event = AuditEvent::new(Some(tenant), Category::System, "key.reencrypt", Actor::system("key rotation"), Outcome::Success)
             .resource("tables")
@@ -309,7 +312,9 @@ pub async fn check(st: &Arc<AppState>) -> Result<()> {
             continue;
         }
         let current = newest.version;
-        if st.stores.meta.list_tables(t.id).await?.iter().any(|tb| pending(tb, current)) {
+        if st.stores.meta.list_tables(t.id).await?.iter().any(|tb| pending(tb, current))
+            || !crate::mfa::stale(st, t.id, current).await?.is_empty()
+        {
             spawn_reencrypt(st.clone(), t.id);
         }
     }

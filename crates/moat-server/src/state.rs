@@ -149,7 +149,8 @@ impl AppState {
         }
         let results = crate::result_cache::ResultCache::from_config(&config.cache)?;
         let master_keys = crate::keyprovider::open(dir, &config.keys)?;
-        let data_keys = Arc::new(crate::dek::DataKeys::new(master_keys.clone(), stores.meta.clone()));
+        let data_keys =
+            Arc::new(crate::dek::DataKeys::new(master_keys.clone(), stores.meta.clone(), crate::bootstrap::platform_secret_key(dir)?));
         let events = if config.events.url.is_empty() {
             None
         } else {

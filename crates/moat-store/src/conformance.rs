@@ -54,6 +54,7 @@ pub async fn run_all(s: &Stores) {
     tenants_and_atomic_first_admin(s).await;
     users_are_tenant_scoped(s).await;
     password_history(s).await;
+    user_mfa(s).await;
     lockout_counts_atomically(s).await;
     refresh_rotation_and_reuse(s).await;
     api_keys(s).await;
@@ -321,6 +322,55 @@ pub async fn password_history(s: &Stores) {
     assert_eq!(h, vec!["hash5", "hash4", "hash3", "hash2", "hash1"]);
     let other = tenant(s).await;
     assert!(s.meta.password_history(Some(other.id), u.id, 5).await.unwrap().is_empty(), "not through another tenant");
+}
+
+/// A second factor: pending until confirmed, each change a compare-and-swap, each TOTP step
+/// accepted once even by racing sign-ins, and never reachable through another tenant.
+pub async fn user_mfa(s: &Stores) {
+    let (t, other) = (tenant(s).await, tenant(s).await);
+    let u = s.meta.create_user(&user(Some(t.id), "m@x.example", Role::User)).await.unwrap();
+    let platform_email = format!("p{}@x.example", &UserId::new().0.simple().to_string()[24..]);
+    let platform = s.meta.create_user(&user(None, &platform_email, Role::SuperAdmin)).await.unwrap();
+    let mfa = |id| async move { s.meta.user_by_id(Some(t.id), id).await.unwrap().unwrap().mfa };
+    assert_eq!(mfa(u.id).await, None);
+    let set = |change| s.meta.set_mfa(Some(t.id), u.id, change, NOW);
+
+    assert!(set(MfaChange::Enroll { sealed: b"p1" }).await.unwrap());
+    assert!(set(MfaChange::Enroll { sealed: b"p2" }).await.unwrap(), "a pending factor is replaced");
+    assert_eq!(mfa(u.id).await, Some(UserMfa { sealed: b"p2".to_vec(), enabled_at: None, last_step: None }));
+    assert!(!set(MfaChange::UseStep { step: 5 }).await.unwrap(), "no step is accepted while pending");
+    assert!(!set(MfaChange::Confirm { from: b"p1", to: b"e1", step: 10 }).await.unwrap(), "not the pending one");
+    assert!(set(MfaChange::Confirm { from: b"p2", to: b"e2", step: 10 }).await.unwrap());
+    assert_eq!(mfa(u.id).await, Some(UserMfa { sealed: b"e2".to_vec(), enabled_at: Some(NOW), last_step: Some(10) }));
+    assert!(!set(MfaChange::Confirm { from: b"e2", to: b"e3", step: 11 }).await.unwrap(), "already enabled");
+    assert!(!set(MfaChange::Enroll { sealed: b"p3" }).await.unwrap(), "no silent re-enrolment over an enabled factor");
+
+    // Steps only move forward; of racing sign-ins with one code, exactly one wins.
+    assert!(!set(MfaChange::UseStep { step: 10 }).await.unwrap());
+    assert!(!set(MfaChange::UseStep { step: 9 }).await.unwrap());
+    let racers: Vec<_> = (0..6).map(|_| set(MfaChange::UseStep { step: 11 })).collect();
+    let won = futures::future::join_all(racers).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(won, 1);
+    assert_eq!(mfa(u.id).await.unwrap().last_step, Some(11));
+
+    assert!(!set(MfaChange::Replace { from: b"e1", to: b"e4" }).await.unwrap(), "stale");
+    assert!(set(MfaChange::Replace { from: b"e2", to: b"e4" }).await.unwrap());
+    assert_eq!(mfa(u.id).await.unwrap().sealed, b"e4");
+
+    // Another tenant's scope, or the platform's, reaches nothing.
+    for scope in [Some(other.id), None] {
+        assert!(!s.meta.set_mfa(scope, u.id, MfaChange::Remove, NOW).await.unwrap());
+        assert!(!s.meta.set_mfa(scope, u.id, MfaChange::Replace { from: b"e4", to: b"x" }, NOW).await.unwrap());
+    }
+    assert_eq!(mfa(u.id).await.unwrap().sealed, b"e4");
+    // A platform account has a factor of its own.
+    assert!(s.meta.set_mfa(None, platform.id, MfaChange::Enroll { sealed: b"pp" }, NOW).await.unwrap());
+    assert_eq!(s.meta.user_by_id(None, platform.id).await.unwrap().unwrap().mfa.unwrap().sealed, b"pp");
+
+    assert!(set(MfaChange::Remove).await.unwrap());
+    assert_eq!(mfa(u.id).await, None);
+    let listed = s.meta.list_users(Some(t.id)).await.unwrap();
+    assert_eq!(serde_json::to_value(&listed[0]).unwrap()["mfa"], "off");
 }
 
 pub async fn lockout_counts_atomically(s: &Stores) {

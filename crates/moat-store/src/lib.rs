@@ -75,6 +75,8 @@ pub trait MetaStore: Send + Sync {
     async fn set_user_role(&self, tenant: TenantId, id: UserId, role: Role, now: UnixSeconds) -> Result<bool>;
     /// Replaces the password hash and pushes the old one into the history.
     async fn set_password(&self, tenant: Option<TenantId>, id: UserId, new_hash: &str, now: UnixSeconds) -> Result<bool>;
+    /// Changes the account's second factor (see [`MfaChange`] for each change's condition).
+    async fn set_mfa(&self, tenant: Option<TenantId>, id: UserId, change: MfaChange<'_>, now: UnixSeconds) -> Result<bool>;
     /// The current hash followed by up to `n - 1` previous ones, newest first.
     async fn password_history(&self, tenant: Option<TenantId>, id: UserId, n: usize) -> Result<Vec<String>>;
 

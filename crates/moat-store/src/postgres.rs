@@ -62,6 +62,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "event_cursors", include_str!("../migrations/postgres/0002_event_cursors.sql")),
     (3, "tenant_databases", include_str!("../migrations/postgres/0003_tenant_databases.sql")),
     (4, "tenant_keys", include_str!("../migrations/postgres/0004_tenant_keys.sql")),
+    (5, "user_mfa", include_str!("../migrations/postgres/0005_user_mfa.sql")),
 ];
 
 /// Serialises migrations of replicas that start together (a constant key: "moat").
@@ -414,6 +415,11 @@ fn user_from_row(r: &PgRow) -> Result<UserRecord> {
         status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
         password_hash: r.get("password_hash"),
         created_at: r.get("created_at"),
+        mfa: r.get::<Option<Vec<u8>>, _>("mfa_secret").map(|sealed| UserMfa {
+            sealed,
+            enabled_at: r.get("mfa_enabled_at"),
+            last_step: r.get("mfa_last_step"),
+        }),
     })
 }
 
@@ -527,6 +533,7 @@ async fn insert_user(tx: &mut Tx, u: &NewUser) -> Result<UserRecord> {
         status: UserStatus::Active,
         password_hash: u.password_hash.clone(),
         created_at: u.now,
+        mfa: None,
     })
 }
 
@@ -780,6 +787,56 @@ impl MetaStore for PgStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
+    }
+
+    async fn set_mfa(&self, tenant: Option<TenantId>, id: UserId, change: MfaChange<'_>, now: UnixSeconds) -> Result<bool> {
+        let (scope, id) = (uuid_of(tenant), id.0);
+        let q = match change {
+            MfaChange::Enroll { sealed } => sqlx::query(
+                "UPDATE users SET mfa_secret = $1, mfa_enabled_at = NULL, mfa_last_step = NULL, updated_at = $2
+                 WHERE tenant_id IS NOT DISTINCT FROM $3 AND id = $4 AND mfa_enabled_at IS NULL",
+            )
+            .bind(sealed)
+            .bind(now)
+            .bind(scope)
+            .bind(id),
+            MfaChange::Confirm { from, to, step } => sqlx::query(
+                "UPDATE users SET mfa_secret = $1, mfa_enabled_at = $2, mfa_last_step = $3, updated_at = $2
+                 WHERE tenant_id IS NOT DISTINCT FROM $4 AND id = $5 AND mfa_enabled_at IS NULL AND mfa_secret = $6",
+            )
+            .bind(to)
+            .bind(now)
+            .bind(step)
+            .bind(scope)
+            .bind(id)
+            .bind(from),
+            MfaChange::UseStep { step } => sqlx::query(
+                "UPDATE users SET mfa_last_step = $1
+                 WHERE tenant_id IS NOT DISTINCT FROM $2 AND id = $3 AND mfa_enabled_at IS NOT NULL
+                   AND (mfa_last_step IS NULL OR mfa_last_step < $1)",
+            )
+            .bind(step)
+            .bind(scope)
+            .bind(id),
+            MfaChange::Replace { from, to } => {
+                sqlx::query("UPDATE users SET mfa_secret = $1 WHERE tenant_id IS NOT DISTINCT FROM $2 AND id = $3 AND mfa_secret = $4")
+                    .bind(to)
+                    .bind(scope)
+                    .bind(id)
+                    .bind(from)
+            }
+            MfaChange::Remove => sqlx::query(
+                "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, updated_at = $1
+                 WHERE tenant_id IS NOT DISTINCT FROM $2 AND id = $3",
+            )
+            .bind(now)
+            .bind(scope)
+            .bind(id),
+        };
+        let mut tx = self.tenant_tx(tenant).await?;
+        let n = q.execute(&mut *tx).await.map_err(db_err)?.rows_affected();
+        tx.commit().await.map_err(db_err)?;
+        Ok(n == 1)
     }
 
     async fn password_history(&self, tenant: Option<TenantId>, id: UserId, n: usize) -> Result<Vec<String>> {

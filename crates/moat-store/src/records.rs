@@ -143,6 +143,54 @@ pub struct UserRecord {
     #[serde(skip)]
     pub password_hash: String,
     pub created_at: UnixSeconds,
+    /// The second factor; shown as `"mfa": "off" | "pending" | "on"`, never its bytes.
+    #[serde(rename = "mfa", serialize_with = "mfa_state", skip_deserializing)]
+    pub mfa: Option<UserMfa>,
+}
+
+/// An account's second factor as stored: sealed, never in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMfa {
+    /// A `moat_core::mfa::MfaSecret` sealed under the tenant's data key
+    /// (`moat_core::keys::seal_secret`; the platform's own key for platform accounts).
+    pub sealed: Vec<u8>,
+    /// When it was confirmed with a code; `None` while pending (not asked for at sign-in).
+    pub enabled_at: Option<UnixSeconds>,
+    /// The last TOTP step accepted: no code of it or of an older step is accepted again.
+    pub last_step: Option<i64>,
+}
+
+impl UserMfa {
+    pub fn enabled(&self) -> bool {
+        self.enabled_at.is_some()
+    }
+}
+
+fn mfa_state<S: serde::Serializer>(mfa: &Option<UserMfa>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match mfa {
+        None => "off",
+        Some(m) if m.enabled() => "on",
+        Some(_) => "pending",
+    })
+}
+
+/// A change to an account's second factor. Each is one conditional update (a compare-and-swap):
+/// `set_mfa` answers `false` when its condition no longer holds.
+#[derive(Debug, Clone, Copy)]
+pub enum MfaChange<'a> {
+    /// A new pending factor, replacing a pending one; `false` while one is enabled.
+    Enroll { sealed: &'a [u8] },
+    /// Enables the pending factor `from` as `to` (now holding recovery codes), accepting TOTP
+    /// step `step`; `false` if the pending factor is no longer `from`.
+    Confirm { from: &'a [u8], to: &'a [u8], step: i64 },
+    /// Records an accepted TOTP step of the enabled factor; `false` if that step or a newer
+    /// one was accepted already (a replay, or two sign-ins racing with one code).
+    UseStep { step: i64 },
+    /// Replaces the sealed factor (a recovery code used up, a reseal under a new data key);
+    /// `false` if it is no longer `from`.
+    Replace { from: &'a [u8], to: &'a [u8] },
+    /// Removes the factor, pending or enabled; `false` if the account does not exist.
+    Remove,
 }
 
 #[derive(Debug, Clone)]

@@ -276,6 +276,10 @@ impl MetaStore for RoutedStore {
         self.scope(tenant).await?.set_password(tenant, id, new_hash, now).await
     }
 
+    async fn set_mfa(&self, tenant: Option<TenantId>, id: UserId, change: MfaChange<'_>, now: UnixSeconds) -> Result<bool> {
+        self.scope(tenant).await?.set_mfa(tenant, id, change, now).await
+    }
+
     async fn password_history(&self, tenant: Option<TenantId>, id: UserId, n: usize) -> Result<Vec<String>> {
         self.scope(tenant).await?.password_history(tenant, id, n).await
     }

@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "audit_search_apart", include_str!("../migrations/sqlite/0008_audit_search_apart.sql")),
     (9, "event_cursors", include_str!("../migrations/sqlite/0009_event_cursors.sql")),
     (10, "tenant_keys", include_str!("../migrations/sqlite/0010_tenant_keys.sql")),
+    (11, "user_mfa", include_str!("../migrations/sqlite/0011_user_mfa.sql")),
 ];
 
 pub struct SqliteStore {
@@ -287,6 +288,11 @@ fn user_from_row(r: &SqliteRow) -> Result<UserRecord> {
         status: if status == "active" { UserStatus::Active } else { UserStatus::Disabled },
         password_hash: r.get("password_hash"),
         created_at: r.get("created_at"),
+        mfa: r.get::<Option<Vec<u8>>, _>("mfa_secret").map(|sealed| UserMfa {
+            sealed,
+            enabled_at: r.get("mfa_enabled_at"),
+            last_step: r.get("mfa_last_step"),
+        }),
     })
 }
 
@@ -329,6 +335,7 @@ async fn insert_user(conn: &mut sqlx::SqliteConnection, u: &NewUser) -> Result<U
         status: UserStatus::Active,
         password_hash: u.password_hash.clone(),
         created_at: u.now,
+        mfa: None,
     })
 }
 
@@ -540,6 +547,55 @@ impl MetaStore for SqliteStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
+    }
+
+    async fn set_mfa(&self, tenant: Option<TenantId>, id: UserId, change: MfaChange<'_>, now: UnixSeconds) -> Result<bool> {
+        let (scope, id) = (platform_key(tenant), id.to_string());
+        let q = match change {
+            MfaChange::Enroll { sealed } => sqlx::query(
+                "UPDATE users SET mfa_secret = ?, mfa_enabled_at = NULL, mfa_last_step = NULL, updated_at = ?
+                 WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND mfa_enabled_at IS NULL",
+            )
+            .bind(sealed)
+            .bind(now)
+            .bind(scope)
+            .bind(id),
+            MfaChange::Confirm { from, to, step } => sqlx::query(
+                "UPDATE users SET mfa_secret = ?, mfa_enabled_at = ?, mfa_last_step = ?, updated_at = ?
+                 WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND mfa_enabled_at IS NULL AND mfa_secret = ?",
+            )
+            .bind(to)
+            .bind(now)
+            .bind(step)
+            .bind(now)
+            .bind(scope)
+            .bind(id)
+            .bind(from),
+            MfaChange::UseStep { step } => sqlx::query(
+                "UPDATE users SET mfa_last_step = ?
+                 WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND mfa_enabled_at IS NOT NULL
+                   AND (mfa_last_step IS NULL OR mfa_last_step < ?)",
+            )
+            .bind(step)
+            .bind(scope)
+            .bind(id)
+            .bind(step),
+            MfaChange::Replace { from, to } => {
+                sqlx::query("UPDATE users SET mfa_secret = ? WHERE COALESCE(tenant_id, 'platform') = ? AND id = ? AND mfa_secret = ?")
+                    .bind(to)
+                    .bind(scope)
+                    .bind(id)
+                    .bind(from)
+            }
+            MfaChange::Remove => sqlx::query(
+                "UPDATE users SET mfa_secret = NULL, mfa_enabled_at = NULL, mfa_last_step = NULL, updated_at = ?
+                 WHERE COALESCE(tenant_id, 'platform') = ? AND id = ?",
+            )
+            .bind(now)
+            .bind(scope)
+            .bind(id),
+        };
+        Ok(q.execute(&self.pool).await.map_err(db_err)?.rows_affected() == 1)
     }
 
     async fn password_history(&self, tenant: Option<TenantId>, id: UserId, n: usize) -> Result<Vec<String>> {

@@ -292,6 +292,12 @@ async fn bad_json_is_a_clear_400() {
     assert!(b["error"]["message"].as_str().unwrap().contains("admin"), "names the field: {b}");
     let (st, b) = raw(r#"{"email":"a@b.example"}"#, "application/json").await;
     assert!(st == StatusCode::BAD_REQUEST && b["error"]["message"].as_str().unwrap().contains("password"), "{b}");
+    // serde would read a struct from an array (["a@b.example","x"] as email and password):
+    // every body is an object, anything else is refused.
+    for body in [r#"["a@b.example","x",null,null]"#, "[]", "null", "\"x\"", "7"] {
+        let (st, b) = raw(body, "application/json").await;
+        assert_eq!((st, b["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_body")), "{body}: {b}");
+    }
     let (st, b) = raw(r#"{"email":"a@b.example","password":"x"}"#, "text/plain").await;
     assert_eq!((st, b["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unsupported_media_type")));
     let big = format!(r#"{{"email":"a@b.example","password":"{}"}}"#, "x".repeat(2 * 1024 * 1024));

@@ -211,7 +211,8 @@ async fn master_key_rotation_rewraps_every_data_key_and_the_old_master_key_can_g
     let data = moat_server::config::DataDir::new(s.dir.path().join("data"));
     std::fs::remove_file(data.kek_dir().join("kek-0001.key")).unwrap();
     let provider = moat_server::keyprovider::open(&data, &s.state.config.keys).unwrap();
-    let fresh = moat_server::dek::DataKeys::new(provider, s.state.stores.meta.clone());
+    let fresh =
+        moat_server::dek::DataKeys::new(provider, s.state.stores.meta.clone(), moat_server::bootstrap::platform_secret_key(&data).unwrap());
     for slug in ["acme", "globex"] {
         let t = s.state.stores.meta.tenant_by_slug(slug).await.unwrap().unwrap();
         assert_eq!(fresh.keyring(t.id, &[1], s.clock.now_s()).await.unwrap().current_version(), 1, "{slug}");

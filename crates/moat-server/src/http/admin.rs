@@ -223,7 +223,7 @@ pub async fn get_tenant(
     Ok(Json(tenant_view(&st, t).await?))
 }
 
-fn tenant_not_found() -> MoatError {
+pub(super) fn tenant_not_found() -> MoatError {
     MoatError::not_found("tenant_not_found", "no such tenant")
 }
 
@@ -380,7 +380,7 @@ fn user_not_found() -> MoatError {
 }
 
 /// A user of the action's tenant, or 404 (also for ids of other tenants and malformed ids).
-async fn find_user(st: &AppState, tenant: Option<TenantId>, id: &str) -> Result<UserRecord, MoatError> {
+pub(super) async fn find_user(st: &AppState, tenant: Option<TenantId>, id: &str) -> Result<UserRecord, MoatError> {
     let id = UserId::parse(id).ok_or_else(user_not_found)?;
     st.stores.meta.user_by_id(tenant, id).await?.ok_or_else(user_not_found)
 }
@@ -596,7 +596,7 @@ pub async fn set_password_policy(
 
 /// Stores a tenant policy (a setting) and audits the change, old and new documents in one
 /// `policy.{name}_update` record.
-async fn replace_policy<T: Serialize + serde::de::DeserializeOwned + Default>(
+pub(super) async fn replace_policy<T: Serialize + serde::de::DeserializeOwned + Default>(
     st: &AppState,
     auth: &Authorized<act::PolicyUpdate>,
     key: &str,

@@ -15,11 +15,12 @@ use moat_core::principal::{Credential, Principal, Scope};
 use moat_core::role::Role;
 use moat_core::token::{ACCESS_TTL_S, AccessGrant};
 use moat_core::{ErrorKind, MoatError, secret};
-use moat_store::{NewSession, RefreshOutcome, TenantStatus, UserRecord, UserStatus};
+use moat_store::{NewSession, RefreshOutcome, TenantStatus, UserMfa, UserRecord, UserStatus};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Authenticated, ClientInfo, JsonBody};
+use crate::mfa::{Accepted, MFA_POLICY, MfaPolicy};
 use crate::state::AppState;
 
 pub const REFRESH_COOKIE: &str = "moat_refresh";
@@ -41,6 +42,12 @@ pub struct TokenResponse {
     pub access_token: String,
     pub token_type: String,
     pub expires_in: i64,
+    /// Shown once, when this sign-in's code confirmed a new second factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_codes: Option<Vec<String>>,
+    /// How many recovery codes remain, when this sign-in used one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_codes_left: Option<usize>,
 }
 
 /// The one answer to every failed password sign-in, whatever failed.
@@ -54,9 +61,21 @@ fn refresh_cookie(token: &str, max_age_s: i64) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn token_response(access: String, cookie: HeaderValue) -> Response {
-    let mut resp = (StatusCode::OK, Json(TokenResponse { access_token: access, token_type: "Bearer".into(), expires_in: ACCESS_TTL_S }))
-        .into_response();
+fn token_response(access: String, cookie: HeaderValue, factor: Option<&Accepted>) -> Response {
+    let body = TokenResponse {
+        access_token: access,
+        token_type: "Bearer".into(),
+        expires_in: ACCESS_TTL_S,
+        recovery_codes: match factor {
+            Some(Accepted::Confirmed { recovery_codes }) => Some(recovery_codes.clone()),
+            _ => None,
+        },
+        recovery_codes_left: match factor {
+            Some(Accepted::Recovery { left }) => Some(*left),
+            _ => None,
+        },
+    };
+    let mut resp = (StatusCode::OK, Json(body)).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     resp
 }
@@ -75,11 +94,37 @@ async fn check_password(password: String, stored: Option<String>) -> bool {
 }
 
 pub async fn login(State(st): State<Arc<AppState>>, client: ClientInfo, JsonBody(req): JsonBody<LoginRequest>) -> ApiResult<Response> {
-    let ok = password_login(&st, &client, req.tenant.as_deref(), &req.email, &req.password, "password").await?;
+    let second = Second::Code(req.mfa_code.as_deref());
+    let ok = password_login(&st, &client, req.tenant.as_deref(), &req.email, &req.password, second, "password").await?;
     let (access, cookie) = start_session(&st, &client, ok.scope, ok.user.id, &ok.user.email, ok.user.role).await?;
-    let e = AuditEvent::new(ok.trail, Category::Auth, "auth.login", ok.actor(), Outcome::Success).resource(format!("user:{}", ok.user.id));
+    let factor = match &ok.factor {
+        None => serde_json::json!({"mfa": "none"}),
+        Some(Accepted::Totp) => serde_json::json!({"mfa": "totp"}),
+        Some(Accepted::Recovery { left }) => serde_json::json!({"mfa": "recovery_code", "recovery_codes_left": left}),
+        Some(Accepted::Confirmed { .. }) => serde_json::json!({"mfa": "totp", "confirmed": true}),
+    };
+    let e = AuditEvent::new(ok.trail, Category::Auth, "auth.login", ok.actor(), Outcome::Success)
+        .resource(format!("user:{}", ok.user.id))
+        .details(factor);
     st.record(&client, e).await?;
-    Ok(token_response(access, cookie))
+    if matches!(ok.factor, Some(Accepted::Confirmed { .. })) {
+        let e = AuditEvent::new(ok.trail, Category::Admin, "user.mfa_enable", ok.actor(), Outcome::Success)
+            .resource(format!("user:{}", ok.user.id));
+        st.record(&client, e).await?;
+    }
+    Ok(token_response(access, cookie, ok.factor.as_ref()))
+}
+
+/// What sign-in asks beyond the password.
+#[derive(Debug, Clone, Copy)]
+pub enum Second<'a> {
+    /// The code the caller gave, if any: required when the account has a factor enabled (or
+    /// its tenant's policy requires one); a pending factor is confirmed by it.
+    Code(Option<&'a str>),
+    /// Enrolment by password (`POST /v1/auth/mfa/enroll`, when the tenant requires a factor
+    /// the account does not have yet): no code is asked; enrolment itself refuses to replace
+    /// an enabled factor.
+    Enrolling,
 }
 
 /// A password sign-in that passed every check (the caller records its success).
@@ -87,6 +132,8 @@ pub struct PasswordLogin {
     pub user: UserRecord,
     pub trail: Option<TenantId>,
     pub scope: Scope,
+    /// How the second factor was given, when one was.
+    pub factor: Option<Accepted>,
     via: &'static str,
 }
 
@@ -99,35 +146,34 @@ impl PasswordLogin {
 /// Checks a password sign-in exactly as `POST /v1/auth/login` does, whatever the protocol
 /// (`via`: "password" for HTTP, "pgwire" for the PostgreSQL wire protocol): the per-address
 /// limiter, lockout before the password, one answer for every failure (`invalid_credentials`),
-/// and every attempt, failure and lockout audited.
+/// and every attempt, failure and lockout audited. Then the second factor (`second`): a
+/// missing code is refused without counting; a wrong or replayed one counts like a wrong
+/// password.
 pub async fn password_login(
     st: &AppState,
     client: &ClientInfo,
     tenant_slug: Option<&str>,
     email: &str,
     password: &str,
+    second: Second<'_>,
     via: &'static str,
 ) -> Result<PasswordLogin, MoatError> {
     let now = st.clock.now_s();
     let ip_key = format!("login-ip:{}", client.ip.as_deref().unwrap_or("unknown"));
     let scope_key = tenant_slug.map_or_else(|| "platform".to_owned(), |t| t.trim().to_ascii_lowercase());
     let email_key: String = email.trim().to_lowercase().chars().take(320).collect();
-    let attempt = |outcome, reason: &str, trail: Option<TenantId>| {
-        AuditEvent::new(trail, Category::Auth, "auth.login", Actor::anonymous(Some(&email_key)), outcome)
-            .resource(format!("tenant:{scope_key}"))
-            .details(serde_json::json!({"reason": reason, "via": via}))
-    };
+    let attempt = Attempt { ip_key: &ip_key, scope_key: &scope_key, email_key: &email_key, via };
 
     let blocked = match st.ip_limiter.blocked(&ip_key, now).await {
         Ok(blocked) => blocked,
         // The limiter cannot tell (Redis down): refused, fail closed, and on the record.
         Err(e) => {
-            st.record(client, attempt(Outcome::Denied, e.code, None)).await?;
+            st.record(client, attempt.event(Outcome::Denied, e.code, None)).await?;
             return Err(e);
         }
     };
     if let Some(retry) = blocked {
-        st.record(client, attempt(Outcome::Denied, "ip_rate_limited", None)).await?;
+        st.record(client, attempt.event(Outcome::Denied, "ip_rate_limited", None)).await?;
         return Err(MoatError::new(
             ErrorKind::TooManyRequests { retry_after_s: Some(retry) },
             "rate_limited",
@@ -148,7 +194,7 @@ pub async fn password_login(
         LockDecision::LockedUntilAdminUnlock => Some(None),
     };
     if let Some(retry_after_s) = retry_after_s {
-        st.record(client, attempt(Outcome::Denied, "locked", trail)).await?;
+        st.record(client, attempt.event(Outcome::Denied, "locked", trail)).await?;
         let msg = if retry_after_s.is_some() {
             "too many failed logins; try again later"
         } else {
@@ -173,27 +219,127 @@ pub async fn password_login(
         (Some(_), true) => None,
     };
     let Some(user) = user.filter(|_| reason.is_none()) else {
-        let counted = st.ip_limiter.record_failure(&ip_key, now).await;
-        let (outcome, _) = st.stores.meta.record_login_failure(&scope_key, &email_key, &st.lockout, now).await?;
-        st.record(client, attempt(Outcome::Failure, reason.unwrap_or("unknown"), trail)).await?;
+        attempt.count_failure(st, client, reason.unwrap_or("unknown"), trail, now).await?;
+        return Err(invalid_credentials());
+    };
+
+    let factor = match second {
+        Second::Enrolling => None,
+        Second::Code(code) => match second_factor(st, &user, trail, code, via).await {
+            Ok(factor) => factor,
+            Err(Refused::Uncounted(reason, e)) => {
+                st.record(client, attempt.event(Outcome::Failure, reason, trail)).await?;
+                return Err(e);
+            }
+            Err(Refused::Counted(rejected)) => {
+                attempt.count_failure(st, client, rejected.reason(), trail, now).await?;
+                return Err(crate::mfa::invalid_code());
+            }
+        },
+    };
+    st.stores.meta.clear_lockout(&scope_key, &email_key).await?;
+    let scope = trail.map_or(Scope::Platform, Scope::Tenant);
+    Ok(PasswordLogin { user, trail, scope, factor, via })
+}
+
+/// One sign-in attempt's keys, for its audit records and failure counters.
+struct Attempt<'a> {
+    ip_key: &'a str,
+    scope_key: &'a str,
+    email_key: &'a str,
+    via: &'static str,
+}
+
+impl Attempt<'_> {
+    fn event(&self, outcome: Outcome, reason: &str, trail: Option<TenantId>) -> AuditEvent {
+        AuditEvent::new(trail, Category::Auth, "auth.login", Actor::anonymous(Some(self.email_key)), outcome)
+            .resource(format!("tenant:{}", self.scope_key))
+            .details(serde_json::json!({"reason": reason, "via": self.via}))
+    }
+
+    /// Counts a failed attempt (address limiter, account lockout) and records it, and the
+    /// lockout it caused.
+    async fn count_failure(
+        &self,
+        st: &AppState,
+        client: &ClientInfo,
+        reason: &str,
+        trail: Option<TenantId>,
+        now: i64,
+    ) -> Result<(), MoatError> {
+        let counted = st.ip_limiter.record_failure(self.ip_key, now).await;
+        let (outcome, _) = st.stores.meta.record_login_failure(self.scope_key, self.email_key, &st.lockout, now).await?;
+        st.record(client, self.event(Outcome::Failure, reason, trail)).await?;
         if !matches!(outcome, FailureOutcome::Counted) {
             let details = match outcome {
                 FailureOutcome::LockedFor { seconds } => serde_json::json!({"locked_for_s": seconds}),
                 _ => serde_json::json!({"locked_until": "admin_unlock"}),
             };
-            let e = AuditEvent::new(trail, Category::Auth, "auth.lockout", Actor::anonymous(Some(&email_key)), Outcome::Success)
-                .resource(format!("tenant:{scope_key}"))
+            let e = AuditEvent::new(trail, Category::Auth, "auth.lockout", Actor::anonymous(Some(self.email_key)), Outcome::Success)
+                .resource(format!("tenant:{}", self.scope_key))
                 .details(details);
             st.record(client, e).await?;
         }
         // A failure the shared limiter could not count refuses like a limiter that cannot answer.
-        counted?;
-        return Err(invalid_credentials());
-    };
+        counted
+    }
+}
 
-    st.stores.meta.clear_lockout(&scope_key, &email_key).await?;
-    let scope = trail.map_or(Scope::Platform, Scope::Tenant);
-    Ok(PasswordLogin { user, trail, scope, via })
+/// Why the second factor did not let a sign-in through.
+enum Refused {
+    /// No code where one is needed, or a factor that cannot be read: recorded, not counted.
+    Uncounted(&'static str, MoatError),
+    /// A wrong or replayed code: counted like a wrong password.
+    Counted(crate::mfa::Rejected),
+}
+
+/// The second factor of a sign-in whose password was right.
+async fn second_factor(
+    st: &AppState,
+    user: &UserRecord,
+    trail: Option<TenantId>,
+    code: Option<&str>,
+    via: &'static str,
+) -> Result<Option<Accepted>, Refused> {
+    let uncounted = |e: MoatError| Refused::Uncounted(e.code, e);
+    let enabled = user.mfa.as_ref().is_some_and(UserMfa::enabled);
+    let required = match trail {
+        Some(t) => st.setting::<MfaPolicy>(t, MFA_POLICY).await.map_err(uncounted)?.requires(user.role),
+        None => false,
+    };
+    if via == "pgwire" && (enabled || required) {
+        return Err(uncounted(MoatError::unauthenticated(
+            "mfa_required",
+            "this account signs in with a second factor, which the PostgreSQL protocol cannot ask for: \
+             use an API key as the password (moat key create)",
+        )));
+    }
+    match (code.map(str::trim).filter(|c| !c.is_empty()), &user.mfa) {
+        (None, _) if enabled => Err(uncounted(MoatError::unauthenticated(
+            "mfa_required",
+            "this account needs the code from its authenticator app (mfa_code), or a recovery code",
+        ))),
+        (None, _) if required => Err(uncounted(enrollment_required())),
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(uncounted(MoatError::unauthenticated(
+            "mfa_not_enrolled",
+            "this account has no second factor; sign in without mfa_code, or enrol one (POST /v1/auth/mfa)",
+        ))),
+        (Some(code), Some(mfa)) => match crate::mfa::accept(st, user, mfa, code).await {
+            Ok(Ok(accepted)) => Ok(Some(accepted)),
+            Ok(Err(rejected)) => Err(Refused::Counted(rejected)),
+            // A factor that cannot be read (its keys destroyed, the store down): fail closed.
+            Err(e) => Err(uncounted(e)),
+        },
+    }
+}
+
+pub fn enrollment_required() -> MoatError {
+    MoatError::unauthenticated(
+        "mfa_enrollment_required",
+        "your tenant requires a second factor for this account: enrol one with POST /v1/auth/mfa/enroll \
+         (tenant, email, password), then sign in with its code as mfa_code (`moat login` walks you through it)",
+    )
 }
 
 fn actor_for(user_id: UserId, email: &Email, role: Role, scope: Scope) -> Actor {
@@ -293,7 +439,7 @@ pub async fn refresh(State(st): State<Arc<AppState>>, client: ClientInfo, header
             )
             .resource(format!("session:{session}"));
             st.record(&client, e).await?;
-            Ok(token_response(access, refresh_cookie(&successor, st.config.auth.refresh_ttl_s)))
+            Ok(token_response(access, refresh_cookie(&successor, st.config.auth.refresh_ttl_s), None))
         }
         RefreshOutcome::Reused { session, tenant_id, user_id } => {
             let mut actor = Actor::anonymous(None);

@@ -101,8 +101,15 @@ pub struct JsonBody<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            // Every body of the API is an object: serde would read a struct from an array too
+            // (`[]` as a policy of defaults), so anything else is refused here.
+            Ok(axum::Json(v)) if !v.is_object() => {
+                Err(ApiError(MoatError::bad_request("invalid_body", "the request body must be a JSON object")))
+            }
+            Ok(axum::Json(v)) => {
+                serde_json::from_value(v).map(Self).map_err(|e| ApiError(MoatError::bad_request("invalid_body", e.to_string())))
+            }
             Err(rej) => {
                 let status = rej.status();
                 let text = rej.body_text();

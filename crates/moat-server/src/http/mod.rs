@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 mod meta;
+pub mod mfa;
 pub mod ndjson;
 pub mod views;
 
@@ -45,6 +46,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/logout", post(auth::logout))
         .route("/auth/whoami", get(auth::whoami))
         .route("/auth/password", put(auth::change_password))
+        .route("/auth/mfa", get(mfa::status).post(mfa::enroll))
+        .route("/auth/mfa/enroll", post(mfa::enroll_with_password))
+        .route("/auth/mfa/confirm", post(mfa::confirm))
+        .route("/auth/mfa/disable", post(mfa::disable))
         .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/tenants/{slug}", get(admin::get_tenant).delete(admin::delete_tenant))
         .route("/tenants/{slug}/suspend", post(admin::suspend_tenant))
@@ -56,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/users/{id}/enable", post(admin::enable_user))
         .route("/users/{id}/unlock", post(admin::unlock_user))
         .route("/users/{id}/role", put(admin::set_user_role))
+        .route("/users/{id}/mfa", axum::routing::delete(mfa::reset))
         .route("/api-keys", post(admin::create_key).get(admin::list_keys))
         .route("/api-keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/tables", get(data::list_tables))
@@ -66,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/views/{view}", get(views::get_view).put(views::put_view).delete(views::delete_view))
         .route("/query", post(data::query))
         .route("/policies/password", get(admin::get_password_policy).put(admin::set_password_policy))
+        .route("/policies/mfa", get(mfa::get_policy).put(mfa::set_policy))
         .route("/policies/masking", get(admin::get_masking_policy).put(admin::set_masking_policy))
         .route("/policies/classification", get(admin::get_classification_policy).put(admin::set_classification_policy))
         .route("/audit/events", get(audit::events))
