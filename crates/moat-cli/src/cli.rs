@@ -301,6 +301,11 @@ pub enum MfaCmd {
     },
     /// Confirm the enrolled factor with the code the app shows; prints your recovery codes once.
     Confirm { code: String },
+    /// Replace your recovery codes with ten new ones (needs a current code); prints them once.
+    RecoveryCodes {
+        #[arg(long)]
+        code: String,
+    },
     /// Turn your factor off (needs a current code or a recovery code).
     Disable {
         #[arg(long)]

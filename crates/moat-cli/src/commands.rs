@@ -553,6 +553,10 @@ async fn mfa(mut c: Client, cmd: MfaCmd, json_out: bool) -> CliResult {
             let v = c.call(Method::POST, "/v1/auth/mfa/confirm", Some(json!({"code": code}))).await?;
             emit(json_out, &v, show_recovery);
         }
+        MfaCmd::RecoveryCodes { code } => {
+            let v = c.call(Method::POST, "/v1/auth/mfa/recovery-codes", Some(json!({"code": code}))).await?;
+            emit(json_out, &v, show_recovery);
+        }
         MfaCmd::Disable { code } => {
             let v = c.call(Method::POST, "/v1/auth/mfa/disable", Some(json!({"code": code}))).await?;
             emit(json_out, &v, |_| println!("second factor off"));

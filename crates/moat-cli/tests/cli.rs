@@ -654,6 +654,10 @@ fn a_second_factor_through_the_cli() {
     let o = moat(&["user", "list"], &env, None);
     assert!(text(&o.stdout).contains("MFA") || text(&o.stdout).contains("mfa"), "{}", text(&o.stdout));
     assert_error(&moat(&["mfa", "disable", "--code", "000000"], &env, None), 1, "invalid_mfa_code");
+    // The step of the last code is used: a recovery code vouches instead.
+    let o = moat(&["mfa", "recovery-codes", "--code", &recovery[2]], &env, None);
+    assert!(o.status.success() && text(&o.stderr).contains("Recovery codes"), "{}", text(&o.stderr));
+    assert_error(&boss_login(Some(&recovery[1])), 1, "invalid_mfa_code");
 
     // The policy, set from the CLI, sends a new account to enrol before it can sign in.
     let o = moat(&["policy", "set", "mfa", "-"], &env, Some(r#"{"required_for": "everyone"}"#));

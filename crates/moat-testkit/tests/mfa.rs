@@ -175,6 +175,18 @@ async fn the_secret_is_sealed_per_account_and_only_a_code_turns_it_off() {
     assert_eq!(s.send(Method::POST, "/v1/auth/mfa", Some(&api_key), None, None).await.code(), "session_required");
     assert_eq!(s.get("/v1/auth/mfa", &api_key).await.body["status"], "on", "reading the status is fine");
 
+    // New recovery codes, given a current code; the old ones stop working.
+    s.clock.advance_s(30);
+    assert_eq!(s.post("/v1/auth/mfa/recovery-codes", &ana, json!({"code": "000000"})).await.code(), "invalid_mfa_code");
+    let r = s.post("/v1/auth/mfa/recovery-codes", &ana, json!({"code": code(&s, &app, 0)})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let old = recovery;
+    let recovery: Vec<String> = r.body["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    assert_eq!(recovery.len(), 10);
+    assert!(recovery.iter().all(|c| !old.contains(c)));
+    assert_eq!(login(&s, Some("acme"), "ana@acme.example", Some(&old[0])).await.code(), "invalid_mfa_code");
+    assert_eq!(s.get("/v1/auth/mfa", &ana).await.body["recovery_codes_left"], 10);
+
     // A stolen session cannot remove it without a code; a wrong code is refused.
     let r = s.post("/v1/auth/mfa/disable", &ana, json!({"code": "000000"})).await;
     assert_eq!(r.code(), "invalid_mfa_code");
@@ -206,7 +218,7 @@ async fn the_secret_is_sealed_per_account_and_only_a_code_turns_it_off() {
     let users = s.get("/v1/users", &admin).await.body;
     assert!(users["users"].as_array().unwrap().iter().all(|u| u["mfa"] != "on"), "{users}");
     let trail = s.audit_of(Some("acme")).await;
-    for action in ["user.mfa_disable", "user.mfa_reset"] {
+    for action in ["user.mfa_disable", "user.mfa_reset", "user.mfa_recovery_codes"] {
         assert!(trail.iter().any(|r| r.action == action), "{action}");
     }
 }

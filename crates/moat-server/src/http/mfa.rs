@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Second, invalid_credentials, password_login};
 use super::error::ApiResult;
 use super::extract::{Authenticated, Authorized, ClientInfo, JsonBody, act};
-use crate::mfa::{Accepted, Enrolment, MFA_POLICY, MfaPolicy, Rejected};
+use crate::mfa::{Accepted, Enrolment, MFA_POLICY, MfaPolicy};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -162,35 +162,70 @@ pub async fn disable(
     JsonBody(req): JsonBody<CodeBody>,
 ) -> ApiResult<Json<MfaStatus>> {
     let u = own_account(&st, &p).await?;
-    let now = st.clock.now_s();
     let Some(mfa) = &u.mfa else { return Err(not_enrolled().into()) };
     if mfa.enabled() {
-        let scope_key = slug_of(&st, &u).await?.unwrap_or_else(|| "platform".to_owned());
-        let email = u.email.as_str();
-        let lock = st.stores.meta.lockout_state(&scope_key, email).await?;
-        if !matches!(st.lockout.check(&lock, now), LockDecision::Open) {
-            return Err(MoatError::new(
-                ErrorKind::TooManyRequests { retry_after_s: None },
-                "account_locked",
-                "too many wrong codes; try again later or ask an administrator",
-            )
-            .into());
-        }
-        if let Err(rejected) = crate::mfa::accept(&st, &u, mfa, &req.code).await? {
-            st.stores.meta.record_login_failure(&scope_key, email, &st.lockout, now).await?;
-            let e = AuditEvent::new(p.tenant_id(), Category::Auth, "user.mfa_disable", Actor::of(&p), Outcome::Failure)
-                .resource(format!("user:{}", u.id))
-                .details(serde_json::json!({"reason": rejected.reason()}));
-            st.record(&client, e).await?;
-            return Err(match rejected {
-                Rejected::Invalid | Rejected::Reused => crate::mfa::invalid_code(),
-            }
-            .into());
-        }
+        gate(&st, &client, &p, &u, &req.code, "user.mfa_disable").await?;
     }
-    st.stores.meta.set_mfa(u.tenant_id, u.id, MfaChange::Remove, now).await?;
+    st.stores.meta.set_mfa(u.tenant_id, u.id, MfaChange::Remove, st.clock.now_s()).await?;
     st.record(&client, own_event(&p, "user.mfa_disable")).await?;
     Ok(Json(MfaStatus { status: "off".into(), enabled_at: None, recovery_codes_left: None, required: required(&st, &u).await? }))
+}
+
+/// Replaces the caller's recovery codes with ten new ones (the old ones stop working), given a
+/// current code: for an account that has used some, or fears they were seen.
+pub async fn new_recovery_codes(
+    State(st): State<Arc<AppState>>,
+    client: ClientInfo,
+    Authenticated(p): Authenticated,
+    JsonBody(req): JsonBody<CodeBody>,
+) -> ApiResult<Json<Confirmed>> {
+    let u = own_account(&st, &p).await?;
+    if !u.mfa.as_ref().is_some_and(|m| m.enabled()) {
+        return Err(not_enrolled().into());
+    }
+    gate(&st, &client, &p, &u, &req.code, "user.mfa_recovery_codes").await?;
+    // Read again: a recovery code given as the gate's code was used up meanwhile.
+    let now = st.clock.now_s();
+    let current = st.stores.meta.user_by_id(u.tenant_id, u.id).await?.and_then(|u| u.mfa).ok_or_else(not_enrolled)?;
+    let mut secret = crate::mfa::open(&st, &u, &current.sealed).await?;
+    let recovery_codes = secret.new_recovery_codes()?;
+    let to = crate::mfa::seal(&st, &u, &secret).await?;
+    if !st.stores.meta.set_mfa(u.tenant_id, u.id, MfaChange::Replace { from: &current.sealed, to: &to }, now).await? {
+        return Err(
+            MoatError::conflict("mfa_changed", "the second factor changed meanwhile (another sign-in used a code); try again").into()
+        );
+    }
+    st.record(&client, own_event(&p, "user.mfa_recovery_codes")).await?;
+    Ok(Json(Confirmed { status: "on".into(), recovery_codes }))
+}
+
+/// The code a change to the caller's enabled factor needs: the account's lockout is checked
+/// first; a wrong or replayed code counts towards it and is recorded (`action`, failure); a
+/// good one clears the counters, as a sign-in does.
+async fn gate(st: &AppState, client: &ClientInfo, p: &Principal, u: &UserRecord, code: &str, action: &str) -> Result<(), MoatError> {
+    let mfa = u.mfa.as_ref().ok_or_else(not_enrolled)?;
+    let now = st.clock.now_s();
+    let scope_key = slug_of(st, u).await?.unwrap_or_else(|| "platform".to_owned());
+    let email = u.email.as_str();
+    let lock = st.stores.meta.lockout_state(&scope_key, email).await?;
+    if !matches!(st.lockout.check(&lock, now), LockDecision::Open) {
+        return Err(MoatError::new(
+            ErrorKind::TooManyRequests { retry_after_s: None },
+            "account_locked",
+            "too many wrong codes; try again later or ask an administrator",
+        ));
+    }
+    match crate::mfa::accept(st, u, mfa, code).await? {
+        Ok(_) => st.stores.meta.clear_lockout(&scope_key, email).await,
+        Err(rejected) => {
+            st.stores.meta.record_login_failure(&scope_key, email, &st.lockout, now).await?;
+            let e = AuditEvent::new(p.tenant_id(), Category::Auth, action, Actor::of(p), Outcome::Failure)
+                .resource(format!("user:{}", u.id))
+                .details(serde_json::json!({"reason": rejected.reason()}));
+            st.record(client, e).await?;
+            Err(crate::mfa::invalid_code())
+        }
+    }
 }
 
 /// An Admin removes another account's factor (a lost device without recovery codes): the

@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/mfa/enroll", post(mfa::enroll_with_password))
         .route("/auth/mfa/confirm", post(mfa::confirm))
         .route("/auth/mfa/disable", post(mfa::disable))
+        .route("/auth/mfa/recovery-codes", post(mfa::new_recovery_codes))
         .route("/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/tenants/{slug}", get(admin::get_tenant).delete(admin::delete_tenant))
         .route("/tenants/{slug}/suspend", post(admin::suspend_tenant))
