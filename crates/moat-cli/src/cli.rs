@@ -217,9 +217,10 @@ pub enum BackupCmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write an archive of the data dir: the store (one snapshot), every tenant's current table
-    /// files, its data keys re-wrapped under the backup key, audit and token signing keys.
-    /// The master key is never archived.
+    /// Write an archive of the data dir: the store (one snapshot; on PostgreSQL, a logical dump
+    /// of schema moat per database), every tenant's current table files, its data keys
+    /// re-wrapped under the backup key, audit and token signing keys. The master key is never
+    /// archived.
     Create {
         /// The archive to write (a new file).
         #[arg(long)]
@@ -236,13 +237,21 @@ pub enum BackupCmd {
         key: BackupKeyArg,
     },
     /// Restore an archive into an empty data dir; the tenants' data keys are wrapped under the
-    /// master key that dir's configuration names (a new key file, or the configured HSM).
+    /// master key that dir's configuration names (a new key file, or the configured HSM). An
+    /// archive of a PostgreSQL store loads into a database that holds no moat data.
     Restore {
         archive: PathBuf,
         #[command(flatten)]
         key: BackupKeyArg,
         #[command(flatten)]
         dir: DataDirArg,
+        /// PostgreSQL: the database to restore into, as the runtime role (store.url; written
+        /// into the restored moat.toml). Default: the archived configuration's.
+        #[arg(long)]
+        store_url: Option<String>,
+        /// PostgreSQL: that database's owner role, which loads it (store.admin_url).
+        #[arg(long)]
+        store_admin_url: Option<String>,
     },
 }
 

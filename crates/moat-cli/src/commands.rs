@@ -248,6 +248,13 @@ fn manifest_lines(m: &moat_server::backup::Manifest) {
         m.trails.len(),
         m.bytes()
     );
+    if m.store == "postgres" {
+        let tables: usize = m.databases.iter().map(|d| d.dump.tables.len()).sum();
+        println!("  PostgreSQL store: {} database(s), {tables} tables of schema moat", m.databases.len());
+    }
+    for n in &m.not_carried {
+        println!("  not carried: {n}");
+    }
 }
 
 async fn backup(cmd: BackupCmd, json_out: bool) -> CliResult {
@@ -285,12 +292,13 @@ async fn backup(cmd: BackupCmd, json_out: bool) -> CliResult {
                 manifest_lines(&m);
             });
         }
-        BackupCmd::Restore { archive, key, dir } => {
+        BackupCmd::Restore { archive, key, dir, store_url, store_admin_url } => {
             let k = b::read_key_file(&key.key_file)?;
             let target = DataDir::new(dir.data_dir);
             let bar = output::progress_bar(!json_out, 0, template);
             bar.set_message("restoring");
-            let m = b::restore(&archive, &k, &target, SystemClock.now_s(), byte_progress(&bar)).await;
+            let opts = b::RestoreOptions { store_url, store_admin_url };
+            let m = b::restore_with(&archive, &k, &target, &opts, SystemClock.now_s(), byte_progress(&bar)).await;
             bar.finish_and_clear();
             let m = m?;
             emit(json_out, &json!({"data_dir": target.root, "manifest": m}), |_| {

@@ -7,7 +7,12 @@
 //! 1. the small files (`moat.toml`, `master.key` — the audit HMAC root —, checkpoint and token
 //!    signing keys, published checkpoints, TLS files, demo logins), read first so that no
 //!    published checkpoint is newer than the store;
-//! 2. a snapshot of the store (`VACUUM INTO`, taken while the server keeps writing);
+//! 2. a snapshot of the store, taken while servers keep writing: `VACUUM INTO` for the
+//!    embedded store; on PostgreSQL a logical dump of schema `moat` of the platform's database
+//!    and of every database that tenants of their own live in, each in one `REPEATABLE READ`
+//!    snapshot (`moat_store::postgres::backup`; the databases are separate moments, each
+//!    consistent in itself). Relations in tenant schemas are the platform team's to back up
+//!    with PostgreSQL's tools; the manifest lists them under `not_carried`;
 //! 3. the files of every table version that snapshot names, hard-linked into a staging
 //!    directory at once (a superseded version is removed 60 s after it is replaced, so the
 //!    links are made long before; the links keep the bytes however long the archive takes);
@@ -23,11 +28,20 @@
 //! inside it, and moves it into place only once the whole archive has been authenticated and
 //! the data keys re-wrapped; on any failure the target is left empty. `moat.toml` is moved
 //! last, so an interrupted restore never leaves a data dir that looks initialised.
+//!
+//! A PostgreSQL archive loads into databases that hold no moat data (the platform's where the
+//! configuration or `--store-url`/`--store-admin-url` say, each tenant database where its
+//! tenants' rows say), each in one transaction that also re-wraps the data keys; they commit
+//! together once every one has loaded — tenant databases first, the platform's, which routes
+//! to them, last — so a failure before that leaves every database as it was. The store is
+//! then opened as a server opens it (grants to the runtime role, every tenant's role and empty
+//! schema) and the restore recorded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use moat_core::audit::{Actor, AuditEvent, Category, Outcome};
 use moat_core::backup::{self as format, BackupKey, Opener, Sealer};
@@ -35,16 +49,19 @@ use moat_core::clock::UnixSeconds;
 use moat_core::ids::TenantId;
 use moat_core::keys::{dek_context, gcm_unwrap, gcm_wrap};
 use moat_core::{MoatError, Result};
+use moat_store::postgres::backup::{self as pg_backup, Dump as PgDump};
 use moat_store::sqlite::SqliteStore;
-use moat_store::{AuditStore, MetaStore, NewAuditEntry};
+use moat_store::{AuditStore, MetaStore, NewAuditEntry, TenantKeyRecord, TenantRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bootstrap::{create_private_dir, create_secret_file, io_err, write_secret_file};
 use crate::config::{Config, DataDir};
 
-/// Archive format of the manifest (inside the stream; the stream has its own version).
+/// Archive format of the manifest (inside the stream; the stream has its own version): 1 for
+/// an embedded store (readable by every moat that reads backups), 2 for a PostgreSQL store.
 const MANIFEST_FORMAT: u32 = 1;
+const MANIFEST_FORMAT_POSTGRES: u32 = 2;
 /// Largest small file (configuration, keys, checkpoints) and largest manifest or key list.
 const MAX_SMALL: u64 = 64 * 1024 * 1024;
 const MANIFEST: &str = "manifest.json";
@@ -52,6 +69,10 @@ const DEKS: &str = "deks.json";
 const STORE: &str = "moat.db";
 const DATA: &str = "data";
 const CONFIG: &str = "moat.toml";
+/// The directory of a PostgreSQL store's dumps, one per database.
+const PG: &str = "pg";
+/// The dump of the platform's database.
+const PLATFORM_DB: &str = "platform";
 
 /// Told the bytes done and the bytes in all, as an archive is written or read.
 pub type Progress = Box<dyn FnMut(u64, u64) + Send>;
@@ -71,6 +92,32 @@ pub struct Manifest {
     pub trails: BTreeMap<String, u64>,
     /// Every entry after the manifest, in order.
     pub files: Vec<FileEntry>,
+    /// `sqlite` or `postgres`.
+    #[serde(default = "embedded")]
+    pub store: String,
+    /// A PostgreSQL store: one dump per database (the platform's, then each database that
+    /// tenants of their own live in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseDump>,
+    /// What the store holds that the archive does not carry: relations in tenant schemas,
+    /// which the platform team backs up with the database's own tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_carried: Vec<String>,
+}
+
+fn embedded() -> String {
+    "sqlite".to_owned()
+}
+
+/// One database of a PostgreSQL store, as archived under `pg/{name}/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseDump {
+    /// `platform`, or `db{n}` for a database that tenants of their own live in.
+    pub name: String,
+    /// The owner role's URL of a tenant database (restored into the same database, which the
+    /// tenants' rows name); `None` for the platform's, restored where the configuration says.
+    pub admin_url: Option<String>,
+    pub dump: PgDump,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -158,15 +205,24 @@ pub fn write_key_file(path: &Path) -> Result<BackupKey> {
     Ok(key)
 }
 
-fn store_path(cfg: &Config, root: &Path) -> Result<PathBuf> {
+/// Where a configuration keeps the store.
+enum StoreAt {
+    Embedded(PathBuf),
+    Postgres { url: String, admin_url: String },
+}
+
+fn store_at(cfg: &Config, root: &Path) -> Result<StoreAt> {
     let url = cfg.store_url(root);
-    url.strip_prefix("sqlite://").map(PathBuf::from).ok_or_else(|| {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(StoreAt::Embedded(PathBuf::from(path)));
+    }
+    let admin_url = cfg.store.admin_url.clone().ok_or_else(|| {
         MoatError::invalid(
-            "backup_unsupported_store",
-            "moat backup covers the embedded store; back a PostgreSQL store up with its own tools (pg_dump, base backups) \
-             and the data dir's files beside it",
+            "store_owner_role",
+            "store.admin_url is not set: a backup or restore of a PostgreSQL store runs as its owner role",
         )
-    })
+    })?;
+    Ok(StoreAt::Postgres { url, admin_url })
 }
 
 /// The small files of a data dir that a backup carries, by archive name (relative paths).
@@ -260,12 +316,114 @@ fn copy_exact(r: &mut dyn Read, w: &mut dyn Write, size: u64, progress: &mut dyn
     Ok(())
 }
 
+/// What the archive carries of the store, read as one moment (per database), and the store
+/// to record the backup in.
+struct Captured {
+    tenants: Vec<TenantSummary>,
+    /// Tenant slug, table, location of its files.
+    tables: Vec<(String, String, String)>,
+    /// Live data keys, as the store holds them (wrapped by the master key).
+    keys: Vec<TenantKeyRecord>,
+    trails: BTreeMap<String, u64>,
+    /// The store's files in the staging directory (archive names).
+    files: Vec<String>,
+    databases: Vec<DatabaseDump>,
+    not_carried: Vec<String>,
+    audit: Arc<dyn AuditStore>,
+}
+
+impl Captured {
+    fn new(audit: Arc<dyn AuditStore>) -> Self {
+        Self {
+            tenants: Vec::new(),
+            tables: Vec::new(),
+            keys: Vec::new(),
+            trails: BTreeMap::new(),
+            files: Vec::new(),
+            databases: Vec::new(),
+            not_carried: Vec::new(),
+            audit,
+        }
+    }
+
+    /// Adds a tenant with its tables and live keys.
+    fn tenant(&mut self, t: &TenantRecord, tables: Vec<(String, String)>, keys: Vec<TenantKeyRecord>) {
+        let keys: Vec<_> = keys.into_iter().filter(|k| k.wrapped.is_some()).collect();
+        self.tenants.push(TenantSummary {
+            id: t.id,
+            slug: t.slug.clone(),
+            status: t.status.as_str().to_owned(),
+            tables: tables.len() as u64,
+            data_keys: keys.len() as u64,
+        });
+        self.tables.extend(tables.into_iter().map(|(name, location)| (t.slug.clone(), name, location)));
+        self.keys.extend(keys);
+    }
+}
+
+/// The embedded store: one `VACUUM INTO` snapshot, read for what the archive needs.
+async fn capture_sqlite(path: &Path, staging: &Path) -> Result<Captured> {
+    let live = SqliteStore::open(path).await?;
+    let snapshot = staging.join(STORE);
+    live.snapshot_into(&snapshot).await?;
+    let mut c = Captured::new(Arc::new(live));
+    let snap = SqliteStore::open(&snapshot).await?;
+    for t in snap.list_tenants().await? {
+        let tables = snap.list_tables(t.id).await?.into_iter().map(|r| (r.name, r.location)).collect();
+        c.tenant(&t, tables, snap.tenant_keys(t.id).await?);
+    }
+    c.trails = snap.trail_heads().await?.into_iter().map(|(t, h)| (t, h.size)).collect();
+    snap.close().await?;
+    remove_store_sidecars(staging);
+    c.files.push(STORE.to_owned());
+    Ok(c)
+}
+
+/// A PostgreSQL store: the platform's database and then every database that tenants of their
+/// own live in, each dumped in one snapshot of its own (`moat_store::postgres::backup`).
+async fn capture_postgres(url: &str, admin_url: &str, staging: &Path) -> Result<Captured> {
+    let stores = moat_store::open_with(url, Some(admin_url)).await?;
+    let mut c = Captured::new(stores.audit);
+    let mut dumps = vec![(PLATFORM_DB.to_owned(), None, pg_backup::dump(admin_url, &staging.join(PG).join(PLATFORM_DB)).await?)];
+    let platform = &dumps[0].2;
+    let tenants = platform.tenants.clone();
+    let mut dedicated: Vec<String> = tenants.iter().filter_map(|t| t.database.as_ref().map(|d| d.admin_url.clone())).collect();
+    dedicated.sort();
+    dedicated.dedup();
+    for (i, admin) in dedicated.into_iter().enumerate() {
+        let name = format!("db{}", i + 1);
+        let snap = pg_backup::dump(&admin, &staging.join(PG).join(&name))
+            .await
+            .map_err(|e| MoatError { message: format!("a tenant database ({name}): {}", e.message), ..e })?;
+        dumps.push((name, Some(admin), snap));
+    }
+    let mut tables: HashMap<TenantId, Vec<(String, String)>> = HashMap::new();
+    let mut keys: HashMap<TenantId, Vec<TenantKeyRecord>> = HashMap::new();
+    for (name, admin_url, snap) in dumps {
+        for (tenant, table, location) in snap.tables {
+            tables.entry(tenant).or_default().push((table, location));
+        }
+        for k in snap.keys {
+            keys.entry(k.tenant_id).or_default().push(k);
+        }
+        c.trails.extend(snap.trails);
+        c.not_carried
+            .extend(snap.relations.into_iter().map(|r| format!("relation {r} (a tenant schema; back it up with PostgreSQL's tools)")));
+        c.files.extend(snap.dump.tables.iter().map(|t| format!("{PG}/{name}/{}", t.file_name())));
+        c.databases.push(DatabaseDump { name, admin_url, dump: snap.dump });
+    }
+    for t in &tenants {
+        c.tenant(t, tables.remove(&t.id).unwrap_or_default(), keys.remove(&t.id).unwrap_or_default());
+    }
+    Ok(c)
+}
+
 /// Writes a backup of the data dir `dir` to `out` (a new file). Works while a server runs on
 /// the data dir. `progress` gets the bytes archived as they go; the manifest (returned) says
 /// how many in all. Records `backup.create` in the platform's audit trail.
 pub async fn create(dir: &DataDir, out: &Path, key: &BackupKey, now: UnixSeconds, progress: Progress) -> Result<Created> {
     let cfg = crate::bootstrap::load_config(dir)?;
-    let store = store_path(&cfg, &dir.root)?;
+    let store = store_at(&cfg, &dir.root)?;
     if out.exists() {
         return Err(MoatError::conflict("backup_exists", format!("{} already exists; name a new file", out.display())));
     }
@@ -287,35 +445,21 @@ pub async fn create(dir: &DataDir, out: &Path, key: &BackupKey, now: UnixSeconds
         small.push((name, fs::read(&path).map_err(|e| io_err("read", &path, e))?));
     }
 
-    // 2. The store, as one snapshot.
-    let live = SqliteStore::open(&store).await?;
-    let snapshot = staging.join(STORE);
-    live.snapshot_into(&snapshot).await?;
-    let snap = SqliteStore::open(&snapshot).await?;
-    let mut tenants = Vec::new();
-    let mut tables = Vec::new();
-    let mut wrapped_keys = Vec::new();
-    for t in snap.list_tenants().await? {
-        let ts = snap.list_tables(t.id).await?;
-        let keys: Vec<_> = snap.tenant_keys(t.id).await?.into_iter().filter(|k| k.wrapped.is_some()).collect();
-        tenants.push(TenantSummary {
-            id: t.id,
-            slug: t.slug.clone(),
-            status: t.status.as_str().to_owned(),
-            tables: ts.len() as u64,
-            data_keys: keys.len() as u64,
-        });
-        tables.extend(ts.into_iter().map(|r| (t.slug.clone(), r.name, r.location)));
-        wrapped_keys.extend(keys);
-    }
-    let trails: BTreeMap<String, u64> = snap.trail_heads().await?.into_iter().map(|(t, h)| (t, h.size)).collect();
-    snap.close().await?;
-    remove_store_sidecars(&staging);
+    // 2. The store, as one snapshot (per database).
+    let (format_version, store_kind, captured) = match &store {
+        StoreAt::Embedded(path) => (MANIFEST_FORMAT, "sqlite", capture_sqlite(path, &staging).await?),
+        StoreAt::Postgres { url, admin_url } => (MANIFEST_FORMAT_POSTGRES, "postgres", capture_postgres(url, admin_url, &staging).await?),
+    };
+    let Captured { tenants, tables, keys: wrapped_keys, trails, files: store_files, databases, mut not_carried, audit: live } = captured;
 
     // 3. The files of those table versions, linked at once.
     let data = cfg.table_data_dir(&dir.root);
     let mut data_files = Vec::new();
     for (tenant, table, location) in &tables {
+        if crate::pg_source::relation_of(location).is_some() {
+            not_carried.push(format!("table {table} of tenant {tenant}: linked to {location} (a tenant schema)"));
+            continue;
+        }
         let location = location.trim_matches('/');
         format::check_entry_name(location).map_err(|_| MoatError::internal("bad_table_location"))?;
         let mut files = Vec::new();
@@ -368,19 +512,22 @@ pub async fn create(dir: &DataDir, out: &Path, key: &BackupKey, now: UnixSeconds
         let deks = serde_json::to_vec(&archived).map_err(|_| MoatError::internal("encode"))?;
         let mut files: Vec<FileEntry> = small.iter().map(|(n, b)| FileEntry { name: n.clone(), size: b.len() as u64 }).collect();
         files.push(FileEntry { name: DEKS.to_owned(), size: deks.len() as u64 });
-        for name in std::iter::once(STORE.to_owned()).chain(data_files) {
+        for name in store_files.into_iter().chain(data_files) {
             let path = job_staging.join(&name);
             let size = fs::metadata(&path).map_err(|e| io_err("read", &path, e))?.len();
             files.push(FileEntry { name, size });
         }
         let manifest = Manifest {
-            format: MANIFEST_FORMAT,
+            format: format_version,
             moat_version: env!("CARGO_PKG_VERSION").to_owned(),
             created_at: now,
             key_fingerprint: key.fingerprint(),
             tenants,
             trails,
             files,
+            store: store_kind.to_owned(),
+            databases,
+            not_carried,
         };
         let total = manifest.bytes();
         let mut done = 0u64;
@@ -442,8 +589,10 @@ pub async fn create(dir: &DataDir, out: &Path, key: &BackupKey, now: UnixSeconds
             "tables": manifest.tables(),
             "files": manifest.data_files(),
             "trails": manifest.trails,
+            "store": manifest.store,
+            "not_carried": manifest.not_carried.len(),
         }));
-    moat_store::audit_log::append_one(&live, &crate::bootstrap::audit_keys(dir)?, event, now * 1000).await?;
+    moat_store::audit_log::append_one(&*live, &crate::bootstrap::audit_keys(dir)?, event, now * 1000).await?;
     Ok(Created { archive: out.to_path_buf(), bytes, sha256, manifest })
 }
 
@@ -470,10 +619,13 @@ fn read_archive(
         }
         _ => return Err(MoatError::invalid("backup_corrupt", "the archive does not start with its manifest")),
     };
-    if manifest.format != MANIFEST_FORMAT {
+    if !(MANIFEST_FORMAT..=MANIFEST_FORMAT_POSTGRES).contains(&manifest.format) {
         return Err(MoatError::invalid(
             "backup_version_unsupported",
-            format!("manifest format {} is not supported by this moat (it reads format {MANIFEST_FORMAT})", manifest.format),
+            format!(
+                "manifest format {} is not supported by this moat (it reads formats {MANIFEST_FORMAT} to {MANIFEST_FORMAT_POSTGRES})",
+                manifest.format
+            ),
         ));
     }
     let total = manifest.bytes();
@@ -524,10 +676,35 @@ pub async fn verify(archive: &Path, key: &BackupKey, progress: Progress) -> Resu
     .map_err(|_| MoatError::internal("backup_task_failed"))?
 }
 
+/// Where a restore puts the store, when not where the archived configuration says. What is
+/// given is written into the restored `moat.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// `store.url`: for an archive of a PostgreSQL store, the database (runtime role) that the
+    /// platform's dump is loaded into.
+    pub store_url: Option<String>,
+    /// `store.admin_url`: that database's owner role, which loads it.
+    pub store_admin_url: Option<String>,
+}
+
 /// Restores an archive into `target`, which must be empty (or not exist). The tenants' data
 /// keys are wrapped under the master key that the archived configuration names (a new local
 /// key file, or the configured HSM). Records `backup.restore` in every restored trail.
 pub async fn restore(archive: &Path, key: &BackupKey, target: &DataDir, now: UnixSeconds, progress: Progress) -> Result<Manifest> {
+    restore_with(archive, key, target, &RestoreOptions::default(), now, progress).await
+}
+
+/// [`restore`], with the store named by `opts`. An archive of a PostgreSQL store loads into
+/// databases that hold no moat data: the platform's where the configuration (or `opts`) says,
+/// each tenant database where the tenants' rows say.
+pub async fn restore_with(
+    archive: &Path,
+    key: &BackupKey,
+    target: &DataDir,
+    opts: &RestoreOptions,
+    now: UnixSeconds,
+    progress: Progress,
+) -> Result<Manifest> {
     let not_empty = || {
         MoatError::conflict(
             "backup_target_not_empty",
@@ -549,7 +726,7 @@ pub async fn restore(archive: &Path, key: &BackupKey, target: &DataDir, now: Uni
     create_private_dir(&staging)?;
     // On failure the target is left as it was found: empty, or absent.
     let mut undo = Scratch { path: if created_root { target.root.clone() } else { staging.clone() }, keep: false };
-    let outcome = restore_staged(archive, key, target, &staging, now, progress).await;
+    let outcome = restore_staged(archive, key, target, &staging, opts, now, progress).await;
     match outcome {
         Ok(m) => {
             undo.keep = true;
@@ -575,6 +752,7 @@ async fn restore_staged(
     key: &BackupKey,
     target: &DataDir,
     staging: &Path,
+    opts: &RestoreOptions,
     now: UnixSeconds,
     progress: Progress,
 ) -> Result<Manifest> {
@@ -608,82 +786,92 @@ async fn restore_staged(
     .await
     .map_err(|_| MoatError::internal("backup_task_failed"))??;
 
-    // 2. The archived configuration decides where the store and the table files go: both
-    //    must be inside the data dir.
+    // 2. The archived configuration (with the store `opts` names) decides where the store and
+    //    the table files go: files inside the data dir, the store of the archive's kind.
     let staged = DataDir::new(staging.to_path_buf());
+    if opts.store_url.is_some() || opts.store_admin_url.is_some() {
+        set_store_urls(&staged.config_file(), opts)?;
+    }
     let cfg = Config::load(Some(&staged.config_file()), std::env::vars(), &Default::default())?;
-    let store = store_path(&cfg, &target.root)?;
+    let store = store_at(&cfg, &target.root)?;
     let data = cfg.table_data_dir(&target.root);
     let inside = |p: &Path| {
         let rel = p.strip_prefix(&target.root).ok()?;
         rel.components().all(|c| matches!(c, std::path::Component::Normal(_))).then(|| rel.to_path_buf())
     };
-    let (Some(store_rel), Some(data_rel)) = (inside(&store), inside(&data)) else {
-        return Err(MoatError::invalid(
+    let layout = || {
+        MoatError::invalid(
             "backup_restore_layout",
             "the archived configuration keeps the store or the table files outside the data dir (store.url, ingest.data_dir); \
              restore needs both inside it",
-        ));
+        )
+    };
+    let data_rel = inside(&data).ok_or_else(layout)?;
+    let store_rel = match (&store, manifest.store.as_str()) {
+        (StoreAt::Embedded(path), "sqlite") => Some(inside(path).ok_or_else(layout)?),
+        (StoreAt::Postgres { .. }, "postgres") => None,
+        (StoreAt::Embedded(_), _) => {
+            return Err(MoatError::invalid(
+                "backup_store_mismatch",
+                "the archive is of a PostgreSQL store: name the database to restore it into \
+                 (--store-url and --store-admin-url, or store.url and store.admin_url)",
+            ));
+        }
+        (StoreAt::Postgres { .. }, _) => {
+            return Err(MoatError::invalid(
+                "backup_store_mismatch",
+                "the archive is of an embedded (SQLite) store and restores into one; leave store.url as archived",
+            ));
+        }
     };
 
-    // 3. The data keys, wrapped under this deployment's master key, in the staged store; and
-    //    the restore, on the record of every trail.
-    let db = SqliteStore::open(&staging.join(STORE)).await?;
+    // 3. The data keys, wrapped under this deployment's master key.
     let archived: Vec<ArchivedKey> =
         serde_json::from_slice(&deks).map_err(|e| MoatError::invalid("backup_corrupt", format!("the key list cannot be read: {e}")))?;
     let inner = key.inner_key(&header);
     let provider = crate::keyprovider::open(&staged, &cfg.keys)?;
     let kek = provider.current_kek();
+    let mut rewrapped = Vec::with_capacity(archived.len());
     for k in &archived {
         let ctx = dek_context(k.tenant, k.version);
         let wrapped = hex::decode(&k.wrapped).map_err(|_| MoatError::invalid("backup_corrupt", "a data key in the archive is not hex"))?;
         let dek = gcm_unwrap(&inner, &wrapped, &ctx)
             .map_err(|_| MoatError::invalid("backup_corrupt", format!("data key {} of tenant {} does not open", k.version, k.tenant)))?;
         let p = provider.clone();
-        let rewrapped =
-            tokio::task::spawn_blocking(move || p.wrap(&dek, &ctx)).await.map_err(|_| MoatError::internal("backup_task_failed"))??;
-        if !db.rewrap_tenant_key(k.tenant, k.version, &kek, &rewrapped).await? {
-            return Err(MoatError::invalid(
-                "backup_corrupt",
-                format!("data key {} of tenant {} is not in the archived store", k.version, k.tenant),
-            ));
+        let w = tokio::task::spawn_blocking(move || p.wrap(&dek, &ctx)).await.map_err(|_| MoatError::internal("backup_task_failed"))??;
+        rewrapped.push(Rewrapped { tenant: k.tenant, version: k.version, kek: kek.clone(), wrapped: w });
+    }
+
+    // 4. The store, with those keys and the restore on the record of every trail.
+    let audit_keys = crate::bootstrap::audit_keys(&staged)?;
+    let entries = restore_records(&manifest, archive, &kek, now);
+    match &store {
+        StoreAt::Embedded(_) => {
+            let db = SqliteStore::open(&staging.join(STORE)).await?;
+            for k in &rewrapped {
+                if !db.rewrap_tenant_key(k.tenant, k.version, &k.kek, &k.wrapped).await? {
+                    return Err(k.missing());
+                }
+            }
+            db.append_batch(&entries, &audit_keys).await?;
+            db.close().await?;
+            remove_store_sidecars(staging);
+        }
+        StoreAt::Postgres { url, admin_url } => {
+            restore_postgres(&manifest, &staging.join(PG), url, admin_url, &rewrapped, &entries, &audit_keys).await?;
+            fs::remove_dir_all(staging.join(PG)).map_err(|e| io_err("remove", &staging.join(PG), e))?;
         }
     }
-    let audit_keys = crate::bootstrap::audit_keys(&staged)?;
-    let details = serde_json::json!({
-        "archive": archive.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-        "created_at": manifest.created_at,
-        "key_fingerprint": manifest.key_fingerprint,
-        "master_key": kek,
-        "tenants": manifest.tenants.len(),
-        "tables": manifest.tables(),
-        "trails": manifest.trails,
-    });
-    let mut trails: Vec<Option<TenantId>> = vec![None];
-    trails.extend(manifest.tenants.iter().map(|t| Some(t.id)));
-    let entries: Vec<NewAuditEntry> = trails
-        .into_iter()
-        .map(|t| NewAuditEntry {
-            event: AuditEvent::new(t, Category::Admin, "backup.restore", Actor::system("cli"), Outcome::Success)
-                .resource(format!("backup:{}", details["archive"].as_str().unwrap_or("")))
-                .details(details.clone()),
-            ts_ms: now * 1000,
-            event_id: uuid::Uuid::now_v7().to_string(),
-        })
-        .collect();
-    db.append_batch(&entries, &audit_keys).await?;
-    db.close().await?;
-    remove_store_sidecars(staging);
 
-    // 4. Into place: everything but the configuration, then the configuration.
+    // 5. Into place: everything but the configuration, then the configuration.
     let mut moves: HashMap<PathBuf, PathBuf> = HashMap::new();
     for entry in fs::read_dir(staging).map_err(|e| io_err("read", staging, e))? {
         let name = entry.map_err(|e| io_err("read", staging, e))?.file_name();
         let from = staging.join(&name);
-        let to = match name.to_str() {
-            Some(CONFIG) => continue,
-            Some(STORE) => target.root.join(&store_rel),
-            Some(DATA) => target.root.join(&data_rel),
+        let to = match (name.to_str(), &store_rel) {
+            (Some(CONFIG), _) => continue,
+            (Some(STORE), Some(rel)) => target.root.join(rel),
+            (Some(DATA), _) => target.root.join(&data_rel),
             _ => target.root.join(&name),
         };
         moves.insert(from, to);
@@ -697,4 +885,118 @@ async fn restore_staged(
     fs::rename(staged.config_file(), target.config_file()).map_err(|e| io_err("move", &target.config_file(), e))?;
     fs::remove_dir_all(staging).map_err(|e| io_err("remove", staging, e))?;
     Ok(manifest)
+}
+
+/// A tenant data key from an archive, wrapped under the restoring deployment's master key.
+struct Rewrapped {
+    tenant: TenantId,
+    version: u32,
+    kek: String,
+    wrapped: Vec<u8>,
+}
+
+impl Rewrapped {
+    fn missing(&self) -> MoatError {
+        MoatError::invalid("backup_corrupt", format!("data key {} of tenant {} is not in the archived store", self.version, self.tenant))
+    }
+}
+
+/// `backup.restore`, for the platform's trail and every restored tenant's.
+fn restore_records(manifest: &Manifest, archive: &Path, kek: &str, now: UnixSeconds) -> Vec<NewAuditEntry> {
+    let name = archive.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+    let details = serde_json::json!({
+        "archive": name,
+        "created_at": manifest.created_at,
+        "key_fingerprint": manifest.key_fingerprint,
+        "master_key": kek,
+        "tenants": manifest.tenants.len(),
+        "tables": manifest.tables(),
+        "trails": manifest.trails,
+        "store": manifest.store,
+    });
+    std::iter::once(None)
+        .chain(manifest.tenants.iter().map(|t| Some(t.id)))
+        .map(|t| NewAuditEntry {
+            event: AuditEvent::new(t, Category::Admin, "backup.restore", Actor::system("cli"), Outcome::Success)
+                .resource(format!("backup:{name}"))
+                .details(details.clone()),
+            ts_ms: now * 1000,
+            event_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .collect()
+}
+
+/// Loads every database's dump (from `dir`), re-wraps the data keys in the same transactions,
+/// commits them (the tenant databases first, the platform's — which routes to them — last),
+/// then opens the store as a server does (grants, every tenant's role and schema) and records
+/// the restore.
+async fn restore_postgres(
+    manifest: &Manifest,
+    dir: &Path,
+    url: &str,
+    admin_url: &str,
+    keys: &[Rewrapped],
+    records: &[NewAuditEntry],
+    audit_keys: &moat_core::audit::AuditKeys,
+) -> Result<()> {
+    if manifest.databases.first().map(|d| d.name.as_str()) != Some(PLATFORM_DB) {
+        return Err(MoatError::invalid("backup_corrupt", "the archive of a PostgreSQL store holds no dump of the platform's database"));
+    }
+    let mut loads = Vec::with_capacity(manifest.databases.len());
+    for db in &manifest.databases {
+        format::check_entry_name(&db.name)?;
+        let admin = db.admin_url.as_deref().unwrap_or(admin_url);
+        let loaded = pg_backup::load(admin, &db.dump, &dir.join(&db.name)).await.map_err(|e| {
+            let which = if db.admin_url.is_some() { "a tenant database" } else { "the platform's database" };
+            MoatError { message: format!("{which}: {}", e.message), ..e }
+        })?;
+        loads.push(loaded);
+    }
+    for k in keys {
+        let mut found = false;
+        for l in &mut loads {
+            if l.rewrap_tenant_key(k.tenant, k.version, &k.kek, &k.wrapped).await? {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(k.missing());
+        }
+    }
+    let mut loads = loads.into_iter();
+    let platform = loads.next().ok_or_else(|| MoatError::internal("backup_no_platform"))?;
+    for l in loads {
+        l.commit().await?;
+    }
+    platform.commit().await?;
+    let recorded = async {
+        let stores = moat_store::open_with(url, Some(admin_url)).await?;
+        stores.audit.append_batch(records, audit_keys).await.map(drop)
+    };
+    recorded.await.map_err(|e| MoatError {
+        message: format!(
+            "the database was restored, but the restore could not be completed ({}); drop and re-create the database before restoring again",
+            e.message
+        ),
+        ..e
+    })
+}
+
+/// Writes `opts`' store URLs into a configuration file, keeping the rest of it (comments too).
+fn set_store_urls(config: &Path, opts: &RestoreOptions) -> Result<()> {
+    let text = fs::read_to_string(config).map_err(|e| io_err("read", config, e))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| MoatError::invalid("backup_corrupt", format!("the archived moat.toml cannot be read: {e}")))?;
+    let store = doc.entry("store").or_insert_with(toml_edit::table);
+    let Some(store) = store.as_table_like_mut() else {
+        return Err(MoatError::invalid("invalid_config", "the archived moat.toml has a `store` that is not a table"));
+    };
+    for (k, v) in [("url", &opts.store_url), ("admin_url", &opts.store_admin_url)] {
+        if let Some(v) = v {
+            store.insert(k, toml_edit::value(v.as_str()));
+        }
+    }
+    fs::write(config, doc.to_string()).map_err(|e| io_err("write", config, e))
 }

@@ -51,6 +51,8 @@ use crate::shared::{
 use crate::sqlite_search::search_text;
 use crate::*;
 
+#[path = "pg_backup.rs"]
+pub mod backup;
 #[path = "pg_isolation.rs"]
 mod isolation;
 #[path = "pg_relations.rs"]

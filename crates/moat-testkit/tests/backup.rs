@@ -11,15 +11,16 @@ use std::path::Path;
 use moat_core::clock::Clock;
 use moat_server::backup;
 use moat_server::config::DataDir;
+use moat_store::pg_testing::TestDb;
 use moat_testkit::reqwest::{Method, StatusCode};
 use moat_testkit::{CUSTOMERS_A, CUSTOMERS_B, PASSWORD, Store, TestServer};
+use serde_json::json;
 
 fn no_progress() -> backup::Progress {
     Box::new(|_, _| {})
 }
 
 async fn server() -> TestServer {
-    // Backups cover the embedded store (PostgreSQL has its own tools: see the last test).
     TestServer::start_on(Store::Embedded, |c| c.cache.result_ttl_s = 0, |s| s).await
 }
 
@@ -214,6 +215,15 @@ async fn a_changed_cut_or_foreign_archive_or_a_wrong_key_restores_nothing() {
     // Nor is a running deployment's own data dir.
     let e = backup::restore(&out, &key, &data_dir(&s), 0, no_progress()).await.unwrap_err();
     assert_eq!(e.code, "backup_target_not_empty");
+    // An embedded store's archive does not load into PostgreSQL.
+    let pg = backup::RestoreOptions {
+        store_url: Some("postgres://app@127.0.0.1:1/none".into()),
+        store_admin_url: Some("postgres://owner@127.0.0.1:1/none".into()),
+    };
+    let empty = tempfile::tempdir().unwrap();
+    let e = backup::restore_with(&out, &key, &DataDir::new(empty.path()), &pg, 0, no_progress()).await.unwrap_err();
+    assert_eq!(e.code, "backup_store_mismatch", "{e}");
+    assert!(is_empty_dir(empty.path()));
 
     // The good archive restores, and the restored table answers.
     let fresh = tempfile::tempdir().unwrap();
@@ -224,18 +234,145 @@ async fn a_changed_cut_or_foreign_archive_or_a_wrong_key_restores_nothing() {
     assert_eq!(n.body["rows"][0][0], 100_000, "{:?}", n.body);
 }
 
+/// A PostgreSQL store, with a tenant in a database of its own and a relation in that tenant's
+/// schema: backed up while it serves, then restored after a disaster (the tenant's database
+/// lost and made again, empty; the platform's restored into a new one) onto a new master key.
 #[tokio::test]
-async fn a_postgresql_store_is_refused_with_what_to_use_instead() {
-    if std::env::var("MOAT_TEST_PG").is_err() {
+async fn a_postgresql_store_with_a_tenant_database_comes_back_whole() {
+    let Some(base) = TestDb::base_from_env() else {
         eprintln!("MOAT_TEST_PG not set: skipped");
         return;
+    };
+    let s = TestServer::start_on(Store::Postgres, |c| c.cache.result_ttl_s = 0, |s| s).await;
+    let acme = s.tenant_with_admin("acme").await;
+    let own = TestDb::create(&base).await;
+    let sa = s.super_admin().await;
+    let body = json!({"slug": "bigco", "name": "BigCo", "admin": {"email": "admin@bigco.example", "password": PASSWORD},
+                      "database": {"url": own.app_url, "admin_url": own.admin_url}});
+    assert_eq!(s.post("/v1/tenants", &sa, body).await.status, StatusCode::CREATED);
+    let bigco = s.login(Some("bigco"), "admin@bigco.example", PASSWORD).await;
+    let bigco_id = s.state.stores.meta.tenant_by_slug("bigco").await.unwrap().unwrap().id;
+    for t in [&acme, &bigco] {
+        assert!(s.put_csv("/v1/tables/customers", t, CUSTOMERS_A).await.status.is_success());
+        s.label_customers(t).await;
     }
-    let s = TestServer::start_on(Store::Postgres, |_| {}, |s| s).await;
+    let (_, viewer) = s.user(&bigco, "bigco", "vera@bigco.example", "viewer").await;
+    let schema = format!("tenant_{}", bigco_id.0.simple());
+    let (owner, conn) = tokio_postgres::connect(&own.admin_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    owner
+        .batch_execute(&format!("CREATE TABLE {schema}.orders (id int4, amount int4); INSERT INTO {schema}.orders VALUES (1, 42)"))
+        .await
+        .unwrap();
+    let r = s.send(Method::PUT, "/v1/tables/orders", Some(&bigco), Some(json!({"postgres": {"relation": "orders"}})), None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let sql = "SELECT id, name, email, ssn FROM customers ORDER BY id";
+    let acme_before = s.query(&acme, sql).await.body["rows"].clone();
+    let viewer_before = s.query(&viewer, sql).await;
+    assert_eq!(viewer_before.status, StatusCode::OK, "{:?}", viewer_before.body);
+
     let keys = tempfile::tempdir().unwrap();
     let (_, key) = key_in(keys.path());
     let out = keys.path().join("pg.backup");
-    let e = backup::create(&data_dir(&s), &out, &key, s.clock.now_s(), no_progress()).await.unwrap_err();
-    assert_eq!(e.code, "backup_unsupported_store");
-    assert!(e.message.contains("pg_dump"), "{}", e.message);
-    assert!(!out.exists());
+    let made = backup::create(&data_dir(&s), &out, &key, s.clock.now_s(), no_progress()).await.unwrap();
+    let m = &made.manifest;
+    assert_eq!((m.format, m.store.as_str()), (2, "postgres"));
+    let dbs: Vec<_> = m.databases.iter().map(|d| (d.name.as_str(), d.admin_url.as_deref())).collect();
+    assert_eq!(dbs, [("platform", None), ("db1", Some(own.admin_url.as_str()))]);
+    let platform_tables: Vec<_> = m.databases[0].dump.tables.iter().map(|t| t.table.as_str()).collect();
+    for t in ["tenants", "users", "audit_log", "audit_nodes", "tenant_keys", "catalog_tables"] {
+        assert!(platform_tables.contains(&t), "{t} in {platform_tables:?}");
+    }
+    assert!(!platform_tables.contains(&"schema_migrations"));
+    let at = |t: &str| platform_tables.iter().position(|x| *x == t).unwrap();
+    assert!(at("tenants") < at("users") && at("users") < at("sessions"), "loads after what its keys name: {platform_tables:?}");
+    let slugs: Vec<_> = m.tenants.iter().map(|t| (t.slug.as_str(), t.tables, t.data_keys)).collect();
+    assert_eq!(slugs, [("acme", 1, 1), ("bigco", 2, 1)], "{m:?}");
+    assert_eq!(m.data_files(), 2, "the linked relation has no files: {:?}", m.files);
+    assert!(m.not_carried.iter().any(|n| n.contains(&format!("{schema}.orders"))), "{:?}", m.not_carried);
+    assert!(m.trails[&bigco_id.to_string()] > 0 && m.trails["platform"] > 0, "{:?}", m.trails);
+    let bytes = std::fs::read(&out).unwrap();
+    for canary in ["Ann Canary", "123-45-6789", "admin@acme.example", "admin@bigco.example", "customers", "PAR1"] {
+        assert!(!contains(&bytes, canary), "{canary:?} in the clear");
+    }
+    let rec = s.audit_of(None).await.into_iter().find(|r| r.action == "backup.create").expect("backup.create recorded");
+    assert_eq!((rec.details["sha256"].as_str(), rec.details["store"].as_str()), (Some(made.sha256.as_str()), Some("postgres")));
+    assert_eq!(&backup::verify(&out, &key, no_progress()).await.unwrap(), m);
+
+    // After the backup: not carried back.
+    assert!(s.put_csv("/v1/tables/later", &acme, CUSTOMERS_A).await.status.is_success());
+
+    // The archived configuration names the serving database, which holds moat data: refused,
+    // and nothing is written.
+    let refused = tempfile::tempdir().unwrap();
+    let e = backup::restore(&out, &key, &DataDir::new(refused.path().join("data")), 0, no_progress()).await.unwrap_err();
+    assert_eq!(e.code, "backup_target_not_empty", "{e}");
+    assert!(!refused.path().join("data").exists() || is_empty_dir(&refused.path().join("data")));
+
+    // A new platform database, but bigco's still holds its data: refused as a whole, and the
+    // new database is left without moat data (the restore below goes into it).
+    let fresh = TestDb::create(&base).await;
+    let opts = backup::RestoreOptions { store_url: Some(fresh.app_url.clone()), store_admin_url: Some(fresh.admin_url.clone()) };
+    let e = backup::restore_with(&out, &key, &DataDir::new(refused.path().join("data")), &opts, 0, no_progress()).await.unwrap_err();
+    assert_eq!(e.code, "backup_target_not_empty", "{e}");
+    assert!(e.message.contains("a tenant database"), "{e}");
+
+    // The disaster: bigco's database is lost and made again, empty, under the same name; the
+    // platform's comes back in the new database.
+    let (su, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    su.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", own.name)).await.unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {} OWNER {}", own.name, moat_store::pg_testing::OWNER_ROLE)).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let target = DataDir::new(other.path().join("data"));
+    let restored = backup::restore_with(&out, &key, &target, &opts, s.clock.now_s(), no_progress()).await.unwrap();
+    assert_eq!(&restored, m);
+    let toml = std::fs::read_to_string(target.config_file()).unwrap();
+    assert!(toml.contains(&fresh.app_url) && toml.contains(&fresh.admin_url), "the restored configuration names the new database");
+    assert!(toml.contains("# moat configuration"), "and keeps its comments");
+    assert!(!target.root.join("moat.db").exists());
+
+    // Once more into the database it now fills: refused, the data dir left empty.
+    let again = tempfile::tempdir().unwrap();
+    let e = backup::restore_with(&out, &key, &DataDir::new(again.path()), &opts, 0, no_progress()).await.unwrap_err();
+    assert_eq!(e.code, "backup_target_not_empty", "{e}");
+    assert!(is_empty_dir(again.path()));
+
+    let r = TestServer::start_in(other).await;
+    let acme2 = r.login(Some("acme"), "admin@acme.example", PASSWORD).await;
+    assert_eq!(r.query(&acme2, sql).await.body["rows"], acme_before, "the same answer");
+    let later = r.query(&acme2, "SELECT * FROM later").await;
+    assert_eq!(later.code(), "query_error", "not restored: {:?}", later.body);
+    let viewer2 = r.login(Some("bigco"), "vera@bigco.example", PASSWORD).await;
+    let after = r.query(&viewer2, sql).await;
+    assert_eq!(
+        after.body["rows"], viewer_before.body["rows"],
+        "the tenant database's catalog, labels and users came back: {:?}",
+        after.body
+    );
+    // The relation of the tenant's schema was not carried: its schema is back, empty.
+    let bigco2 = r.login(Some("bigco"), "admin@bigco.example", PASSWORD).await;
+    let orders = r.query(&bigco2, "SELECT sum(amount) FROM orders").await;
+    assert_eq!(orders.code(), "source_changed", "{:?}", orders.body);
+    let v = moat_server::http::audit::verify_trail(&r.state, "platform", |_, _| {}).await.unwrap();
+    assert!(v.ok && v.hmacs_checked > 0, "{v:?}");
+    for who in [&acme2, &bigco2] {
+        r.checkpointed(who).await;
+        let v = r.get("/v1/audit/verify", who).await;
+        assert_eq!(v.body["ok"], true, "{:?}", v.body);
+    }
+    for slug in [None, Some("acme"), Some("bigco")] {
+        let rec = r.audit_of(slug).await.into_iter().find(|x| x.action == "backup.restore").expect("backup.restore recorded");
+        assert_eq!(rec.details["store"], "postgres");
+    }
+    // The isolation the store enforces came back with it.
+    let sa2 = r.super_admin().await;
+    for slug in ["acme", "bigco"] {
+        let v = r.post(&format!("/v1/tenants/{slug}/validate"), &sa2, json!({})).await;
+        assert_eq!(v.body["passed"], true, "{slug}: {:?}", v.body);
+    }
+    assert!(r.put_csv("/v1/tables/fresh", &bigco2, CUSTOMERS_B).await.status.is_success());
+    drop(r);
+    fresh.drop_db().await;
+    own.drop_db().await;
 }
