@@ -61,16 +61,24 @@ pub struct Summary {
     pub pruned: u64,
 }
 
-#[derive(serde::Deserialize)]
-struct Position<'a> {
-    v: u32,
+/// What binds an entry to its place: the fields the verifier reads of every record.
+#[derive(Debug, serde::Deserialize)]
+pub struct Position<'a> {
+    pub v: u32,
     #[serde(borrow)]
-    trail: std::borrow::Cow<'a, str>,
-    seq: i64,
+    pub trail: std::borrow::Cow<'a, str>,
+    pub seq: i64,
     #[serde(borrow)]
-    category: std::borrow::Cow<'a, str>,
+    pub category: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
-    action: std::borrow::Cow<'a, str>,
+    pub action: std::borrow::Cow<'a, str>,
+}
+
+/// Reads an entry's [`Position`]; `None` if the entry is not a well-formed record. (Measured
+/// against this and slower or no faster: a hand-written single-pass validating reader, and
+/// `&str` fields in place of `Cow`; `benches/verify.rs` prints the cost per record.)
+pub fn entry_position(entry: &[u8]) -> Option<Position<'_>> {
+    serde_json::from_slice(entry).ok()
 }
 
 /// The details of a retention record, read only for those.
@@ -171,8 +179,7 @@ impl TrailVerifier {
         {
             return Err(Problem::at(e.seq, "the entry does not hash to its stored leaf hash (the record was edited)"));
         }
-        let pos: Position<'_> =
-            serde_json::from_slice(e.entry).map_err(|_| Problem::at(e.seq, "the entry is not a well-formed audit record"))?;
+        let pos = entry_position(e.entry).ok_or_else(|| Problem::at(e.seq, "the entry is not a well-formed audit record"))?;
         if pos.v != crate::audit::ENTRY_VERSION {
             return Err(Problem::at(e.seq, format!("unknown entry version {}", pos.v)));
         }
