@@ -384,9 +384,9 @@ async fn capture_sqlite(path: &Path, staging: &Path) -> Result<Captured> {
 async fn capture_postgres(url: &str, admin_url: &str, staging: &Path) -> Result<Captured> {
     let stores = moat_store::open_with(url, Some(admin_url)).await?;
     let mut c = Captured::new(stores.audit);
-    let mut dumps = vec![(PLATFORM_DB.to_owned(), None, pg_backup::dump(admin_url, &staging.join(PG).join(PLATFORM_DB)).await?)];
-    let platform = &dumps[0].2;
-    let tenants = platform.tenants.clone();
+    let mut platform = pg_backup::dump(admin_url, &staging.join(PG).join(PLATFORM_DB)).await?;
+    let tenants = std::mem::take(&mut platform.tenants);
+    let mut dumps = vec![(PLATFORM_DB.to_owned(), None, platform)];
     let mut dedicated: Vec<String> = tenants.iter().filter_map(|t| t.database.as_ref().map(|d| d.admin_url.clone())).collect();
     dedicated.sort();
     dedicated.dedup();

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{MIGRATIONS, PLATFORM, begin_in, connect, db_err, migrate, pg_version, quote_ident, tenant_from_row};
+use super::{MIGRATIONS, PLATFORM, begin_in, begin_scoped, connect, db_err, migrate, pg_version, quote_ident, tenant_from_row};
 use crate::shared::tenant_key_record;
 use crate::{TenantKeyRecord, TenantRecord};
 
@@ -147,12 +147,7 @@ pub async fn dump(admin_url: &str, dir: &Path) -> Result<Snapshot> {
 }
 
 async fn dump_in(pool: &PgPool, dir: &Path) -> Result<Snapshot> {
-    let mut tx = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await.map_err(db_err)?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true), set_config('search_path', 'pg_catalog, moat', true)")
-        .bind(PLATFORM)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    let mut tx = begin_scoped(pool, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", PLATFORM).await.map_err(db_err)?;
     let has_schema: bool =
         sqlx::query_scalar("SELECT to_regclass('moat.schema_migrations') IS NOT NULL").fetch_one(&mut *tx).await.map_err(db_err)?;
     if !has_schema {
@@ -164,10 +159,9 @@ async fn dump_in(pool: &PgPool, dir: &Path) -> Result<Snapshot> {
     tokio::fs::create_dir_all(dir).await.map_err(|e| io_failed("create", dir, e))?;
     let mut dumped = Vec::with_capacity(order.len());
     for (table, columns) in order {
-        let t = DumpedTable { table, columns, rows: 0 };
-        let path = dir.join(t.file_name());
-        let rows = copy_out(&mut tx, &t, &path).await?;
-        dumped.push(DumpedTable { rows, ..t });
+        let mut t = DumpedTable { table, columns, rows: 0 };
+        t.rows = copy_out(&mut tx, &t, &dir.join(t.file_name())).await?;
+        dumped.push(t);
     }
 
     let tenants = sqlx::query("SELECT * FROM tenants ORDER BY slug").fetch_all(&mut *tx).await.map_err(db_err)?;

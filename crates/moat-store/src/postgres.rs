@@ -158,7 +158,12 @@ pub fn tenant_role(t: TenantId) -> String {
 
 /// Begins a transaction in `scope` (a tenant id, a trail name, or `platform`).
 async fn begin_in(pool: &PgPool, scope: &str) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    begin_scoped(pool, "BEGIN", scope).await
+}
+
+/// [`begin_in`] with its own `BEGIN` statement (an isolation level, `READ ONLY`).
+async fn begin_scoped(pool: &PgPool, begin: &'static str, scope: &str) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin_with(begin).await?;
     sqlx::query("SELECT set_config('app.tenant_id', $1, true), set_config('search_path', 'pg_catalog, moat', true)")
         .bind(scope)
         .execute(&mut *tx)
